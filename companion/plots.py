@@ -1,0 +1,57 @@
+"""Figures shared by the chapters. Each helper returns a matplotlib Figure and never saves files."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.figure import Figure
+
+__all__ = ["show_char", "plot_bigram_counts", "plot_loss"]
+
+
+def show_char(c: str) -> str:
+    """A printable label for a character: newline and space get names."""
+    return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(c, c)
+
+
+def plot_bigram_counts(counts: torch.Tensor, itos: Sequence[str], chars: str | None = None) -> Figure:
+    """Heatmap of bigram counts, rows = current character, columns = next character.
+
+    `chars` picks a readable subset (default: space, newline and a-z).
+    """
+    chars = chars if chars is not None else " \n" + "abcdefghijklmnopqrstuvwxyz"
+    stoi = {c: i for i, c in enumerate(itos)}
+    keep = [stoi[c] for c in chars if c in stoi]
+    sub = counts[keep][:, keep].float()
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(torch.log1p(sub), cmap="Blues")
+    labels = [show_char(itos[i]) for i in keep]
+    ax.set_xticks(range(len(keep)), labels, fontsize=8)
+    ax.set_yticks(range(len(keep)), labels, fontsize=8)
+    ax.set_xlabel("next character")
+    ax.set_ylabel("current character")
+    fig.colorbar(im, ax=ax, label="log(1 + count)", shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_loss(
+    history: dict[str, list[float]],
+    reference: dict[str, float] | None = None,
+    steps_per_epoch: int | None = None,
+) -> Figure:
+    """Training loss per step, with optional horizontal reference lines (label -> loss)."""
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.plot(history["step_loss"], lw=1, alpha=0.8, label="train loss (per step)")
+    if steps_per_epoch and history.get("epoch_loss"):
+        xs = [steps_per_epoch * (i + 1) - 1 for i in range(len(history["epoch_loss"]))]
+        ax.plot(xs, history["epoch_loss"], "o", label="epoch mean")
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, ls="--", color=f"C{i + 2}", label=f"{label} ({value:.3f})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,44 @@
+"""Unit-test fixtures. Every test runs with outbound network blocked: only loopback and
+Unix sockets may connect (nbval's kernels and gloo's rendezvous use loopback)."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+
+import pytest
+
+
+class NetworkBlocked(RuntimeError):
+    """A test tried to reach the network; tests must use the mirror in COMPANION_DATA_DIR."""
+
+
+def _is_local(address) -> bool:
+    if isinstance(address, (str, bytes)):  # AF_UNIX path
+        return True
+    host = address[0]
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@pytest.fixture(autouse=True)
+def _no_network(monkeypatch):
+    real_connect = socket.socket.connect
+    real_getaddrinfo = socket.getaddrinfo
+
+    def guarded_connect(self, address):
+        if not _is_local(address):
+            raise NetworkBlocked(f"test tried to connect to {address!r}")
+        return real_connect(self, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "localhost") and not _is_local((host,)):
+            raise NetworkBlocked(f"test tried to resolve {host!r}")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+    yield

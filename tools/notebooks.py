@@ -1,0 +1,175 @@
+"""Generate the course's .ipynb files from their MyST Markdown sources.
+
+    python tools/notebooks.py            # write exercises/, solutions/ and book/*.ipynb
+    python tools/notebooks.py --check    # exit 1 and list the files that are out of date
+
+Sources and outputs:
+- exercises/src/NN_topic.md is the one source of truth for chapter NN's exercises. Code between
+  `### BEGIN SOLUTION` and `### END SOLUTION` is the worked answer; `# HINT: ...` lines right
+  after BEGIN become the stub's message. Cells tagged `solution-only` appear only in solutions/.
+  -> exercises/NN_topic.ipynb: each region replaced by `raise NotImplementedError("<hint>")`.
+  -> solutions/NN_topic.ipynb: markers and hints removed, solution cells folded (hide-input).
+- book/NN_topic.md -> book/NN_topic.ipynb, so the book's Colab button opens a notebook Colab reads.
+Every generated notebook starts with a Colab set-up cell; the repository URL comes from
+_config.yml (repository.url) and nowhere else. Cell ids are derived from positions, so
+regenerating an unchanged source rewrites identical bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+from pathlib import Path
+
+import jupytext
+import nbformat
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
+END = re.compile(r"^\s*### END SOLUTION\s*$")
+HINT = re.compile(r"^\s*# HINT:\s?(.*)$")
+
+SETUP = '''\
+# Set-up for Google Colab: install the course's companion package and fetch the data.
+# Anywhere else this cell does nothing: `make book` and `make test` have installed it already.
+import sys
+
+if "google.colab" in sys.modules:
+    !pip install -q "llm-course-companion @ git+{url}"
+    from companion.data import fetch
+
+    for name in {data!r}:
+        fetch(name)'''
+
+
+def repository_url() -> str:
+    config = yaml.safe_load((ROOT / "_config.yml").read_text())
+    return config["repository"]["url"].rstrip("/")
+
+
+def setup_cell(data: list[str]) -> nbformat.NotebookNode:
+    cell = nbformat.v4.new_code_cell(SETUP.format(url=repository_url(), data=data))
+    cell.metadata = {"tags": ["colab-setup", "remove-cell"]}
+    return cell
+
+
+def split_solution(source: str) -> tuple[str, str, bool]:
+    """Return (stub source, solution source, had_region) for one code cell."""
+    stub: list[str] = []
+    sol: list[str] = []
+    inside = found = seen_code = False
+    hints: list[str] = []
+    indent = ""
+    for line in source.splitlines():
+        if m := BEGIN.match(line):
+            if inside:
+                raise ValueError(f"nested BEGIN SOLUTION in:\n{source}")
+            inside = found = True
+            seen_code, hints, indent = False, [], m.group(1)
+        elif END.match(line):
+            if not inside:
+                raise ValueError(f"END SOLUTION without BEGIN in:\n{source}")
+            message = " ".join(hints) or "write your code here"
+            stub.append(f"{indent}raise NotImplementedError({message!r})")
+            inside = False
+        elif inside:
+            hint = HINT.match(line)
+            if hint and not seen_code:  # hints count only before the region's first line of code
+                hints.append(hint.group(1).strip())
+            else:
+                seen_code = seen_code or bool(line.strip())
+                sol.append(line)
+        else:
+            stub.append(line)
+            sol.append(line)
+    if inside:
+        raise ValueError(f"BEGIN SOLUTION without END in:\n{source}")
+    return "\n".join(stub), "\n".join(sol), found
+
+
+def clean(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
+    """Drop jupytext's bookkeeping and give every cell a stable id."""
+    nb.metadata.pop("jupytext", None)
+    nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{stem[:40]}-{i:03d}"
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+    return nb
+
+
+def exercise_pair(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
+    nb = jupytext.read(src)
+    data = nb.metadata.get("companion", {}).get("data", ["tinyshakespeare"])
+    nb.metadata.pop("companion", None)
+    ex, sol = copy.deepcopy(nb), copy.deepcopy(nb)
+    ex.cells, sol.cells = [setup_cell(data)], [setup_cell(data)]
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "solution-only" in tags:
+            sol.cells.append(copy.deepcopy(cell))
+            continue
+        if cell.cell_type != "code":
+            ex.cells.append(copy.deepcopy(cell))
+            sol.cells.append(copy.deepcopy(cell))
+            continue
+        stub_src, sol_src, had = split_solution(cell.source)
+        e, s = copy.deepcopy(cell), copy.deepcopy(cell)
+        e.source, s.source = stub_src, sol_src
+        if had:
+            s.metadata["tags"] = sorted(set(tags) | {"hide-input"})
+            s.metadata["jupyter"] = {"source_hidden": True}
+        ex.cells.append(e)
+        sol.cells.append(s)
+    return clean(ex, src.stem), clean(sol, src.stem)
+
+
+def chapter_notebook(src: Path) -> nbformat.NotebookNode:
+    nb = jupytext.read(src)
+    data = nb.metadata.pop("companion", {}).get("data", ["tinyshakespeare"])
+    nb.cells.insert(0, setup_cell(data))
+    return clean(nb, src.stem)
+
+
+def targets() -> dict[Path, nbformat.NotebookNode]:
+    out: dict[Path, nbformat.NotebookNode] = {}
+    for src in sorted((ROOT / "exercises" / "src").glob("[0-9]*.md")):
+        ex, sol = exercise_pair(src)
+        out[ROOT / "exercises" / f"{src.stem}.ipynb"] = ex
+        out[ROOT / "solutions" / f"{src.stem}.ipynb"] = sol
+    for src in sorted((ROOT / "book").glob("[0-9]*.md")):
+        out[src.with_suffix(".ipynb")] = chapter_notebook(src)
+    return out
+
+
+def render(nb: nbformat.NotebookNode) -> str:
+    nbformat.validate(nb)
+    return nbformat.writes(nb, version=4) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report stale files instead of writing them")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, nb in targets().items():
+        text = render(nb)
+        if path.exists() and path.read_text(encoding="utf-8") == text:
+            continue
+        stale.append(path.relative_to(ROOT))
+        if not args.check:
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print("Out of date (run `make exercises`):", *stale, sep="\n  ")
+        return 1
+    print(f"{'stale' if args.check else 'wrote'}: {len(stale)} notebook(s)" + (
+        "" if not stale else "\n  " + "\n  ".join(map(str, stale))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
