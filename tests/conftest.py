@@ -24,8 +24,9 @@ def _is_local(address) -> bool:
         return False
 
 
-@pytest.fixture(autouse=True)
-def _no_network(monkeypatch):
+@pytest.fixture(autouse=True, scope="session")
+def _no_network():
+    """Session-scoped, so that module- and session-scoped fixtures are guarded too."""
     real_connect = socket.socket.connect
     real_getaddrinfo = socket.getaddrinfo
 
@@ -39,6 +40,7 @@ def _no_network(monkeypatch):
             raise NetworkBlocked(f"test tried to resolve {host!r}")
         return real_getaddrinfo(host, *args, **kwargs)
 
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(socket.socket, "connect", guarded_connect)
+        mp.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
+        yield

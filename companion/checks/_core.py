@@ -18,7 +18,7 @@ def fail(exercise: str, message: str) -> None:
 
 
 def passed(exercise: str, message: str) -> None:
-    print(f"✅ Exercise {exercise} passed: {message}")
+    print(f"PASS  Exercise {exercise} passed: {message}")
 
 
 def call(exercise: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
