@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import html
+
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["show_char", "plot_bigram_counts", "plot_loss"]
+__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "TokenView"]
 
 
 def show_char(c: str) -> str:
@@ -55,3 +57,28 @@ def plot_loss(
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+class TokenView:
+    """Text cut into tokens, shown with alternating colours in a notebook and with `|` between tokens in plain text.
+
+    Example: TokenView(["Hel", "lo"]) prints as Hel|lo. Introduced in chapter 3.
+    """
+
+    COLOURS = ("#cfe8fc", "#fde2c8", "#d7f5d0", "#f6d0ec", "#fff4b8")
+
+    def __init__(self, pieces: Sequence[str], ids: Sequence[int] | None = None):
+        self.pieces, self.ids = list(pieces), None if ids is None else list(ids)
+
+    def __repr__(self) -> str:
+        return "|".join(self.pieces)
+
+    def _repr_html_(self) -> str:
+        spans = []
+        for i, piece in enumerate(self.pieces):
+            title = f' title="id {self.ids[i]}"' if self.ids is not None else ""
+            text = html.escape(piece).replace(" ", "&nbsp;").replace("\n", "&#8629;<br>")
+            spans.append(f'<span style="background:{self.COLOURS[i % len(self.COLOURS)]};'
+                         f'border-radius:3px;padding:0 1px"{title}>{text}</span>')
+        return ('<div style="font-family:monospace;line-height:1.9;white-space:normal">'
+                f'{"".join(spans)}<br><small>{len(self.pieces)} tokens</small></div>')
