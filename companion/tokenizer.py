@@ -154,7 +154,7 @@ def learn_merges(
                 ties.add(p)
         if len(ties) > 1:
             # Equal counts go to the pair seen first in the text, as in minbpe and a naive recount loop.
-            pair = min(ties, key=first_seen)
+            pair = min(ties)
             for p in ties - {pair}:
                 heapq.heappush(heap, (neg, p))
         idx = 256 + len(merges)

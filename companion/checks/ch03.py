@@ -92,17 +92,21 @@ def check_3_3(sliding_windows: Callable[[list[int], int, int], tuple[torch.Tenso
         fail(ex, f"x and y should both have shape (n_windows, 4) for context_length=4, got {tuple(x.shape)} and {tuple(y.shape)}")
     if torch.equal(y, x):
         fail(ex, "y equals x: the target is the input shifted one token to the right, y[k] = ids[s + 1 : s + T + 1].")
-    if x.shape[0] == 2 and torch.equal(x, want_x[:2]):
-        fail(ex, "you dropped the last window: for 10 ids, T=4, stride 2 the window starting at 4 still fits "
-                 "(its target ends at id 8). Starts run over range(0, len(ids) - T, stride).")
     if x.shape[0] > 3:
         fail(ex, f"for 10 ids, T=4, stride 2 expect 3 windows (starts 0, 2, 4), got {x.shape[0]}: "
                  "a window whose target runs past the end must be left out.")
     if not torch.equal(x, want_x) or not torch.equal(y, want_x + 1):
         fail(ex, f"for ids 0..9, T=4, stride 2 expected x = {want_x.tolist()} and y = x + 1, got x = {x.tolist()}, y = {y.tolist()}")
+    # The boundary case: with 9 ids, T=4, stride 4, the window at 4 needs ids 4..8, and id 8 is the last one.
+    x, _ = run(list(range(9)), 4, 4)
+    if x.shape[0] == 1:
+        fail(ex, "you dropped the last window: for 9 ids, T=4, stride 4 the window starting at 4 still fits "
+                 "(its target ends at id 8, the last one). Starts run over range(0, len(ids) - T, stride).")
+    if x.shape[0] != 2:
+        fail(ex, f"for 9 ids, T=4, stride 4 expect 2 windows (starts 0 and 4), got {x.shape[0]}")
     g = torch.Generator().manual_seed(3)
     data = torch.randint(0, 50, (101,), generator=g).tolist()
-    for t, stride in ((8, 8), (8, 3), (5, 20)):
+    for t, stride in ((8, 8), (8, 3), (4, 4), (5, 20)):
         x, y = run(data, t, stride)
         ref = SlidingWindowDataset(data, t, stride)
         rx = torch.stack([ref[i][0] for i in range(len(ref))])
