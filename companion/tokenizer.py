@@ -135,6 +135,7 @@ def learn_merges(
         get_stats(w, stats, f)
         for pair in zip(w, w[1:]):
             where.setdefault(pair, set()).add(i)
+
     def first_seen(p: Pair) -> tuple[int, int]:
         """(chunk, position) of the pair's first occurrence in the text; chunks are in order of first appearance."""
         i = min(where[p])
@@ -154,7 +155,7 @@ def learn_merges(
                 ties.add(p)
         if len(ties) > 1:
             # Equal counts go to the pair seen first in the text, as in minbpe and a naive recount loop.
-            pair = min(ties)
+            pair = min(ties, key=first_seen)
             for p in ties - {pair}:
                 heapq.heappush(heap, (neg, p))
         idx = 256 + len(merges)
