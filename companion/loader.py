@@ -12,28 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from companion.data.shards import Shard
+from companion.data.shards import Shard, as_token_array
 
 __all__ = ["RandomBatches", "SlidingWindowDataset", "make_loader", "random_batch", "train_val_split"]
 
 TokenIds = Sequence[int] | np.ndarray | torch.Tensor | Shard
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def _as_array(ids: TokenIds) -> np.ndarray:
-    """A 1-D numpy view of ids (no copy for arrays, memmaps, CPU tensors and shards)."""
-    if isinstance(ids, Shard):
-        ids = ids.tokens
-    if isinstance(ids, torch.Tensor):
-        ids = ids.detach().cpu().numpy()
-    arr = np.asarray(ids)  # no dtype=int64 here: that would silently truncate 1.5 to 1
-    if arr.size == 0:
-        arr = arr.astype(np.int64)  # np.asarray([]) is float64
-    if arr.ndim != 1:
-        raise ValueError(f"token ids must be one-dimensional, got shape {arr.shape}")
-    if arr.dtype.kind not in "iu":
-        raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
-    return arr
 
 
 def _check_sizes(n: int, context_length: int, **positive: int) -> None:
@@ -65,7 +49,7 @@ class SlidingWindowDataset(Dataset):
     """
 
     def __init__(self, ids: TokenIds, context_length: int, stride: int | None = None):
-        self.ids = _as_array(ids)  # kept as is: a memmap stays on disk until a window is read
+        self.ids = as_token_array(ids)  # kept as is: a memmap stays on disk until a window is read
         self.context_length = context_length
         self.stride = context_length if stride is None else stride
         _check_sizes(len(self.ids), context_length, stride=self.stride)
@@ -125,7 +109,7 @@ def random_batch(
     Example: random_batch(shard, 8, 256, torch.Generator().manual_seed(0)) -> x, y of shape (8, 256).
     Introduced in chapter 3.
     """
-    arr = _as_array(tokens)
+    arr = as_token_array(tokens)
     _check_sizes(len(arr), context_length, batch_size=batch_size)
     # randint's high is exclusive: the largest start is n - T - 1, whose target ends at ids[n - 1]
     starts = torch.randint(len(arr) - context_length, (batch_size,), generator=generator)
@@ -148,7 +132,7 @@ class RandomBatches:
         steps: int,
         generator: torch.Generator | None = None,
     ):
-        self.tokens = _as_array(tokens)
+        self.tokens = as_token_array(tokens)
         _check_sizes(len(self.tokens), context_length, batch_size=batch_size, steps=steps)
         self.batch_size, self.context_length, self.steps = batch_size, context_length, steps
         self.generator = generator

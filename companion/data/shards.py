@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "Shard", "read_shard", "sha256_text", "shard_dtype", "write_shard"]
+__all__ = ["FORMAT_VERSION", "Shard", "as_token_array", "read_shard", "sha256_text", "shard_dtype", "write_shard"]
 
 FORMAT_VERSION = 1
 # JSON name -> numpy dtype. Always little-endian, whatever the machine's own byte order.
@@ -52,17 +52,24 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
     return path.with_name(path.name + ".bin"), path.with_name(path.name + ".json")
 
 
-def _as_id_array(ids: Iterable[int] | np.ndarray) -> np.ndarray:
-    """Any 1-D integer sequence (list, range, ndarray, memmap, CPU tensor, iterator) as a numpy array."""
+def as_token_array(ids: "Iterable[int] | np.ndarray | Shard") -> np.ndarray:
+    """Any 1-D integer sequence (list, range, iterator, ndarray, memmap, CPU tensor, Shard) as a numpy array.
+
+    Arrays, memmaps, CPU tensors and shards are viewed, not copied. Example: as_token_array([1, 2]) -> array([1, 2])
+    """
+    if isinstance(ids, Shard):
+        ids = ids.tokens
+    if hasattr(ids, "detach") and hasattr(ids, "numpy"):  # a torch.Tensor, without importing torch here
+        ids = ids.detach().cpu().numpy()
     if isinstance(ids, Iterator):
         return np.fromiter(ids, dtype=np.int64)
-    arr = np.asarray(ids)
+    arr = np.asarray(ids)  # no dtype=int64 here: that would silently truncate 1.5 to 1
     if arr.size == 0:
         arr = arr.astype(np.int64)  # np.asarray([]) is float64
     if arr.ndim != 1:
-        raise ValueError(f"ids must be one-dimensional, got shape {arr.shape}")
+        raise ValueError(f"token ids must be one-dimensional, got shape {arr.shape}")
     if arr.dtype.kind not in "iu":
-        raise ValueError(f"ids must be integers, got dtype {arr.dtype}")
+        raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
     return arr
 
 
@@ -98,7 +105,7 @@ def write_shard(
         raise ValueError(f"tokenizer must be a non-empty name such as 'gpt2', got {tokenizer!r}")
     if not (isinstance(source_sha256, str) and re.fullmatch(r"[0-9a-f]{64}", source_sha256)):
         raise ValueError(f"source_sha256 must be 64 lowercase hex digits (sha256_text), got {source_sha256!r:.70}")
-    arr = _as_id_array(ids)
+    arr = as_token_array(ids)
     if arr.size == 0:
         raise ValueError(f"{bin_path.name}: a shard needs at least one token, got none")
     # Check the range before the cast: a cast to uint16 would wrap 70,000 to 4,464 without a word.
