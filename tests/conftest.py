@@ -3,9 +3,15 @@ Unix sockets may connect (nbval's kernels and gloo's rendezvous use loopback).""
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 
 import pytest
+
+
+# transformers is only a parity reference built from configs: it must never look for a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 class NetworkBlocked(RuntimeError):
