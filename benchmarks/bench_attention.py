@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from common import best_of, cpu_name
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,26 +29,6 @@ DECODE_REPEATS = 3
 SIZES = [(128, 256), (512, 256), (1024, 256), (128, 512), (512, 512), (1024, 512)]
 ATTN_BATCH, ATTN_REPEATS = 2, 5
 RESULTS = Path(__file__).resolve().parent / "results" / "attention.json"
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    """Fastest wall time of `repeats` calls, and the last result: the minimum is the least noisy estimate."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class Block(nn.Module):

@@ -12,6 +12,8 @@ import platform
 import time
 from pathlib import Path
 
+from common import best_of, cpu_name
+
 import tiktoken
 import torch
 
@@ -24,46 +26,26 @@ REPEATS = 3
 RESULTS = Path(__file__).resolve().parent / "results" / "tokenizer.json"
 
 
-def best_of(fn, repeats: int = REPEATS) -> tuple[float, object]:
-    """Fastest wall time of `repeats` calls, and the last result: the minimum is the least noisy estimate."""
-    times, out = [], None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return min(times), out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> dict:
     text = load_text("tinyshakespeare")
     n_bytes = len(text.encode("utf-8"))
     mb = n_bytes / 1e6
 
     # 1. Training: a fresh run each repeat, so nothing is cached between them.
-    train_s, trained = best_of(lambda: BPETokenizer.train(text, TRAIN_VOCAB))
+    train_s, trained = best_of(lambda: BPETokenizer.train(text, TRAIN_VOCAB), REPEATS)
 
     # 2. Encoding the same text. Ours caches per-chunk results, so a cold run (new tokenizer, empty cache)
     # and a warm run (cache already filled by a previous encode) are reported separately.
     gpt2 = BPETokenizer.from_tiktoken("gpt2")
     reference = tiktoken.get_encoding("gpt2")
-    ref_s, ref_ids = best_of(lambda: reference.encode(text, allowed_special="all"))
+    ref_s, ref_ids = best_of(lambda: reference.encode(text, allowed_special="all"), REPEATS)
     def encode_cold() -> list[int]:
         gpt2._cache.clear()  # forget every chunk, so each repeat pays the full merge work
         return gpt2.encode(text, allowed_special="all")
 
-    cold_s, ids = best_of(encode_cold)
-    warm_s, ids_warm = best_of(lambda: gpt2.encode(text, allowed_special="all"))
-    trained_s, trained_ids = best_of(lambda: trained.encode(text))
+    cold_s, ids = best_of(encode_cold, REPEATS)
+    warm_s, ids_warm = best_of(lambda: gpt2.encode(text, allowed_special="all"), REPEATS)
+    trained_s, trained_ids = best_of(lambda: trained.encode(text), REPEATS)
     parity = ids == ids_warm == ref_ids
 
     rows = [

@@ -1,0 +1,30 @@
+"""Helpers shared by the benchmark scripts (run as `python benchmarks/bench_*.py`, so this folder is on sys.path)."""
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["best_of", "cpu_name"]
+
+
+def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Fastest wall time of `repeats` calls, and the last result: the minimum is the least noisy estimate."""
+    times, out = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return min(times), out
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo, for the record that goes with every result."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
