@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from common import best_of, cpu_name
+from common import best_of, cpu_name, write_results
 
 import torch
 import torch.nn.functional as F
@@ -174,9 +174,7 @@ def main() -> dict:
     worst = max(max(r["kernel_max_abs_diff"], r["module_max_abs_diff"]) for r in attention)
     print(f"largest |written-out - SDPA| over all sizes: {worst:.1e}")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+    write_results(RESULTS, result)
     return result
 
 

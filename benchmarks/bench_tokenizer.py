@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from common import best_of, cpu_name
+from common import best_of, cpu_name, write_results
 
 import tiktoken
 import torch
@@ -85,9 +85,7 @@ def main() -> dict:
               f"{e['slowdown_vs_tiktoken']:>15.1f}x")
     print(f"\nids identical to tiktoken gpt2 on the whole text: {parity}")
 
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+    write_results(RESULTS, result)
     return result
 
 

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["best_of", "cpu_name"]
+__all__ = ["best_of", "cpu_name", "write_results"]
 
 
 def best_of(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -28,3 +28,13 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def write_results(path: Path, result: dict) -> None:
+    """Write a benchmark's result as JSON and say where it went."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    print(f"wrote {shown}")
