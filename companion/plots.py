@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "TokenView"]
+__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "TokenView", "plot_attention"]
 
 
 def show_char(c: str) -> str:
@@ -82,3 +82,37 @@ class TokenView:
                          f'border-radius:3px;padding:0 1px"{title}>{text}</span>')
         return ('<div style="font-family:monospace;line-height:1.9;white-space:normal">'
                 f'{"".join(spans)}<br><small>{len(self.pieces)} tokens</small></div>')
+
+
+def plot_attention(
+    weights: torch.Tensor,
+    tokens: Sequence[str],
+    title: str = "",
+    highlight: int | None = None,
+    ax=None,
+) -> Figure:
+    """Heatmap of one head's (T, T) attention weights: row = query token, column = key token it reads.
+
+    `highlight` outlines one query row, as the chapter 5 explorer does. Introduced in chapter 5.
+    """
+    w = torch.as_tensor(weights).detach().float().cpu()
+    if w.ndim != 2 or w.shape[0] != len(tokens) or w.shape[1] != len(tokens):
+        raise ValueError(f"expected ({len(tokens)}, {len(tokens)}) weights for {len(tokens)} tokens, got {tuple(w.shape)}")
+    if ax is None:
+        size = min(7.0, 2.5 + 0.22 * len(tokens))
+        fig, ax = plt.subplots(figsize=(size + 1, size))
+    else:
+        fig = ax.figure
+    im = ax.imshow(w, cmap="Blues", vmin=0, vmax=1)
+    labels = [show_char(t) if len(t) == 1 else t for t in tokens]
+    ax.set_xticks(range(len(tokens)), labels, fontsize=8, family="monospace")
+    ax.set_yticks(range(len(tokens)), labels, fontsize=8, family="monospace")
+    ax.set_xlabel("key (attended to)")
+    ax.set_ylabel("query (attending)")
+    if highlight is not None:
+        ax.add_patch(plt.Rectangle((-0.5, highlight - 0.5), len(tokens), 1, fill=False, ec="C3", lw=2))
+    if title:
+        ax.set_title(title)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="weight")
+    fig.tight_layout()
+    return fig
