@@ -6,7 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["GPTConfig"]
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import KVCache, MultiHeadAttention
+from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
+
+__all__ = ["GPTConfig", "RMSNorm", "MLP", "SwiGLU", "Block", "GPT", "count_params", "make_norm", "make_mlp"]
 
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "swiglu"]
@@ -58,6 +65,8 @@ class GPTConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.pos == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model, got d_model={self.d_model}")
         if self.pos == "rope" and self.d_head % 2:
             raise ValueError(f"RoPE needs an even head size, got d_head={self.d_head} (d_model={self.d_model}, n_heads={self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
@@ -93,3 +102,212 @@ class GPTConfig:
         """A LLaMA-style block at GPT-2 small's width: RMSNorm, SwiGLU, RoPE, no biases, untied head."""
         base = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, tie_embeddings=False, norm_eps=1e-5)
         return cls(**{**dict(vocab_size=32000, context_length=2048, d_model=768, n_layers=12, n_heads=12), **base, **overrides})
+
+
+# --- parameter count from the config alone ----------------------------------------------------
+
+
+def count_params(config: GPTConfig) -> dict[str, int]:
+    """Parameters by part, from the config alone (no weights): the parts sum to "total". Introduced in chapter 6.
+
+    Parts: tok_emb, pos_emb, attn, mlp, norm (all layers' norms plus the final one), lm_head (0 when tied).
+    "non_embedding" is total minus tok_emb, pos_emb and lm_head: the N of scaling laws (Kaplan et al.).
+    Example: count_params(GPTConfig.gpt2())["total"] -> 124439808 (GPT-2 small).
+    """
+    c = config
+    d, b, D = c.d_model, int(c.bias), c.d_head
+    kv = c.n_kv_heads * D  # width of K and of V: smaller than d_model under GQA
+    attn = (d * d + b * d) * 2 + (d * kv + b * kv) * 2  # q and o, then k and v
+    n_in = 2 if c.mlp == "swiglu" else 1  # SwiGLU has two input projections: gate and up
+    mlp = n_in * (d * c.d_ff + b * c.d_ff) + c.d_ff * d + b * d
+    norm = d + (b * d if c.norm == "layernorm" else 0)  # RMSNorm has a scale, never a shift
+    parts = {
+        "tok_emb": c.vocab_size * d,
+        "pos_emb": c.context_length * d if c.pos == "learned" else 0,  # sinusoidal and RoPE learn nothing
+        "attn": c.n_layers * attn,
+        "mlp": c.n_layers * mlp,
+        "norm": (2 * c.n_layers + 1) * norm,
+        "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,  # tied: the head reuses tok_emb
+    }
+    total = sum(parts.values())
+    return {**parts, "total": total, "non_embedding": total - parts["tok_emb"] - parts["pos_emb"] - parts["lm_head"]}
+
+
+# --- the pieces of a block -----------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without centring or bias. Introduced in chapter 6.
+
+    Example: RMSNorm(2)(torch.tensor([[3., 4.]])) -> [[0.8485, 1.1314]] (rms = sqrt(12.5))
+    """
+
+    def __init__(self, d_model: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d_model))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The mean of squares in float32 even for bf16 inputs, as Hugging Face Llama does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The config's norm: LayerNorm (GPT-2) or RMSNorm (LLaMA). Introduced in chapter 6."""
+    if config.norm == "rmsnorm":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+class MLP(nn.Module):
+    """GPT-2's feed-forward: up to d_ff, GELU (tanh form, as GPT-2 used), back down. Introduced in chapter 6."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = True):
+        super().__init__()
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.gelu(self.up_proj(x), approximate="tanh"))  # (B, T, d) -> (B, T, d_ff) -> (B, T, d)
+
+
+class SwiGLU(nn.Module):
+    """LLaMA's feed-forward: down(silu(gate(x)) * up(x)), a gated linear unit. Introduced in chapter 6."""
+
+    def __init__(self, d_model: int, d_ff: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.up_proj = nn.Linear(d_model, d_ff, bias=bias)
+        self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The gate decides, per hidden unit, how much of the up-projection passes.
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def make_mlp(config: GPTConfig) -> nn.Module:
+    """The config's feed-forward: GELU MLP or SwiGLU. Introduced in chapter 6."""
+    cls = SwiGLU if config.mlp == "swiglu" else MLP
+    return cls(config.d_model, config.d_ff, bias=config.bias)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)). Introduced in chapter 6.
+
+    Example: Block(GPTConfig(d_model=64, n_heads=4))(torch.randn(1, 5, 64)).shape -> (1, 5, 64)
+    """
+
+    def __init__(self, config: GPTConfig, use_sdpa: bool = True):
+        super().__init__()
+        c = config
+        # Each block owns its rotary tables (non-persistent buffers), so a pipeline stage of blocks is self-contained.
+        rope = RotaryEmbedding(c.d_head, c.context_length, c.rope_theta) if c.pos == "rope" else None
+        self.attn_norm = make_norm(c)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, dropout=c.dropout, bias=c.bias,
+                                       rope=rope, use_sdpa=use_sdpa)
+        self.mlp_norm = make_norm(c)
+        self.mlp = make_mlp(c)
+        self.drop = nn.Dropout(c.dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        # Pre-norm: each sublayer reads a normalised copy and adds its answer to the residual stream,
+        # which itself is never normalised on the way through, so gradients reach early layers unscaled.
+        x = x + self.drop(self.attn(self.attn_norm(x), cache))
+        return x + self.drop(self.mlp(self.mlp_norm(x)))
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: tok_emb (+ pos_emb) -> blocks -> norm -> lm_head. Introduced in chapter 6.
+
+    model(idx) maps token ids (B, T) to next-token logits (B, T, vocab_size); the loss lives in the training loop.
+    model(idx, caches=model.make_caches(B)) decodes incrementally: idx holds only the tokens after those cached.
+    Example: GPT(GPTConfig(vocab_size=10, context_length=8, d_model=16, n_layers=1, n_heads=2))(
+        torch.zeros(1, 3, dtype=torch.long)).shape -> (1, 3, 10)
+    """
+
+    def __init__(self, config: GPTConfig, *, use_sdpa: bool = True):
+        super().__init__()
+        if not isinstance(config, GPTConfig):
+            raise TypeError(f"GPT needs a GPTConfig, got {type(config).__name__}")
+        self.config = c = config
+        self.tok_emb = nn.Embedding(c.vocab_size, c.d_model)
+        self.pos_emb: nn.Module | None = None  # RoPE acts inside attention, so it adds nothing here
+        if c.pos == "learned":
+            self.pos_emb = LearnedPositionalEmbedding(c.context_length, c.d_model)
+        elif c.pos == "sinusoidal":
+            self.pos_emb = SinusoidalPositionalEncoding(c.context_length, c.d_model)
+        self.drop = nn.Dropout(c.dropout)
+        self.blocks = nn.ModuleList(Block(c, use_sdpa=use_sdpa) for _ in range(c.n_layers))
+        self.norm = make_norm(c)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        if c.tie_embeddings:
+            # One matrix both reads tokens in and scores them out (Press & Wolf): vocab_size * d_model fewer parameters.
+            self.lm_head.weight = self.tok_emb.weight
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit norms; residual outputs 0.02/sqrt(2 n_layers)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+        # Each block adds two outputs to the residual stream; shrinking them keeps its variance from
+        # growing with depth (GPT-2 paper, section 2.3).
+        std = 0.02 / math.sqrt(2 * self.config.n_layers)
+        for block in self.blocks:
+            nn.init.normal_(block.attn.o_proj.weight, mean=0.0, std=std)
+            nn.init.normal_(block.mlp.down_proj.weight, mean=0.0, std=std)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameters counted from the tensors (shared ones once); non_embedding drops tok_emb, pos_emb, lm_head."""
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
+        if non_embedding:
+            total -= self.tok_emb.weight.numel()
+            if isinstance(self.pos_emb, LearnedPositionalEmbedding):
+                total -= self.pos_emb.embedding.weight.numel()
+            if not self.config.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def make_caches(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+                    device: torch.device | str | None = None) -> list[KVCache]:
+        """One empty KVCache per block; defaults: the full context, the model's dtype and device."""
+        c = self.config
+        max_len = c.context_length if max_len is None else max_len
+        if max_len > c.context_length:
+            raise ValueError(f"max_len={max_len} exceeds the context length {c.context_length}")
+        weight = self.tok_emb.weight
+        dtype = weight.dtype if dtype is None else dtype
+        device = weight.device if device is None else device
+        return [KVCache(batch_size, max_len, c.n_kv_heads, c.d_head, dtype=dtype, device=device) for _ in self.blocks]
+
+    def forward(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab_size); with caches, idx continues the cached tokens."""
+        c = self.config
+        if idx.ndim != 2 or idx.dtype not in (torch.long, torch.int32):
+            raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} {tuple(idx.shape)}")
+        if caches is not None and len(caches) != len(self.blocks):
+            raise ValueError(f"need one cache per layer: got {len(caches)} caches for {len(self.blocks)} layers")
+        B, T = idx.shape
+        start = caches[0].pos if caches else 0  # tokens already cached: idx's first absolute position
+        if start + T > c.context_length:
+            raise ValueError(f"{start + T} tokens (cached {start} + new {T}) exceed the context length {c.context_length}")
+        if caches is not None and start + T > caches[0].max_len:
+            raise ValueError(f"{start + T} tokens (cached {start} + new {T}) overflow the cache's max_len {caches[0].max_len}")
+        x = self.tok_emb(idx)  # (B, T) -> (B, T, d)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(T, start_pos=start)  # (T, d) broadcast over the batch
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])  # the residual stream, (B, T, d) throughout
+        return self.lm_head(self.norm(x))  # (B, T, d) -> (B, T, vocab_size)
