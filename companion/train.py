@@ -1,14 +1,37 @@
-"""Training loops. Chapter 1 introduces `train_model`; chapter 7 grows it rather than replacing it."""
+"""Training loops. Chapter 1 introduces `train_model`; chapter 7 grows it into `train`: AdamW with parameter
+groups, warmup and cosine decay, clipping, accumulation, evaluation, logs and resumable checkpoints.
+
+Command line (chapter 7): python -m companion.train --preset shakespeare-char-5m --max-steps 200 --out runs/x
+"""
 from __future__ import annotations
 
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["train_model"]
+from .checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
+from .loader import TokenIds, random_batch
+
+__all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups", "make_optimizer",
+           "estimate_loss", "train", "make_checkpoint", "resume_state"]
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of logits (..., V) against targets (...): the loss of every chapter's loop."""
+    # cross_entropy wants (N, V) logits and (N,) targets, whatever the batch shape was
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
 
 def train_model(
@@ -36,9 +59,7 @@ def train_model(
         for inputs, targets in bar:
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
-            logits = model(inputs)
-            # cross_entropy wants (N, V) logits and (N,) targets, whatever the batch shape was
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+            loss = next_token_loss(model(inputs), targets)
             loss.backward()
             optimizer.step()
             history["step_loss"].append(loss.item())
@@ -49,4 +70,266 @@ def train_model(
         history["epoch_loss"].append(total / batches)
         if progress:
             print(f"epoch {epoch}/{epochs}: mean loss {total / batches:.4f}")
+    return history
+
+
+# --- chapter 7: the full loop ----------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run, validated on construction. Introduced in chapter 7.
+
+    The defaults follow nanoGPT's shakespeare_char recipe: lr 1e-3 decaying to 1e-4 after 100 warmup
+    steps, AdamW with beta2 0.99 and weight decay 0.1, gradients clipped at norm 1.
+    """
+
+    max_steps: int = 5000
+    batch_size: int = 64
+    context_length: int = 256
+    grad_accum_steps: int = 1  # micro-batches per optimizer step: the effective batch is their product
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    lr_decay_steps: int | None = None  # None: decay over the whole run (max_steps)
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 turns clipping off
+    eval_interval: int = 250
+    eval_iters: int = 200
+    dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 elsewhere
+    compile: bool = False
+    seed: int = 1337
+    val_fraction: float = 0.1
+    dataset: str = "tinyshakespeare"  # a name registered in companion.data, or a path to a UTF-8 text file
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "batch_size", "context_length", "grad_accum_steps", "eval_interval", "eval_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr <= self.lr:
+            raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        decay = self.decay_steps
+        if decay < self.warmup_steps:
+            raise ValueError(f"lr_decay_steps={decay} is shorter than warmup_steps={self.warmup_steps}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay} and {self.grad_clip}")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError(f"betas must lie in [0, 1), got beta1={self.beta1}, beta2={self.beta2}")
+        if self.dtype not in ("auto", "float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+
+    @property
+    def decay_steps(self) -> int:
+        """The step at which the cosine reaches min_lr."""
+        return self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens seen by one optimizer step: batch_size * context_length * grad_accum_steps."""
+        return self.batch_size * self.context_length * self.grad_accum_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-Python form, safe to store in a weights_only checkpoint."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of `to_dict`; unknown keys are an error."""
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {unknown}")
+        return cls(**d)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then a half cosine down to min_lr at decay_steps, then flat.
+
+    Example (lr 1e-3, min_lr 1e-4, warmup 10, decay 110): step 0 -> 1e-4, step 9 -> 1e-3, step 60 -> 5.5e-4.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps  # step 0 already moves; step warmup-1 reaches lr
+    if step >= cfg.decay_steps:
+        return cfg.min_lr
+    progress = (step - cfg.warmup_steps) / (cfg.decay_steps - cfg.warmup_steps)  # 0 -> 1
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay on weight matrices; none on biases, norms and embeddings. Introduced in chapter 7.
+
+    Decay pulls weights toward zero; a norm's scale should stay near 1, a bias has no scale to limit,
+    and an embedding row of a rare token would shrink between its rare updates.
+    """
+    no_decay: set[int] = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            # Class names catch RMSNorm and any other home-made norm; a tied lm_head weight is the embedding's.
+            if name == "bias" or isinstance(module, nn.Embedding) or "Norm" in type(module).__name__ or p.ndim < 2:
+                no_decay.add(id(p))
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied matrix once
+    return [
+        {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+    ]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, with the config's betas; the loop sets each group's lr every step."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2))
+
+
+def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast where asked (or on CUDA under "auto"); matmuls run in bf16, reductions stay fp32."""
+    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def estimate_loss(model: nn.Module, ids: TokenIds, cfg: TrainConfig, device: torch.device | str,
+                  seed: int | None = None) -> float:
+    """Mean loss over cfg.eval_iters random batches; the same seed draws the same batches, so evaluations compare."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    g = torch.Generator().manual_seed(cfg.seed + 1 if seed is None else seed)
+    total = 0.0
+    for _ in range(cfg.eval_iters):
+        x, y = random_batch(ids, cfg.batch_size, cfg.context_length, g)
+        with _autocast(device, cfg.dtype):
+            total += next_token_loss(model(x.to(device)), y.to(device)).item()
+    model.train(was_training)
+    return total / cfg.eval_iters
+
+
+def _model_config(model: nn.Module) -> dict[str, Any] | None:
+    config = getattr(model, "config", None)
+    return config.to_dict() if hasattr(config, "to_dict") else None
+
+
+def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int,
+                    history: dict[str, list], batch_generator: torch.Generator,
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue exactly: a plain dict for `save_checkpoint`. Introduced in chapter 7."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's names
+    return {
+        "format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "model_config": _model_config(model), "train_config": cfg.to_dict(), "step": step,
+        "history": {k: list(v) for k, v in history.items()}, "rng": rng_state(batch_generator), **(extra or {}),
+    }
+
+
+def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                 batch_generator: torch.Generator) -> tuple[int, dict[str, list]]:
+    """Load a checkpoint's weights, optimizer and RNG states in place; returns (step, history)."""
+    getattr(model, "_orig_mod", model).load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    set_rng_state(checkpoint["rng"], batch_generator)
+    return checkpoint["step"], {k: list(v) for k, v in checkpoint["history"].items()}
+
+
+def _write_logs(out: Path, history: dict[str, list]) -> None:
+    """log.json holds the whole history; log.csv one row per step, with val_loss where an evaluation ran."""
+    (out / "log.json").write_text(json.dumps(history) + "\n")
+    val = dict(zip(history["eval_step"], zip(history["eval_train"], history["eval_val"])))
+    with open(out / "log.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["step", "lr", "train_loss", "eval_train_loss", "val_loss"])
+        if 0 in val:
+            w.writerow([0, "", "", *val[0]])
+        for i, (lr, loss) in enumerate(zip(history["lr"], history["train_loss"]), start=1):
+            w.writerow([i, f"{lr:.6g}", f"{loss:.6f}", *val.get(i, ("", ""))])
+
+
+def train(
+    model: nn.Module,
+    train_ids: TokenIds,
+    val_ids: TokenIds,
+    cfg: TrainConfig,
+    device: torch.device | str = "cpu",
+    *,
+    out_dir: str | Path | None = None,
+    resume: dict[str, Any] | None = None,
+    stop_at: int | None = None,
+    extra: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, list]:
+    """Train `model` for cfg.max_steps optimizer steps on random batches of train_ids; returns the history.
+
+    history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the end)
+    "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With out_dir,
+    each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded checkpoint;
+    `stop_at` ends early as if interrupted (the schedule still runs to max_steps). `extra` goes into
+    every checkpoint (e.g. the tokenizer). Introduced in chapter 7.
+    """
+    device = torch.device(device)
+    model.to(device)
+    model.train()
+    cfg_model = getattr(model, "config", None)
+    if cfg_model is not None and getattr(cfg_model, "context_length", cfg.context_length) < cfg.context_length:
+        raise ValueError(f"context_length={cfg.context_length} exceeds the model's {cfg_model.context_length}")
+    optimizer = make_optimizer(model, cfg)
+    gen = torch.Generator().manual_seed(cfg.seed)  # the batch sampler's own stream, saved in checkpoints
+    history: dict[str, list] = {"lr": [], "train_loss": [], "eval_step": [], "eval_train": [], "eval_val": [], "elapsed": []}
+    step = 0
+    if resume is not None:
+        step, history = resume_state(resume, model, optimizer, gen)
+    else:
+        torch.manual_seed(cfg.seed)  # dropout masks repeat too
+    end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
+    forward = torch.compile(model) if cfg.compile else model
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    resumed_at = history["elapsed"][-1] if history["elapsed"] else 0.0
+    t0, start = time.perf_counter() - resumed_at, step
+
+    def evaluate() -> None:
+        history["eval_step"].append(step)
+        history["eval_train"].append(estimate_loss(forward, train_ids, cfg, device))
+        history["eval_val"].append(estimate_loss(forward, val_ids, cfg, device))
+        history["elapsed"].append(time.perf_counter() - t0)
+        if out is not None:
+            save_checkpoint(out / "ckpt.pt", make_checkpoint(model, optimizer, cfg, step, history, gen, extra))
+            _write_logs(out, history)
+
+    if step == 0 and not history["eval_step"]:
+        evaluate()  # the untrained model: about ln(vocab_size)
+    bar = tqdm(range(step, end), initial=step, total=end, desc="train", disable=not progress)
+    for step in bar:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = 0.0
+        for _ in range(cfg.grad_accum_steps):
+            x, y = random_batch(train_ids, cfg.batch_size, cfg.context_length, gen)
+            with _autocast(device, cfg.dtype):
+                loss = next_token_loss(forward(x.to(device)), y.to(device))
+            # Dividing by the number of micro-batches makes the summed gradients their mean: accumulating
+            # k batches of B gives the gradient of one batch of k*B.
+            (loss / cfg.grad_accum_steps).backward()
+            loss_sum += loss.item()
+        if cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1  # from here on, `step` counts completed optimizer steps
+        history["lr"].append(lr)
+        history["train_loss"].append(loss_sum / cfg.grad_accum_steps)
+        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+            evaluate()
+            tok_s = cfg.tokens_per_step * (step - start) / (history["elapsed"][-1] - resumed_at)
+            bar.set_postfix(train=f"{history['eval_train'][-1]:.3f}", val=f"{history['eval_val'][-1]:.3f}",
+                            tok_s=f"{tok_s:,.0f}")
+    bar.close()
+    if out is not None and step < cfg.max_steps and (not history["eval_step"] or history["eval_step"][-1] != step):
+        # Stopped early: save where we are, without an evaluation, so a resumed run's history
+        # matches an uninterrupted one entry for entry.
+        save_checkpoint(out / "ckpt.pt", make_checkpoint(model, optimizer, cfg, step, history, gen, extra))
     return history

@@ -1,0 +1,87 @@
+"""Checkpoints as plain dicts: tensors and plain Python values, saved atomically, loaded with weights_only=True.
+
+A checkpoint never pickles a class, so loading one cannot run code and survives refactors of the
+companion. Introduced in chapter 7.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["FORMAT_VERSION", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+
+FORMAT_VERSION = 1
+REQUIRED = ("format_version", "model", "step")
+
+
+def rng_state(*generators: torch.Generator) -> dict[str, Any]:
+    """Every random stream a training run draws from: Python, torch CPU, CUDA if present, and `generators`.
+
+    Example: rng_state(torch.Generator().manual_seed(0))["generators"][0].dtype -> torch.uint8
+    """
+    py_version, py_internal, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        # tuples of ints are plain values; weights_only loads them back as they were
+        "python": [py_version, list(py_internal), py_gauss],
+        "torch": torch.get_rng_state(),
+        "generators": [g.get_state() for g in generators],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
+    """Restore what `rng_state` captured, into the same generators in the same order."""
+    saved = state.get("generators", [])
+    if len(saved) != len(generators):
+        raise ValueError(f"the checkpoint holds {len(saved)} generator states but {len(generators)} generators were given")
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    torch.set_rng_state(state["torch"])
+    for g, s in zip(generators, saved):
+        g.set_state(s)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
+    """Write `checkpoint` to `path` atomically: a temporary file in the same folder, then os.replace.
+
+    A crash mid-write leaves the previous checkpoint intact, never a truncated one, because
+    os.replace swaps the name in one step on POSIX and Windows alike. Returns the path.
+    """
+    path = Path(path)
+    missing = [k for k in REQUIRED if k not in checkpoint]
+    if missing:
+        raise ValueError(f"a checkpoint needs the keys {list(REQUIRED)}; missing {missing}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`; weights_only=True refuses anything but tensors and plain values."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED):
+        raise ValueError(f"{path} is not a companion checkpoint: expected a dict with keys {list(REQUIRED)}")
+    if checkpoint["format_version"] != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format {checkpoint['format_version']}; this companion reads {FORMAT_VERSION}")
+    return checkpoint
