@@ -1,0 +1,132 @@
+"""Tests for companion.hf: random small transformers GPT-2 and Llama models give the same logits once converted."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+
+from companion.hf import config_from_hf, from_hf, hub_offline, load_pretrained  # noqa: E402
+from companion.model import count_params  # noqa: E402
+
+V, T = 97, 24
+
+
+def gpt2(seed: int = 0, **kw) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=V, n_positions=32, n_embd=48, n_layer=3, n_head=4, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(GPT2Config(**{**cfg, **kw})).eval()
+
+
+def llama(seed: int = 0, **kw) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
+               num_key_value_heads=2, max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(LlamaConfig(**{**cfg, **kw})).eval()
+
+
+def randomise_norms(hf: torch.nn.Module) -> None:
+    """HF initialises norms to 1 and biases to 0: perturb them so a swapped or dropped tensor shows."""
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if "ln" in name or "norm" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+def same_logits(hf: torch.nn.Module, atol: float = 1e-4) -> None:
+    randomise_norms(hf)
+    ours = from_hf(hf.state_dict(), hf.config.to_dict())
+    idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = hf(idx).logits, ours(idx)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, atol=atol), (got - want).abs().max()
+    assert ours.num_params() == sum(p.numel() for p in hf.parameters())
+    assert count_params(ours.config)["total"] == ours.num_params()
+
+
+def test_gpt2_logits_match():
+    same_logits(gpt2())
+
+
+def test_gpt2_untied_head_logits_match():
+    same_logits(gpt2(tie_word_embeddings=False))
+
+
+def test_gpt2_with_custom_inner_width_logits_match():
+    same_logits(gpt2(n_inner=80))
+
+
+@pytest.mark.parametrize("kv", [8, 2, 1], ids=["mha", "gqa", "mqa"])
+def test_llama_logits_match(kv):
+    same_logits(llama(num_key_value_heads=kv))
+
+
+def test_llama_tied_head_and_theta_logits_match():
+    same_logits(llama(tie_word_embeddings=True, rope_theta=500000.0))
+
+
+def test_llama_with_biases_logits_match():
+    same_logits(llama(attention_bias=True, mlp_bias=True))
+
+
+def test_converted_model_decodes_with_cache_like_hf():
+    hf = llama()
+    ours = from_hf(hf.state_dict(), hf.config.to_dict())
+    idx = torch.randint(0, V, (1, 10), generator=torch.Generator().manual_seed(2))
+    caches = ours.make_caches(1)
+    with torch.no_grad():
+        parts = [ours(idx[:, :4], caches=caches)] + [ours(idx[:, t:t + 1], caches=caches) for t in range(4, 10)]
+        assert torch.allclose(torch.cat(parts, 1), hf(idx).logits, atol=1e-4)
+
+
+def test_config_mapping_gpt2():
+    c = config_from_hf(gpt2().config.to_dict())
+    assert (c.d_model, c.n_layers, c.n_heads, c.d_ff, c.context_length) == (48, 3, 4, 192, 32)
+    assert (c.norm, c.mlp, c.pos, c.bias, c.tie_embeddings) == ("layernorm", "gelu", "learned", True, True)
+
+
+def test_config_mapping_llama():
+    c = config_from_hf(llama().config.to_dict())
+    assert (c.n_kv_heads, c.d_ff, c.norm, c.mlp, c.pos, c.bias) == (2, 96, "rmsnorm", "swiglu", "rope", False)
+    assert c.norm_eps == 1e-6 and c.rope_theta == 10000.0
+
+
+def test_older_rope_theta_key_is_read():
+    d = {**llama().config.to_dict(), "rope_theta": 1234.0}
+    d.pop("rope_parameters")
+    assert config_from_hf(d).rope_theta == 1234.0
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(model_type="bert"), "model_type"),
+    (dict(activation_function="relu"), "activation"),
+])
+def test_unsupported_gpt2_configs_raise(change, words):
+    with pytest.raises(ValueError, match=words):
+        config_from_hf({**gpt2().config.to_dict(), **change})
+
+
+def test_unsupported_llama_configs_raise():
+    d = llama().config.to_dict()
+    with pytest.raises(ValueError, match="silu"):
+        config_from_hf({**d, "hidden_act": "gelu"})
+    with pytest.raises(ValueError, match="agree"):
+        config_from_hf({**d, "attention_bias": True})
+    with pytest.raises(ValueError, match="linear"):
+        config_from_hf({**d, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}})
+
+
+def test_missing_or_extra_tensors_raise():
+    hf = gpt2()
+    sd = hf.state_dict()
+    with pytest.raises(ValueError, match="missing"):
+        from_hf({k: v for k, v in sd.items() if "h.1.ln_2" not in k}, hf.config.to_dict())
+    with pytest.raises(ValueError, match="unexpected"):
+        from_hf({**sd, "transformer.h.9.ln_1.weight": torch.ones(48)}, hf.config.to_dict())
+
+
+def test_load_pretrained_refuses_offline(monkeypatch):
+    monkeypatch.setenv("COMPANION_OFFLINE", "1")
+    assert hub_offline()
+    with pytest.raises(RuntimeError, match="offline"):
+        load_pretrained("gpt2")
