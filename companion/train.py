@@ -333,3 +333,9 @@ def train(
         # matches an uninterrupted one entry for entry.
         save_checkpoint(out / "ckpt.pt", make_checkpoint(model, optimizer, cfg, step, history, gen, extra))
     return history
+
+
+if __name__ == "__main__":
+    from companion.train_cli import main  # the command line lives beside the loop, not in it
+
+    raise SystemExit(main())
