@@ -50,7 +50,7 @@ class CrawlDoc:
     """One crawled page and its ground truth. Introduced in chapter 2.
 
     `text` is what a perfect extractor plus repair returns; `defect` is "clean" or one of DEFECTS;
-    `detail` names the variant (e.g. "shuffled", "too_short", "fr"); `dup_of` is the index of the
+    `detail` names the variant (e.g. "reordered", "too_short", "fr"); `dup_of` is the index of the
     document this one copies; `pii` lists the planted e-mails, phones and IPs verbatim.
     """
 
