@@ -112,9 +112,9 @@ class TrainConfig:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
-        decay = self.decay_steps
-        if decay < self.warmup_steps:
-            raise ValueError(f"lr_decay_steps={decay} is shorter than warmup_steps={self.warmup_steps}")
+        # A run shorter than its warmup is fine (a quick try: all warmup); a decay set shorter is a mistake.
+        if self.lr_decay_steps is not None and self.lr_decay_steps < self.warmup_steps:
+            raise ValueError(f"lr_decay_steps={self.lr_decay_steps} is shorter than warmup_steps={self.warmup_steps}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay} and {self.grad_clip}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
