@@ -1,0 +1,236 @@
+"""Chapter 7's self-checks pass on correct answers, and fail with a specific hint on the stub and on plausible mistakes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from companion.checks import ExerciseFailed, check_7_1, check_7_2, check_7_3, check_7_4
+from companion.train import next_token_loss
+
+
+def stub(*args):
+    raise NotImplementedError("write your code here")
+
+
+def fails_with(check, fn, fragment: str) -> None:
+    with pytest.raises(ExerciseFailed) as info:
+        check(fn)
+    assert fragment in str(info.value), str(info.value)
+
+
+# --- 7.1 warmup + cosine -------------------------------------------------------------------
+
+def lr_at_step(step, max_lr, min_lr, warmup, decay_steps):
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    if step >= decay_steps:
+        return min_lr
+    progress = (step - warmup) / (decay_steps - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+def test_check_7_1_passes_on_a_correct_answer(capsys):
+    check_7_1(lr_at_step)
+    assert "passed" in capsys.readouterr().out
+
+
+def no_warmup(step, max_lr, min_lr, warmup, decay_steps):
+    return lr_at_step(step, max_lr, min_lr, 0, decay_steps)
+
+
+def zero_start(step, max_lr, min_lr, warmup, decay_steps):
+    return max_lr * step / warmup if step < warmup else lr_at_step(step, max_lr, min_lr, warmup, decay_steps)
+
+
+def to_zero(step, max_lr, min_lr, warmup, decay_steps):
+    return lr_at_step(step, max_lr, 0.0, warmup, decay_steps)
+
+
+def keeps_falling(step, max_lr, min_lr, warmup, decay_steps):  # the cosine runs on past decay_steps
+    if step < warmup:
+        return max_lr * (step + 1) / warmup
+    progress = (step - warmup) / (decay_steps - warmup)
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (no_warmup, "no warmup"),
+    (zero_start, "(step + 1) / warmup"),
+    (to_zero, "min_lr"),
+    (keeps_falling, "stays at min_lr"),
+    (lambda *a: None, "one number"),
+])
+def test_check_7_1_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_1, wrong, fragment)
+
+
+# --- 7.2 AdamW groups ----------------------------------------------------------------------
+
+def split_params(model, weight_decay):
+    no_decay = set()
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if name == "bias" or isinstance(module, torch.nn.Embedding) or "Norm" in type(module).__name__:
+                no_decay.add(id(p))
+    params = list(model.parameters())
+    return [{"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
+            {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0}]
+
+
+def test_check_7_2_passes_on_a_correct_answer(capsys):
+    check_7_2(split_params)
+    assert "passed" in capsys.readouterr().out
+
+
+def nanogpt_rule(model, weight_decay):  # dim >= 2 decays: embeddings included
+    params = list(model.parameters())
+    return [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+
+
+def by_name_twice(model, weight_decay):  # named_parameters(remove_duplicate=False) lists the tied weight twice
+    groups = split_params(model, weight_decay)
+    if model.config.tie_embeddings:
+        groups[1]["params"].append(model.lm_head.weight)
+    return groups
+
+
+def decays_everything(model, weight_decay):
+    return [{"params": list(model.parameters()), "weight_decay": weight_decay}, {"params": [], "weight_decay": 0.0}]
+
+
+def forgets_norms(model, weight_decay):
+    groups = split_params(model, weight_decay)
+    groups[1]["params"] = [p for p in groups[1]["params"] if p.ndim == 2 or p is model.blocks[0].attn.q_proj.bias]
+    return groups
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (nanogpt_rule, "token embedding"),
+    (by_name_twice, "appears twice"),
+    (decays_everything, "token embedding"),
+    (forgets_norms, "missing"),
+    (lambda m, wd: list(m.parameters()), "two dicts"),
+    (lambda m, wd: split_params(m, wd)[::-1], "first group decays"),
+])
+def test_check_7_2_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_2, wrong, fragment)
+
+
+def test_check_7_2_names_a_wrongly_decayed_bias():
+    def decays_biases(model, weight_decay):
+        groups = split_params(model, weight_decay)
+        biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+        ids = {id(b) for b in biases}
+        groups[0]["params"] += biases
+        groups[1]["params"] = [p for p in groups[1]["params"] if id(p) not in ids]
+        return groups
+    fails_with(check_7_2, decays_biases, "should not decay")
+
+
+# --- 7.3 gradient accumulation -------------------------------------------------------------
+
+def accumulate(model, micro_batches):
+    total = 0.0
+    for x, y in micro_batches:
+        loss = next_token_loss(model(x), y) / len(micro_batches)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def test_check_7_3_passes_on_a_correct_answer(capsys):
+    check_7_3(accumulate)
+    assert "passed" in capsys.readouterr().out
+
+
+def no_divide(model, micro_batches):
+    total = 0.0
+    for x, y in micro_batches:
+        loss = next_token_loss(model(x), y)
+        loss.backward()
+        total += loss.item()
+    return total / len(micro_batches)
+
+
+def zero_each_time(model, micro_batches):
+    total = 0.0
+    for x, y in micro_batches:
+        model.zero_grad()
+        loss = next_token_loss(model(x), y) / len(micro_batches)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+def sums_losses(model, micro_batches):
+    accumulate(model, micro_batches)
+    return sum(next_token_loss(model(x), y).item() for x, y in micro_batches)
+
+
+def zero_at_end(model, micro_batches):
+    loss = accumulate(model, micro_batches)
+    model.zero_grad(set_to_none=True)
+    return loss
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (no_divide, "3x too large"),
+    (zero_each_time, "don't zero .grad between"),
+    (sums_losses, "mean loss"),
+    (zero_at_end, "None"),
+])
+def test_check_7_3_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_3, wrong, fragment)
+
+
+# --- 7.4 resume ----------------------------------------------------------------------------
+
+def resume_from(path, model, optimizer, generator):
+    ckpt = torch.load(path, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    generator.set_state(ckpt["rng"]["generators"][0])
+    return ckpt["step"]
+
+
+def test_check_7_4_passes_on_a_correct_answer(capsys):
+    check_7_4(resume_from)
+    assert "passed" in capsys.readouterr().out
+
+
+def no_optimizer(path, model, optimizer, generator):
+    ckpt = torch.load(path, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    generator.set_state(ckpt["rng"]["generators"][0])
+    return ckpt["step"]
+
+
+def no_generator(path, model, optimizer, generator):
+    ckpt = torch.load(path, weights_only=True)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    return ckpt["step"]
+
+
+def no_model(path, model, optimizer, generator):
+    ckpt = torch.load(path, weights_only=True)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    generator.set_state(ckpt["rng"]["generators"][0])
+    return ckpt["step"]
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (no_optimizer, "optimizer's moments"),
+    (no_generator, "batch sampler's generator"),
+    (no_model, "weights were not restored"),
+    (lambda *a: (resume_from(*a), None)[1], "return the step"),
+])
+def test_check_7_4_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_4, wrong, fragment)
