@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "TokenView", "plot_attention"]
+__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "plot_train_val", "TokenView", "plot_attention"]
 
 
 def show_char(c: str) -> str:
@@ -114,5 +114,31 @@ def plot_attention(
     if title:
         ax.set_title(title)
     fig.colorbar(im, ax=ax, shrink=0.8, label="weight")
+    fig.tight_layout()
+    return fig
+
+
+def plot_train_val(
+    history: dict[str, list[float]],
+    reference: dict[str, float] | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Per-step training loss (faint), evaluated train and val losses (lines), reference levels (dashed).
+
+    `history` is what companion.train.train returns. Introduced in chapter 7.
+    """
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    steps = range(1, len(history["train_loss"]) + 1)
+    ax.plot(steps, history["train_loss"], lw=0.8, alpha=0.3, color="C0", label="train loss (one batch)")
+    ax.plot(history["eval_step"], history["eval_train"], "o-", color="C0", ms=3, label="train loss (evaluated)")
+    ax.plot(history["eval_step"], history["eval_val"], "s-", color="C1", ms=3, label="val loss (evaluated)")
+    for i, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, ls="--", lw=1, color=f"C{i + 2}", label=f"{label} ({value:.2f})")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
