@@ -1,0 +1,165 @@
+"""Wrap a companion GPT for one strategy so a training loop runs unchanged: `wrap_model`, `shard_batch`. Introduced in chapter 9.
+
+Every wrapper offers the same two things: `parameters()` for the optimizer, and `forward_backward(x, y)`,
+which runs the forward and backward passes and returns the loss of the whole global batch (same on every rank).
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .launch import DistEnv
+from .pipeline import GPTStage, TimedStage
+from .tensor import TensorParallelMLP, apply_tensor_parallel
+
+__all__ = ["STRATEGIES", "Parallel", "wrap_model", "shard_batch", "state_bytes", "full_state_dict"]
+
+STRATEGIES = ("none", "ddp", "fsdp", "pipeline", "tp")
+
+
+def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy: (B, T, V) logits against (B, T) targets."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+class Parallel:
+    """A model prepared for one strategy: `module` holds this rank's parameters, `forward_backward` does one pass."""
+
+    def __init__(self, model: nn.Module, module: nn.Module, strategy: str, env: DistEnv):
+        self.model, self.module, self.strategy, self.env = model, module, strategy, env
+        self.stage: TimedStage | None = None
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward and backward on this rank's share of the batch; returns the global batch's mean loss."""
+        loss = lm_loss(self.module(x), y)
+        loss.backward()
+        loss = loss.detach()
+        if self.strategy in ("ddp", "fsdp"):  # each rank saw a different slice: average the slices' losses
+            loss = loss.clone()
+            dist.all_reduce(loss, op=dist.ReduceOp.AVG)
+        return float(loss)
+
+
+class PipelineParallel(Parallel):
+    """The pipeline wrapper: micro-batches flow through the stages under a GPipe or 1F1B schedule."""
+
+    def __init__(self, model: nn.Module, env: DistEnv, n_microbatches: int, schedule: str):
+        from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
+
+        schedules = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+        if schedule not in schedules:
+            raise ValueError(f"schedule must be one of {sorted(schedules)}, got {schedule!r}")
+        p, r = env.world_size, env.rank
+        stage = TimedStage(GPTStage(model, r, p), r, n_microbatches)
+        super().__init__(model, stage, "pipeline", env)
+        self.stage = stage
+        # The stage learns what it sends and receives from a trial pass on the first step (TimedStage skips it).
+        self.pipe_stage = PipelineStage(stage, r, p, env.device)
+        self.schedule = schedules[schedule](self.pipe_stage, n_microbatches=n_microbatches, loss_fn=lm_loss)
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        first, last = self.env.rank == 0, self.env.rank == self.env.world_size - 1
+        losses: list[torch.Tensor] = []
+        if first and last:
+            self.schedule.step(x, target=y, losses=losses)
+        elif first:
+            self.schedule.step(x)
+        elif last:
+            self.schedule.step(target=y, losses=losses)
+        else:
+            self.schedule.step()
+        # Only the last stage sees the loss; it tells the others. The schedule already scaled gradients by 1/m.
+        loss = torch.stack(losses).mean().detach() if last else torch.zeros(())
+        dist.broadcast(loss, src=self.env.world_size - 1)
+        return float(loss)
+
+
+def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, n_microbatches: int = 4, schedule: str = "1f1b",
+               tp_method: str = "hand") -> Parallel:
+    """Prepare a companion GPT (same initial weights on every rank) for `strategy`; see STRATEGIES."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    if strategy != "none" and getattr(model.config, "dropout", 0.0) > 0:
+        raise ValueError(f"dropout={model.config.dropout}: each rank would drop different units; use dropout=0 to compare")
+    if strategy == "none":
+        return Parallel(model, model, "none", env)
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        return Parallel(model, DDP(model, device_ids=None if env.device.type == "cpu" else [env.device]), "ddp", env)
+    if strategy == "fsdp":
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        mesh = init_device_mesh(env.device.type, (env.world_size,))
+        for block in model.blocks:  # one all-gather per block: only one block's full weights exist at a time
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)  # the rest (embeddings, final norm, head) as one group
+        return Parallel(model, model, "fsdp", env)
+    if strategy == "tp":
+        apply_tensor_parallel(model, env.rank, env.world_size, method=tp_method)
+        return Parallel(model, model, "tp", env)
+    return PipelineParallel(model, env, n_microbatches, schedule)
+
+
+def shard_batch(x: torch.Tensor, y: torch.Tensor, env: DistEnv, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of a global batch: a slice of rows for data parallelism, all of it otherwise."""
+    if strategy in ("ddp", "fsdp"):
+        if x.shape[0] % env.world_size:
+            raise ValueError(f"world_size={env.world_size} does not divide the global batch of {x.shape[0]}")
+        return x.chunk(env.world_size)[env.rank], y.chunk(env.world_size)[env.rank]
+    return x, y
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t  # a DTensor's shard on this rank
+
+
+def state_bytes(params, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
+    """Bytes this rank actually holds for parameters and optimizer state (local shards of DTensors)."""
+    param = sum(_local(p).numel() * p.element_size() for p in params)
+    optim = 0
+    if optimizer is not None:
+        for state in optimizer.state.values():
+            optim += sum(_local(v).numel() * v.element_size() for v in state.values() if torch.is_tensor(v) and v.dim())
+    return {"param": param, "optim": optim}
+
+
+def full_state_dict(par: Parallel) -> dict[str, torch.Tensor]:
+    """Every parameter at full size under its GPT name, on every rank (a collective: all ranks must call it)."""
+    if par.strategy == "pipeline":
+        mine = {id(p) for p in par.module.parameters()}
+        local = {n: p.detach().clone() for n, p in par.model.named_parameters() if id(p) in mine}
+        gathered: list[dict] = [None] * par.env.world_size  # type: ignore[list-item]
+        dist.all_gather_object(gathered, local)
+        return {k: v for part in gathered for k, v in part.items()}
+    out = {}
+    for name, p in par.model.named_parameters():
+        p = p.detach()
+        if hasattr(p, "full_tensor"):
+            p = p.full_tensor()  # FSDP shards and DTensor tensor-parallel weights
+        out[name] = p.clone()
+    if par.strategy == "tp" and any(isinstance(b.mlp, TensorParallelMLP) for b in par.model.blocks):
+        out = _unsplit_tp(out, par.env.world_size)
+    return out
+
+
+def _unsplit_tp(state: dict[str, torch.Tensor], world: int) -> dict[str, torch.Tensor]:
+    """Gather the hand-split MLP shards back into the unsplit layer's names and shapes."""
+    full = {}
+    for name, t in state.items():
+        if ".mlp." not in name:
+            full[name] = t
+            continue
+        if name.endswith("down_bias"):
+            full[name.replace("down_bias", "down_proj.bias")] = t
+            continue
+        parts = [torch.empty_like(t) for _ in range(world)]
+        dist.all_gather(parts, t.contiguous())
+        full[name] = torch.cat(parts, dim=1 if "down_proj.weight" in name else 0)
+    return full
