@@ -11,7 +11,7 @@ import torch
 
 from ..model import GPT, GPTConfig
 from .launch import DistEnv, launch
-from .wrap import full_state_dict, shard_batch, state_bytes, wrap_model
+from .wrap import clip_grad_norm, full_state_dict, shard_batch, state_bytes, wrap_model
 
 __all__ = ["RunSpec", "tiny_config", "make_batches", "train_steps", "train_single", "compare_losses", "verify"]
 
@@ -35,6 +35,7 @@ class RunSpec:
     n_microbatches: int = 4
     schedule: str = "1f1b"
     tp_method: str = "hand"
+    grad_clip: float = 0.5  # low enough to bite on the first steps, so the distributed norm is checked too
     inject_fault: bool = False
 
     def __post_init__(self) -> None:
@@ -65,9 +66,10 @@ def train_steps(rank: int, world_size: int, spec: RunSpec, strategy: str) -> dic
     par = wrap_model(model, strategy, env, n_microbatches=spec.n_microbatches, schedule=spec.schedule,
                      tp_method=spec.tp_method)
     opt = torch.optim.AdamW(par.parameters(), lr=spec.lr, weight_decay=0.1)
-    losses = []
+    losses, norms = [], []
     for step, (x, y) in enumerate(make_batches(spec)):
         losses.append(par.forward_backward(*shard_batch(x, y, env, strategy)))
+        norms.append(clip_grad_norm(par, spec.grad_clip) if spec.grad_clip > 0 else 0.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if spec.inject_fault and strategy != "none" and step == 0 and rank == 0:
@@ -75,7 +77,7 @@ def train_steps(rank: int, world_size: int, spec: RunSpec, strategy: str) -> dic
                 next(iter(par.parameters())).mul_(1.5)  # (a shift would vanish in LayerNorm)
         if strategy != "none":  # each rank's log shows its own view of the run
             print(f"[rank {rank}] step {step}: loss {losses[-1]:.6f}", flush=True)
-    out = {"losses": losses, "bytes": state_bytes(par.parameters(), opt), "weights": full_state_dict(par)}
+    out = {"losses": losses, "grad_norms": norms, "bytes": state_bytes(par.parameters(), opt), "weights": full_state_dict(par)}
     if par.stage is not None:
         out["events"] = par.stage.events
     return out
@@ -108,6 +110,8 @@ def verify(strategy: str, world_size: int = 2, steps: int = 5, quiet: bool = Fal
     run = launch(train_steps, world_size, spec, strategy)
     ranks = [r["losses"] for r in run.results]
     mismatches = [f"rank {k} {m}" for k, losses in enumerate(ranks) for m in compare_losses(ref["losses"], losses)]
+    for k, result in enumerate(run.results):  # the clipped norm must be the global one, not this rank's part
+        mismatches += [f"rank {k} gradient norm at {m}" for m in compare_losses(ref["grad_norms"], result["grad_norms"])]
     weights = run.results[0]["weights"]
     w_diff = max((weights[n] - t).abs().max().item() for n, t in ref["weights"].items())
     if w_diff > 1e-4:

@@ -14,7 +14,7 @@ from .launch import DistEnv
 from .pipeline import GPTStage, TimedStage
 from .tensor import TensorParallelMLP, apply_tensor_parallel
 
-__all__ = ["STRATEGIES", "Parallel", "wrap_model", "shard_batch", "state_bytes", "full_state_dict"]
+__all__ = ["STRATEGIES", "Parallel", "wrap_model", "shard_batch", "clip_grad_norm", "state_bytes", "full_state_dict"]
 
 STRATEGIES = ("none", "ddp", "fsdp", "pipeline", "tp")
 
@@ -34,10 +34,13 @@ class Parallel:
     def parameters(self):
         return self.module.parameters()
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        """Forward and backward on this rank's share of the batch; returns the global batch's mean loss."""
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
+        """Forward and backward on this rank's share of the batch; returns the global batch's mean loss.
+
+        scale multiplies the loss before backward (1 / accumulation steps), not the returned value.
+        """
         loss = lm_loss(self.module(x), y)
-        loss.backward()
+        (loss * scale).backward()
         loss = loss.detach()
         if self.strategy in ("ddp", "fsdp"):  # each rank saw a different slice: average the slices' losses
             loss = loss.clone()
@@ -60,9 +63,14 @@ class PipelineParallel(Parallel):
         self.stage = stage
         # The stage learns what it sends and receives from a trial pass on the first step (TimedStage skips it).
         self.pipe_stage = PipelineStage(stage, r, p, env.device)
-        self.schedule = schedules[schedule](self.pipe_stage, n_microbatches=n_microbatches, loss_fn=lm_loss)
+        self.scale = 1.0
+        self.schedule = schedules[schedule](self.pipe_stage, n_microbatches=n_microbatches, loss_fn=self._loss)
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return lm_loss(logits, y) * self.scale
+
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
+        self.scale = scale
         first, last = self.env.rank == 0, self.env.rank == self.env.world_size - 1
         losses: list[torch.Tensor] = []
         if first and last:
@@ -74,7 +82,7 @@ class PipelineParallel(Parallel):
         else:
             self.schedule.step()
         # Only the last stage sees the loss; it tells the others. The schedule already scaled gradients by 1/m.
-        loss = torch.stack(losses).mean().detach() if last else torch.zeros(())
+        loss = torch.stack(losses).mean().detach() / scale if last else torch.zeros(())
         dist.broadcast(loss, src=self.env.world_size - 1)
         return float(loss)
 
@@ -114,6 +122,42 @@ def shard_batch(x: torch.Tensor, y: torch.Tensor, env: DistEnv, strategy: str) -
             raise ValueError(f"world_size={env.world_size} does not divide the global batch of {x.shape[0]}")
         return x.chunk(env.world_size)[env.rank], y.chunk(env.world_size)[env.rank]
     return x, y
+
+
+def clip_grad_norm(par: Parallel, max_norm: float) -> float:
+    """Scale every gradient so their global norm is at most max_norm; returns the norm before clipping.
+
+    Each rank holds part of the gradient: its FSDP shard, its pipeline stage, its slice of each MLP.
+    The squares are summed across the ranks; gradients every rank holds in full are counted once.
+    """
+    grads = [p.grad for p in par.parameters() if p.grad is not None]
+    if par.strategy in ("none", "ddp"):  # every rank holds the whole (averaged) gradient
+        return float(nn.utils.clip_grad_norm_(par.parameters(), max_norm))
+    split, whole = torch.zeros(()), torch.zeros(())
+    for g in grads:
+        placements = getattr(g, "placements", None)
+        replicated = placements is not None and all(pl.is_replicate() for pl in placements)
+        is_split = par.strategy in ("fsdp", "pipeline") or (not replicated and (placements is not None or _tp_split(par, g)))
+        sq = _local(g).float().pow(2).sum()
+        if is_split:
+            split += sq
+        else:
+            whole += sq
+    dist.all_reduce(split)
+    norm = float((split + whole).sqrt())
+    coef = min(1.0, max_norm / (norm + 1e-6))
+    if coef < 1.0:
+        for g in grads:
+            _local(g).mul_(coef)
+    return norm
+
+
+def _tp_split(par: Parallel, grad: torch.Tensor) -> bool:
+    """Is this gradient a hand-split MLP slice (as opposed to a replicated weight, or the bias added after the sum)?"""
+    if not hasattr(par, "_split_grads"):
+        par._split_grads = {id(p) for b in par.model.blocks if isinstance(b.mlp, TensorParallelMLP)
+                            for n, p in b.mlp.named_parameters() if n != "down_bias"}
+    return any(p.grad is grad for p in par.model.parameters() if id(p) in par._split_grads)
 
 
 def _local(t: torch.Tensor) -> torch.Tensor:
