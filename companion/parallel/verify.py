@@ -13,7 +13,8 @@ from ..model import GPT, GPTConfig
 from .launch import DistEnv, launch
 from .wrap import clip_grad_norm, full_state_dict, shard_batch, state_bytes, wrap_model
 
-__all__ = ["RunSpec", "tiny_config", "make_batches", "train_steps", "train_single", "compare_losses", "verify"]
+__all__ = ["RunSpec", "tiny_config", "make_batches", "train_steps", "train_single", "compare_losses", "verify",
+           "pipeline_timings"]
 
 
 def tiny_config(**overrides) -> GPTConfig:
@@ -125,3 +126,25 @@ def verify(strategy: str, world_size: int = 2, steps: int = 5, quiet: bool = Fal
         print("MISMATCH:\n  " + "\n  ".join(mismatches) if mismatches else "OK: every rank matches single-process training")
     return {"ok": not mismatches, "mismatches": mismatches, "reference": ref, "results": run.results,
             "logs": run.logs, "seconds": run.seconds, "spec": asdict(spec), "weight_diff": w_diff}
+
+
+def pipeline_timings(rank: int, world_size: int, config: dict, microbatches: list[int], microbatch_size: int = 4,
+                     seq_len: int = 64, schedule: str = "gpipe", steps: int = 2) -> dict[int, list]:
+    """One rank's pass timings for each number of micro-batches m, micro-batch size fixed (the batch grows with m).
+
+    Returns {m: events of the last of `steps` steps}; the first steps warm up. Run it with `launch`.
+    """
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_dict(config))
+    env = DistEnv(rank, world_size, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for m in microbatches:
+        par = wrap_model(model, "pipeline", env, n_microbatches=m, schedule=schedule)
+        x = torch.randint(0, model.config.vocab_size, (m * microbatch_size, seq_len + 1), generator=g)
+        for _ in range(steps):
+            par.stage.events.clear()
+            par.forward_backward(x[:, :-1], x[:, 1:])
+            model.zero_grad(set_to_none=True)
+        out[m] = list(par.stage.events)
+    return out
