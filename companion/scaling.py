@@ -14,7 +14,7 @@ from .sizing import GPU, GPUS, _gpu, flops_per_token, gpus_needed, param_count
 
 __all__ = [
     "LossFit", "HOFFMANN", "EPOCH", "loss", "optimal_allocation", "chinchilla_optimal", "CHINCHILLA_TABLE3",
-    "isoflop", "budget_flops", "Plan", "plan_budget", "Blueprint", "blueprint", "GPT3_TABLE",
+    "isoflop", "budget_flops", "Plan", "plan_budget", "describe_plan", "human", "Blueprint", "blueprint", "GPT3_TABLE",
 ]
 
 
@@ -125,6 +125,28 @@ def plan_budget(
     return Plan(dollars, g.name, mfu, c, n, d, hours, n_gpus, hours / n_gpus, 16 * n / 2**30)
 
 
+def human(x: float) -> str:
+    """A count with a suffix, three significant digits: human(6.89e10) -> '68.9B'."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{suffix}"
+    return f"{x:.3g}"
+
+
+def describe_plan(plan: Plan) -> str:
+    """A plan in words: compute, model, data, time, and the memory its training states need."""
+    gpu = GPUS[plan.gpu]
+    states_gpus = math.ceil(plan.train_gib * 2**30 / (0.9 * gpu.memory))
+    return "\n".join([
+        f"${plan.dollars:,.0f} at ${gpu.usd_per_hour}/h on {plan.gpu}, MFU {plan.mfu:.0%} -> {plan.flops:.2e} FLOPs",
+        f"compute-optimal model: {human(plan.n_params)} parameters on {human(plan.n_tokens)} tokens "
+        f"({plan.n_tokens / plan.n_params:.0f} tokens/parameter)",
+        f"time: {plan.gpu_hours:,.0f} GPU-hours = {plan.wall_hours / 24:,.1f} days on {plan.n_gpus} GPU(s)",
+        f"memory: {plan.train_gib:,.1f} GiB of weights, gradients and AdamW states (16 B/param) "
+        f"-> at least {states_gpus} GPU(s) of {gpu.memory / 1e9:.0f} GB before activations",
+    ])
+
+
 # --- the hyperparameter blueprint ----------------------------------------------------------------------
 
 
@@ -174,7 +196,7 @@ def blueprint(
     Rules: aspect ratio d_model/n_layers 64 below 1B and 128 above; head size 32/64/128 by width; 8 KV heads
     from 1B; SwiGLU at 8/3 d_model; context growing with size; batch and peak learning rate from DeepSeek
     LLM's compute fits (B = 0.292 C^0.3271 tokens, lr = 0.3118 C^-0.125); warmup 1% of steps in [100, 2000].
-    Example: blueprint(7e9).config.n_layers -> 32.
+    Example: blueprint(7e9).config.d_model -> 4096 (with 38 layers: GQA leaves more parameters for depth).
     """
     if n_params <= 0:
         raise ValueError(f"n_params must be positive, got {n_params}")

@@ -1,0 +1,101 @@
+"""Chapter 8's self-checks pass on correct answers, and fail with a specific hint on the stub and on plausible mistakes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from companion.checks import ExerciseFailed, check_8_1, check_8_2, check_8_3
+
+
+def stub(*args):
+    raise NotImplementedError("write your code here")
+
+
+def fails_with(check, fn, fragment: str) -> None:
+    with pytest.raises(ExerciseFailed) as info:
+        check(fn)
+    assert fragment in str(info.value), str(info.value)
+
+
+# --- 8.1 llama_params ------------------------------------------------------------------------
+
+
+def llama_params(V, d, L, H, kv, d_ff, tie=False, *, gqa=True, norms=2, final=True, head=True, mlp=3):
+    d_kv = (kv if gqa else H) * (d // H)
+    block = 2 * d * d + 2 * d * d_kv + mlp * d * d_ff + norms * d
+    lm_head = V * d if (head and not tie) else 0
+    return L * block + V * d + (d if final else 0) + lm_head
+
+
+def test_check_8_1_passes_on_a_correct_answer(capsys):
+    check_8_1(llama_params)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: llama_params(*a, gqa=False), "n_kv_heads"),
+    (lambda *a: llama_params(*a, norms=0, final=False), "RMSNorm weights"),
+    (lambda *a: llama_params(*a, final=False), "final RMSNorm"),
+    (lambda *a: llama_params(*a, head=False), "untied output head"),
+    (lambda *a: llama_params(*a, mlp=2), "three matrices"),
+    (lambda V, d, L, H, kv, d_ff, tie: llama_params(V, d, L, H, kv, d_ff, False), "tied"),
+    (lambda *a: None, "the parameter count"),
+])
+def test_check_8_1_rejects_mistakes(wrong, fragment):
+    fails_with(check_8_1, wrong, fragment)
+
+
+# --- 8.2 train_bytes ---------------------------------------------------------------------------
+
+
+def train_bytes(n, L, h, a, s, b, full=False, *, state=16, per_layer=True, quad=True):
+    act = 2 * s * b * h if full else s * b * h * (34 + (5 * a * s / h if quad else 0))
+    return state * n + (L if per_layer else 1) * act
+
+
+def test_check_8_2_passes_on_a_correct_answer(capsys):
+    check_8_2(train_bytes)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: train_bytes(*a, state=2), "2 bytes per parameter"),
+    (lambda *a: train_bytes(*a, state=12), "12 bytes per parameter"),
+    (lambda *a: train_bytes(*a, per_layer=False), "multiply by n_layers"),
+    (lambda *a: train_bytes(*a, quad=False), "5*a*s/h"),
+    (lambda n, L, h, a, s, b, full: train_bytes(n, L, h, a, s, b, False), "full_recompute=True"),
+    (lambda n, L, h, a, s, b, full: 16 * n, "left out the activations"),
+])
+def test_check_8_2_rejects_mistakes(wrong, fragment):
+    fails_with(check_8_2, wrong, fragment)
+
+
+# --- 8.3 compute_optimal ------------------------------------------------------------------------
+
+
+def compute_optimal(dollars, price, peak, mfu, r=20.0, *, seconds=3600, use_mfu=True, six=6):
+    c = dollars / price * seconds * peak * (mfu if use_mfu else 1)
+    n = math.sqrt(c / (six * r))
+    return n, r * n
+
+
+def test_check_8_3_passes_on_a_correct_answer(capsys):
+    check_8_3(compute_optimal)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: compute_optimal(*a)[::-1], "swapped"),
+    (lambda *a: compute_optimal(*a, seconds=1), "3,600 seconds"),
+    (lambda *a: compute_optimal(*a, use_mfu=False), "mfu"),
+    (lambda *a: compute_optimal(*a, six=1), "the 6"),
+    (lambda *a: compute_optimal(*a, six=2), "the 6"),
+    (lambda d, p, k, u, r: (compute_optimal(d, p, k, u, r)[0], compute_optimal(d, p, k, u, r)[0] / r), "N is right"),
+    (lambda *a: compute_optimal(*a)[0], "pair"),
+])
+def test_check_8_3_rejects_mistakes(wrong, fragment):
+    fails_with(check_8_3, wrong, fragment)
