@@ -165,7 +165,7 @@ def test_every_strategy_matches_single_process_training(strategy, options):
         assert 0.45 < mine["param"] / full["param"] < 0.55 and 0.45 < mine["optim"] / full["optim"] < 0.55
     if strategy == "pipeline":  # every micro-batch passes forward and backward on both stages, each step
         events = report["results"][0]["events"]
-        assert len(events) == 3 * 4 * 2
+        assert len(events) == 2 * 4 * 2  # the first step is not timed: it starts with a trial pass
         first_step = events[:8]
         if options["schedule"] == "gpipe":  # all forwards before any backward
             assert [e.kind for e in first_step] == ["F"] * 4 + ["B"] * 4

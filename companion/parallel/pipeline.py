@@ -95,12 +95,13 @@ class TimedStage(nn.Module):
         self.inner, self.stage, self.m = inner, stage, n_microbatches
         self.events: list[Event] = []
         self._n_forward = 0
-        self._trial = True  # the stage's first call is its shape-finding trial pass, not a micro-batch
+        # Off until the first schedule step is over: that step begins with a shape-finding trial pass.
+        self.recording = False
         self._open: dict[int, float] = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._trial:
-            self._trial = False
+        if not (self.recording and torch.is_grad_enabled()):  # the trial pass, or evaluation: nothing to time
+            self.inner.on_embedded = None
             return self.inner(x)
         mb = self._n_forward % self.m
         self._n_forward += 1

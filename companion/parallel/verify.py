@@ -68,7 +68,10 @@ def train_steps(rank: int, world_size: int, spec: RunSpec, strategy: str) -> dic
                      tp_method=spec.tp_method)
     opt = torch.optim.AdamW(par.parameters(), lr=spec.lr, weight_decay=0.1)
     losses, norms = [], []
-    for step, (x, y) in enumerate(make_batches(spec)):
+    batches = make_batches(spec)
+    held_out = shard_batch(*batches[-1], env, strategy)
+    evals = [par.eval_loss(*held_out)]  # before training: the pipeline's first call may be a forward-only one
+    for step, (x, y) in enumerate(batches):
         losses.append(par.forward_backward(*shard_batch(x, y, env, strategy)))
         norms.append(clip_grad_norm(par, spec.grad_clip) if spec.grad_clip > 0 else 0.0)
         opt.step()
@@ -78,7 +81,8 @@ def train_steps(rank: int, world_size: int, spec: RunSpec, strategy: str) -> dic
                 next(iter(par.parameters())).mul_(1.5)  # (a shift would vanish in LayerNorm)
         if strategy != "none":  # each rank's log shows its own view of the run
             print(f"[rank {rank}] step {step}: loss {losses[-1]:.6f}", flush=True)
-    out = {"losses": losses, "grad_norms": norms, "bytes": state_bytes(par.parameters(), opt), "weights": full_state_dict(par)}
+    evals.append(par.eval_loss(*held_out))
+    out = {"losses": losses, "grad_norms": norms, "evals": evals, "bytes": state_bytes(par.parameters(), opt), "weights": full_state_dict(par)}
     if par.stage is not None:
         out["events"] = par.stage.events
     return out
@@ -113,6 +117,7 @@ def verify(strategy: str, world_size: int = 2, steps: int = 5, quiet: bool = Fal
     mismatches = [f"rank {k} {m}" for k, losses in enumerate(ranks) for m in compare_losses(ref["losses"], losses)]
     for k, result in enumerate(run.results):  # the clipped norm must be the global one, not this rank's part
         mismatches += [f"rank {k} gradient norm at {m}" for m in compare_losses(ref["grad_norms"], result["grad_norms"])]
+        mismatches += [f"rank {k} evaluation {m}" for m in compare_losses(ref["evals"], result["evals"])]
     weights = run.results[0]["weights"]
     w_diff = max((weights[n] - t).abs().max().item() for n, t in ref["weights"].items())
     if w_diff > 1e-4:

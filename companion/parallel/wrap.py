@@ -42,6 +42,17 @@ class Parallel:
         loss = lm_loss(self.module(x), y)
         (loss * scale).backward()
         loss = loss.detach()
+        return self._global(loss)
+
+    @torch.no_grad()
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward only: the global batch's mean loss, for evaluation (every rank must call it)."""
+        loss = lm_loss(self.module(x), y)
+        if self.strategy == "fsdp":
+            self.module.reshard()  # the root group stays gathered after a forward (a backward would need it): free it
+        return self._global(loss)
+
+    def _global(self, loss: torch.Tensor) -> float:
         if self.strategy in ("ddp", "fsdp"):  # each rank saw a different slice: average the slices' losses
             loss = loss.clone()
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)
@@ -71,18 +82,28 @@ class PipelineParallel(Parallel):
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
         self.scale = scale
+        loss = self._run(self.schedule.step, x, y) / scale
+        self.stage.recording = True  # the first training step began with a trial pass; time the ones after it
+        return loss
+
+    @torch.no_grad()
+    def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.scale = 1.0
+        return self._run(self.schedule.eval, x, y)
+
+    def _run(self, step, x: torch.Tensor, y: torch.Tensor) -> float:
         first, last = self.env.rank == 0, self.env.rank == self.env.world_size - 1
         losses: list[torch.Tensor] = []
         if first and last:
-            self.schedule.step(x, target=y, losses=losses)
+            step(x, target=y, losses=losses)
         elif first:
-            self.schedule.step(x)
+            step(x)
         elif last:
-            self.schedule.step(target=y, losses=losses)
+            step(target=y, losses=losses)
         else:
-            self.schedule.step()
+            step()
         # Only the last stage sees the loss; it tells the others. The schedule already scaled gradients by 1/m.
-        loss = torch.stack(losses).mean().detach() / scale if last else torch.zeros(())
+        loss = torch.stack(losses).mean().detach() if last else torch.zeros(())
         dist.broadcast(loss, src=self.env.world_size - 1)
         return float(loss)
 
