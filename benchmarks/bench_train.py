@@ -1,0 +1,201 @@
+"""Benchmark chapter 7's training: throughput against a plain nanoGPT-style model, and time to quality on a CPU.
+
+Run: python benchmarks/bench_train.py [--quick]
+1. Training throughput (tokens/s: forward, backward, AdamW step) of companion.model.GPT against a reference
+   written here (nanoGPT's block: fused qkv projection, SDPA, LayerNorm, tanh GELU), same config, same weights count.
+2. Time to quality: wall time until the validation loss of char-level Tiny Shakespeare (90/10 split) is <= 1.88.
+   Baseline: nanoGPT's documented CPU recipe on the reference model (4 layers, 128 wide, context 64, batch 12,
+   2000 iterations, lr 1e-3 -> 1e-4, eval every 250 on 20 batches). Ours: the preset "shakespeare-char-cpu".
+Prints two tables and writes benchmarks/results/train.json (curves included). Takes several minutes on 2 cores.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from common import best_of, cpu_name, write_results
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from companion.data import load_text
+from companion.loader import random_batch, train_val_split
+from companion.model import GPT, GPTConfig
+from companion.tokenizer import CharTokenizer
+from companion.train import TrainConfig, make_optimizer, next_token_loss, train
+from companion.train_cli import PRESETS
+
+TARGET = 1.88  # nanoGPT README's CPU figure
+THROUGHPUT_GOAL = 1.0  # companion tokens/s over reference tokens/s
+RESULTS = Path(__file__).resolve().parent / "results" / "train.json"
+# (label, d_model, n_layers, n_heads, context, batch, steps per timing)
+THROUGHPUT_CONFIGS = [("cpu recipe", 128, 4, 4, 64, 32, 10), ("5M model", 256, 6, 8, 256, 4, 3)]
+BASELINE = dict(max_steps=2000, batch_size=12, context_length=64, lr=1e-3, min_lr=1e-4, warmup_steps=100,
+                lr_decay_steps=2000, beta2=0.99, weight_decay=0.1, grad_clip=1.0, eval_interval=250, eval_iters=20)
+
+
+class RefBlock(nn.Module):
+    """nanoGPT's block: x + attn(ln(x)), x + mlp(ln(x)); qkv in one matrix, attention by SDPA."""
+
+    def __init__(self, d: int, n_heads: int):
+        super().__init__()
+        self.n_heads = n_heads
+        self.ln_1, self.ln_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.c_attn, self.c_proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.c_fc, self.mlp_proj = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+        x = x + self.c_proj(y)
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+
+class RefGPT(nn.Module):
+    """nanoGPT's model without dropout: wte + wpe, blocks, ln_f, tied head, N(0, 0.02) init."""
+
+    def __init__(self, vocab: int, context: int, d: int, n_layers: int, n_heads: int):
+        super().__init__()
+        self.wte, self.wpe = nn.Embedding(vocab, d), nn.Embedding(context, d)
+        self.blocks = nn.ModuleList(RefBlock(d, n_heads) for _ in range(n_layers))
+        self.ln_f, self.lm_head = nn.LayerNorm(d), nn.Linear(d, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))  # (B, T, V)
+
+
+def step_times(models: list[nn.Module], cfg: TrainConfig, ids: torch.Tensor, steps: int, repeats: int) -> list[float]:
+    """Best-of-`repeats` seconds per training step (forward, backward, clip, AdamW) for each model.
+
+    The models take turns within each repeat, so a burst of load on a shared machine hits both alike.
+    """
+    g = torch.Generator().manual_seed(0)
+    batches = [random_batch(ids, cfg.batch_size, cfg.context_length, g) for _ in range(steps)]
+
+    def runner(model: nn.Module):
+        opt = make_optimizer(model, cfg)
+
+        def run() -> None:
+            for x, y in batches:
+                next_token_loss(model(x), y).backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        return run
+
+    runs = [runner(m) for m in models]
+    for run in runs:
+        run()  # warm-up: allocations and AdamW's state stay out of the timing
+    best = [math.inf] * len(runs)
+    for _ in range(repeats):
+        for i, run in enumerate(runs):
+            best[i] = min(best[i], best_of(run, 1)[0])
+    return [b / steps for b in best]
+
+
+def bench_throughput(vocab: int, ids: torch.Tensor, repeats: int) -> list[dict]:
+    rows = []
+    for label, d, layers, heads, context, batch, steps in THROUGHPUT_CONFIGS:
+        cfg = TrainConfig(batch_size=batch, context_length=context)
+        torch.manual_seed(0)
+        ours = GPT(GPTConfig(vocab_size=vocab, context_length=context, d_model=d, n_layers=layers, n_heads=heads))
+        ref = RefGPT(vocab, context, d, layers, heads)
+        ref_s, ours_s = step_times([ref, ours], cfg, ids, steps, repeats)
+        tokens = batch * context
+        rows.append({"config": label, "d_model": d, "n_layers": layers, "n_heads": heads, "context": context,
+                     "batch": batch, "params_ours": ours.num_params(),
+                     "params_ref": sum(p.numel() for p in ref.parameters()),
+                     "ref_tokens_per_s": tokens / ref_s, "ours_tokens_per_s": tokens / ours_s,
+                     "ratio": ref_s / ours_s, "meets_goal": ref_s / ours_s >= THROUGHPUT_GOAL})
+    return rows
+
+
+def time_to_target(history: dict) -> float | None:
+    """Wall seconds at the first evaluation with val <= TARGET (evaluation time included), None if never."""
+    for val, seconds in zip(history["eval_val"], history["elapsed"]):
+        if val <= TARGET:
+            return seconds
+    return None
+
+
+def bench_quality(vocab: int, train_ids: torch.Tensor, val_ids: torch.Tensor) -> dict:
+    runs = {}
+    torch.manual_seed(1337)
+    base_model = RefGPT(vocab, 64, 128, 4, 4)
+    base_cfg = TrainConfig(**BASELINE)
+    base = train(base_model, train_ids, val_ids, base_cfg, progress=False)
+    model_d, train_d = PRESETS["shakespeare-char-cpu"]
+    ours_cfg = TrainConfig(**train_d)
+    torch.manual_seed(1337)
+    ours_model = GPT(GPTConfig(vocab_size=vocab, **model_d))
+    ours = train(ours_model, train_ids, val_ids, ours_cfg, progress=False)
+    for name, h, cfg, model in (("nanoGPT CPU recipe (reference model)", base, base_cfg, base_model),
+                                ("shakespeare-char-cpu (companion GPT)", ours, ours_cfg, ours_model)):
+        runs[name] = {"train_config": cfg.to_dict(), "params": sum(p.numel() for p in model.parameters()),
+                      "wall_s": h["elapsed"][-1], "time_to_target_s": time_to_target(h), "final_val": h["eval_val"][-1],
+                      "tokens": cfg.tokens_per_step * cfg.max_steps,
+                      "curve": {k: h[k] for k in ("eval_step", "eval_train", "eval_val", "elapsed")}}
+    return runs
+
+
+def main(quick: bool = False) -> dict:
+    text = load_text("tinyshakespeare")
+    tok = CharTokenizer.from_text(text)
+    ids = torch.tensor(tok.encode(text))
+    train_ids, val_ids = train_val_split(ids, 0.1)
+    throughput = bench_throughput(tok.vocab_size, train_ids, repeats=2 if quick else 3)
+    quality = {} if quick else bench_quality(tok.vocab_size, train_ids, val_ids)
+    result = {
+        "throughput": {"goal_ratio": THROUGHPUT_GOAL, "dtype": "float32", "rows": throughput},
+        "time_to_quality": {"target_val": TARGET, "runs": quality},
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "load_average_at_end": os.getloadavg()[0],
+                    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
+    }
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cores']} cores ({m['torch_threads']} torch threads); "
+          f"python {m['python']}, torch {m['torch']}; {m['date']}; load average {m['load_average_at_end']:.1f}")
+    print("\n1. Training throughput, fp32, forward + backward + AdamW; ratio = companion / reference tokens/s")
+    print(f"{'config':<12} {'params':>10} {'reference tok/s':>16} {'companion tok/s':>16} {'ratio':>6}")
+    for r in throughput:
+        goal = "" if r["meets_goal"] else f"  (MISSES the {THROUGHPUT_GOAL:.1f}x goal)"
+        print(f"{r['config']:<12} {r['params_ours']:>10,} {r['ref_tokens_per_s']:>16,.0f} "
+              f"{r['ours_tokens_per_s']:>16,.0f} {r['ratio']:>5.2f}x{goal}")
+    if quality:
+        print(f"\n2. Time to val loss <= {TARGET} on char Tiny Shakespeare (90/10), wall time including evaluations")
+        print(f"{'run':<38} {'params':>9} {'tokens':>10} {'to target s':>12} {'total s':>8} {'final val':>10}")
+        for name, r in quality.items():
+            hit = "never" if r["time_to_target_s"] is None else f"{r['time_to_target_s']:.1f}"
+            print(f"{name:<38} {r['params']:>9,} {r['tokens']:>10,} {hit:>12} {r['wall_s']:>8.1f} {r['final_val']:>10.4f}")
+        base, ours = quality.values()
+        base_time = base["time_to_target_s"] if base["time_to_target_s"] is not None else base["wall_s"]
+        if ours["time_to_target_s"] is not None:
+            ratio = ours["time_to_target_s"] / base_time
+            result["time_to_quality"]["ours_over_baseline"] = ratio
+            print(f"ours / baseline = {ratio:.2f} (goal < 0.5; a baseline that never reaches {TARGET} counts its whole run)")
+    if not quick:
+        write_results(RESULTS, result)
+    return result
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(min(2, torch.get_num_threads()))  # the recorded figures are for 2 cores
+    main(quick="--quick" in sys.argv)
