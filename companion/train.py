@@ -24,6 +24,9 @@ from tqdm.auto import tqdm
 from .checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
 from .loader import TokenIds, random_batch
 
+# companion.parallel.STRATEGIES, spelled out so that single-process training never imports torch.distributed
+PARALLEL = ("none", "ddp", "fsdp", "pipeline", "tp")
+
 __all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups", "make_optimizer",
            "estimate_loss", "train", "make_checkpoint", "resume_state"]
 
@@ -103,6 +106,9 @@ class TrainConfig:
     seed: int = 1337
     val_fraction: float = 0.1
     dataset: str = "tinyshakespeare"  # a name registered in companion.data, or a path to a UTF-8 text file
+    parallel: str = "none"  # chapter 9: a companion.parallel strategy; run under torchrun for anything else
+    microbatches: int = 4  # pipeline only: micro-batches per batch
+    schedule: str = "1f1b"  # pipeline only: "1f1b" or "gpipe"
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "context_length", "grad_accum_steps", "eval_interval", "eval_iters"):
@@ -121,6 +127,10 @@ class TrainConfig:
             raise ValueError(f"betas must lie in [0, 1), got beta1={self.beta1}, beta2={self.beta2}")
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.microbatches < 1 or self.schedule not in ("1f1b", "gpipe"):
+            raise ValueError(f"need microbatches >= 1 and schedule '1f1b' or 'gpipe', got {self.microbatches}, {self.schedule!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
 
@@ -215,11 +225,17 @@ def _model_config(model: nn.Module) -> dict[str, Any] | None:
 
 def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                     history: dict[str, list], batch_generator: torch.Generator,
-                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything a run needs to continue exactly: a plain dict for `save_checkpoint`. Introduced in chapter 7."""
+                    extra: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue exactly: a plain dict for `save_checkpoint`. Introduced in chapter 7.
+
+    A parallel run passes `weights` gathered from its ranks; its optimizer state is kept only where
+    every rank holds all of it (none, ddp), so a sharded run's checkpoint holds weights but cannot resume.
+    """
     model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's names
+    whole_optimizer = cfg.parallel in ("none", "ddp")
     return {
-        "format_version": FORMAT_VERSION, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "format_version": FORMAT_VERSION, "model": model.state_dict() if weights is None else weights,
+        "optimizer": optimizer.state_dict() if whole_optimizer else None,
         "model_config": _model_config(model), "train_config": cfg.to_dict(), "step": step,
         "history": {k: list(v) for k, v in history.items()}, "rng": rng_state(batch_generator), **(extra or {}),
     }
@@ -228,6 +244,8 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
 def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
                  batch_generator: torch.Generator) -> tuple[int, dict[str, list]]:
     """Load a checkpoint's weights, optimizer and RNG states in place; returns (step, history)."""
+    if checkpoint["optimizer"] is None:
+        raise ValueError("this checkpoint holds no optimizer state (a sharded parallel run): it cannot resume exactly")
     getattr(model, "_orig_mod", model).load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_state(checkpoint["rng"], batch_generator)
@@ -266,7 +284,8 @@ def train(
     "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With out_dir,
     each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded checkpoint;
     `stop_at` ends early as if interrupted (the schedule still runs to max_steps). `extra` goes into
-    every checkpoint (e.g. the tokenizer). Introduced in chapter 7.
+    every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel (chapter 9) runs it
+    under torchrun, one process per rank, with logs and checkpoints written by rank 0 only.
     """
     device = torch.device(device)
     model.to(device)
@@ -274,30 +293,47 @@ def train(
     cfg_model = getattr(model, "config", None)
     if cfg_model is not None and getattr(cfg_model, "context_length", cfg.context_length) < cfg.context_length:
         raise ValueError(f"context_length={cfg.context_length} exceeds the model's {cfg_model.context_length}")
-    optimizer = make_optimizer(model, cfg)
+    if resume is not None and cfg.parallel not in ("none", "ddp"):
+        raise ValueError(f"resume is supported single-process and with parallel='ddp', not {cfg.parallel!r}")
+    par, is_main = None, True
+    if cfg.parallel != "none":
+        from .parallel import clip_grad_norm, loop, shard_batch  # torch.distributed only when asked for
+
+        env, par, owned = loop.start(model, cfg, device)
+        device, is_main, progress = env.device, env.is_main, progress and env.is_main
+    optimizer = make_optimizer(model if par is None else par.module, cfg)  # a pipeline stage holds its own blocks
     gen = torch.Generator().manual_seed(cfg.seed)  # the batch sampler's own stream, saved in checkpoints
     history: dict[str, list] = {"lr": [], "train_loss": [], "eval_step": [], "eval_train": [], "eval_val": [], "elapsed": []}
     step = 0
     if resume is not None:
-        step, history = resume_state(resume, model, optimizer, gen)
+        step, history = resume_state(resume, model, optimizer, gen)  # ddp: every rank loads the same state
     else:
         torch.manual_seed(cfg.seed)  # dropout masks repeat too
     end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
     forward = torch.compile(model) if cfg.compile else model
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
     resumed_at = history["elapsed"][-1] if history["elapsed"] else 0.0
     t0, start = time.perf_counter() - resumed_at, step
 
     def evaluate() -> None:
         history["eval_step"].append(step)
-        history["eval_train"].append(estimate_loss(forward, train_ids, cfg, device))
-        history["eval_val"].append(estimate_loss(forward, val_ids, cfg, device))
+        for key, ids in (("eval_train", train_ids), ("eval_val", val_ids)):
+            history[key].append(estimate_loss(forward, ids, cfg, device) if par is None
+                                else loop.estimate_loss_parallel(par, ids, cfg))
         history["elapsed"].append(time.perf_counter() - t0)
-        if out is not None:
-            save_checkpoint(out / "ckpt.pt", make_checkpoint(model, optimizer, cfg, step, history, gen, extra))
+        checkpoint()
+        if out is not None and is_main:
             _write_logs(out, history)
+
+    def checkpoint() -> None:
+        if out is None:
+            return
+        ckpt = make_checkpoint(model, optimizer, cfg, step, history, gen, extra,
+                               weights=None if par is None else loop.full_weights(par))  # a collective: every rank
+        if is_main:
+            save_checkpoint(out / "ckpt.pt", ckpt)
 
     if step == 0 and not history["eval_step"]:
         evaluate()  # the untrained model: about ln(vocab_size)
@@ -309,13 +345,20 @@ def train(
         loss_sum = 0.0
         for _ in range(cfg.grad_accum_steps):
             x, y = random_batch(train_ids, cfg.batch_size, cfg.context_length, gen)
+            x, y = x.to(device), y.to(device)
+            if par is not None:  # every rank drew the same batch; each runs its share, the loss is the whole batch's
+                with _autocast(device, cfg.dtype):
+                    loss_sum += par.forward_backward(*shard_batch(x, y, env, cfg.parallel), scale=1 / cfg.grad_accum_steps)
+                continue
             with _autocast(device, cfg.dtype):
-                loss = next_token_loss(forward(x.to(device)), y.to(device))
+                loss = next_token_loss(forward(x), y)
             # Dividing by the number of micro-batches makes the summed gradients their mean: accumulating
             # k batches of B gives the gradient of one batch of k*B.
             (loss / cfg.grad_accum_steps).backward()
             loss_sum += loss.item()
-        if cfg.grad_clip > 0:
+        if cfg.grad_clip > 0 and par is not None:
+            clip_grad_norm(par, cfg.grad_clip)  # the norm of the whole gradient, summed across the ranks' parts
+        elif cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -331,7 +374,9 @@ def train(
     if out is not None and step < cfg.max_steps and (not history["eval_step"] or history["eval_step"][-1] != step):
         # Stopped early: save where we are, without an evaluation, so a resumed run's history
         # matches an uninterrupted one entry for entry.
-        save_checkpoint(out / "ckpt.pt", make_checkpoint(model, optimizer, cfg, step, history, gen, extra))
+        checkpoint()
+    if par is not None:
+        loop.finish(owned)
     return history
 
 

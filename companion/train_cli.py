@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import os
 import sys
 import types
 import typing
@@ -135,12 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides the preset)")
     parser.add_argument("--out", default=None, help="folder for ckpt.pt, log.csv, log.json (default runs/PRESET)")
     parser.add_argument("--resume", default=None, help="a ckpt.pt to continue from")
+    parser.add_argument("--parallel", default=None, help="chapter 9, under torchrun: none, ddp, fsdp, pipeline or tp")
     parser.add_argument("--sample", type=int, default=200, help="characters to sample at the end (0: none)")
     args, rest = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(rest)
         if args.max_steps is not None:
             overrides["max_steps"] = str(args.max_steps)
+        if args.parallel is not None:
+            overrides["parallel"] = args.parallel
         if args.resume is not None:
             ckpt = load_checkpoint(args.resume)
             if ckpt.get("tokenizer", {}).get("kind") != "char" or ckpt.get("model_config") is None:
@@ -163,12 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = get_device(args.device)
     out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else Path("runs") / args.preset)
-    torch.manual_seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)  # under torchrun, every rank builds the same initial weights
     model = GPT(model_cfg)
-    print(f"{args.preset}: {model.num_params():,} parameters on {device}; {train_cfg.max_steps} steps of "
-          f"{train_cfg.tokens_per_step:,} tokens; writing {out}")
+    is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's ranks: only rank 0 talks
+    if is_main:
+        print(f"{args.preset}: {model.num_params():,} parameters on {device}; {train_cfg.max_steps} steps of "
+              f"{train_cfg.tokens_per_step:,} tokens; writing {out}")
     extra = {"tokenizer": {"kind": "char", "chars": "".join(tok.itos)}}
     history = train(model, train_ids, val_ids, train_cfg, device, out_dir=out, resume=ckpt, extra=extra)
+    if not is_main:
+        return 0
+    if train_cfg.parallel != "none":  # this rank's model may hold only shards: sample from the gathered weights
+        model = GPT(model_cfg)
+        model.load_state_dict(load_checkpoint(out / "ckpt.pt")["model"])
     print(f"step {history['eval_step'][-1]}: train {history['eval_train'][-1]:.4f}, val {history['eval_val'][-1]:.4f}")
     if args.sample > 0:
         from .generate import generate_text  # sampling is chapter 7's other half; loaded only when asked
