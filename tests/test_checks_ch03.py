@@ -7,16 +7,7 @@ import pytest
 import torch
 
 from companion.checks import ExerciseFailed, check_3_1, check_3_2, check_3_3
-
-
-def stub(*args):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, fn, fragment: str) -> None:
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
+from checkhelpers import stub, fails_with
 
 
 # --- 3.1 count_pairs -------------------------------------------------------------

@@ -9,22 +9,8 @@ import torch
 from companion.attention import attention_weights, causal_mask, kv_cache_bytes, repeat_kv
 from companion.checks import (ExerciseFailed, check_4_1, check_4_2, check_4_3, check_5_1, check_5_2, check_5_3,
                               check_5_4)
+from checkhelpers import stub, fails_with, passes
 from companion.positional import RotaryEmbedding, rotate_half, sinusoidal_encoding
-
-
-def stub(*args):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, fn, fragment: str) -> None:
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
-
-
-def passes(check, fn, capsys) -> None:
-    check(fn)
-    assert "passed" in capsys.readouterr().out
 
 
 # --- 4.1 token + position embeddings ----------------------------------------------

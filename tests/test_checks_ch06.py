@@ -6,17 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from companion.checks import ExerciseFailed, check_6_1, check_6_2, check_6_3, check_6_4
+from checkhelpers import stub, fails_with
 from companion.model import count_params
-
-
-def stub(*args):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, fn, fragment: str) -> None:
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
 
 
 # --- 6.1 block_params ------------------------------------------------------------

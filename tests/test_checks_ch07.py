@@ -7,17 +7,8 @@ import pytest
 import torch
 
 from companion.checks import ExerciseFailed, check_7_1, check_7_2, check_7_3, check_7_4
+from checkhelpers import stub, fails_with
 from companion.train import next_token_loss
-
-
-def stub(*args):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, fn, fragment: str) -> None:
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
 
 
 # --- 7.1 warmup + cosine -------------------------------------------------------------------

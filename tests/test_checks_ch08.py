@@ -6,16 +6,7 @@ import math
 import pytest
 
 from companion.checks import ExerciseFailed, check_8_1, check_8_2, check_8_3
-
-
-def stub(*args):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, fn, fragment: str) -> None:
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
+from checkhelpers import stub, fails_with
 
 
 # --- 8.1 llama_params ------------------------------------------------------------------------

@@ -6,16 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from companion.checks import ExerciseFailed, check_9_1, check_9_2, check_9_3, check_9_4
-
-
-def stub(*args):
-    raise NotImplementedError("write your code here")
-
-
-def fails_with(check, fn, fragment: str) -> None:
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
+from checkhelpers import stub, fails_with
 
 
 # --- 9.1 bubble_fraction ---------------------------------------------------------------
