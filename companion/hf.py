@@ -16,7 +16,8 @@ __all__ = ["config_from_hf", "from_hf", "hub_offline", "load_pretrained"]
 
 # Buffers that some transformers versions keep in GPT-2's state dict: a causal mask, not weights.
 _GPT2_IGNORED = (".attn.bias", ".attn.masked_bias")
-_TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # the tanh approximation that GPT-2 trained with
+# Hugging Face activation names -> GPTConfig.mlp; GPT-2 trained with the tanh approximation ("gelu_new").
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
 
 
 def _model_type(hf_config: Mapping[str, Any]) -> str:
@@ -42,13 +43,13 @@ def config_from_hf(hf_config: Mapping[str, Any], dropout: float = 0.0) -> GPTCon
     c = hf_config
     if _model_type(c) == "gpt2":
         act = c.get("activation_function", "gelu_new")
-        if act not in _TANH_GELUS:
-            raise ValueError(f"GPT-2 activation {act!r} is not supported: the GELU MLP uses the tanh form {_TANH_GELUS}")
+        if act not in _GPT2_ACTIVATIONS:
+            raise ValueError(f"GPT-2 activation {act!r} is not supported; supported: {sorted(_GPT2_ACTIVATIONS)}")
         if not c.get("scale_attn_weights", True) or c.get("scale_attn_by_inverse_layer_idx", False):
             raise ValueError("GPT-2 variants with non-standard attention scaling are not supported")
         return GPTConfig(
             vocab_size=c["vocab_size"], context_length=c["n_positions"], d_model=c["n_embd"], n_layers=c["n_layer"],
-            n_heads=c["n_head"], d_ff=c.get("n_inner") or 4 * c["n_embd"], norm="layernorm", mlp="gelu", pos="learned",
+            n_heads=c["n_head"], d_ff=c.get("n_inner") or 4 * c["n_embd"], norm="layernorm", mlp=_GPT2_ACTIVATIONS[act], pos="learned",
             bias=True, tie_embeddings=c.get("tie_word_embeddings", True), dropout=dropout,
             norm_eps=c.get("layer_norm_epsilon", 1e-5))
     if c.get("hidden_act", "silu") != "silu":

@@ -56,6 +56,13 @@ def test_gpt2_with_custom_inner_width_logits_match():
     same_logits(gpt2(n_inner=80))
 
 
+@pytest.mark.parametrize("act, mlp", [("gelu", "gelu_exact"), ("relu", "relu"), ("gelu_pytorch_tanh", "gelu")])
+def test_gpt2_other_activations_logits_match(act, mlp):
+    hf = gpt2(activation_function=act)
+    assert config_from_hf(hf.config.to_dict()).mlp == mlp
+    same_logits(hf)
+
+
 @pytest.mark.parametrize("kv", [8, 2, 1], ids=["mha", "gqa", "mqa"])
 def test_llama_logits_match(kv):
     same_logits(llama(num_key_value_heads=kv))
@@ -99,7 +106,7 @@ def test_older_rope_theta_key_is_read():
 
 @pytest.mark.parametrize("change, words", [
     (dict(model_type="bert"), "model_type"),
-    (dict(activation_function="relu"), "activation"),
+    (dict(activation_function="silu"), "activation"),
 ])
 def test_unsupported_gpt2_configs_raise(change, words):
     with pytest.raises(ValueError, match=words):

@@ -143,6 +143,18 @@ def test_gelu_mlp_uses_the_tanh_gelu():
     assert torch.allclose(f(x), f.down_proj(tanh_gelu), atol=1e-6)
 
 
+@pytest.mark.parametrize("activation, fn", [("gelu_exact", lambda h: 0.5 * h * (1 + torch.erf(h / math.sqrt(2)))),
+                                            ("relu", lambda h: h.clamp(min=0))])
+def test_mlp_other_activations(activation, fn):
+    torch.manual_seed(0)
+    f = MLP(8, 32, activation=activation)
+    x = torch.randn(2, 8)
+    assert torch.allclose(f(x), f.down_proj(fn(f.up_proj(x))), atol=1e-6)
+    assert GPTConfig(**TINY, mlp=activation).d_ff == 4 * TINY["d_model"]
+    with pytest.raises(ValueError, match="activation"):
+        MLP(8, 32, activation="tanh")
+
+
 def test_block_is_pre_norm_residual():
     torch.manual_seed(0)
     b = Block(GPTConfig(**TINY)).eval()

@@ -11,6 +11,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..model import ACTIVATIONS
+
 __all__ = ["copy_to_tp", "reduce_from_tp", "shard_rows", "TensorParallelMLP", "apply_tensor_parallel"]
 
 
@@ -65,6 +67,7 @@ class TensorParallelMLP(nn.Module):
     def __init__(self, mlp: nn.Module, rank: int, world_size: int):
         super().__init__()
         self.gated = hasattr(mlp, "gate_proj")
+        self.activation = getattr(mlp, "activation", "gelu")
         d_ff = mlp.up_proj.out_features
         if d_ff % world_size:
             raise ValueError(f"world_size={world_size} does not divide d_ff={d_ff}")
@@ -83,7 +86,7 @@ class TensorParallelMLP(nn.Module):
         if self.gated:
             h = F.silu(self.gate_proj(x)) * self.up_proj(x)  # (B, T, d_ff / world): no communication needed
         else:
-            h = F.gelu(self.up_proj(x), approximate="tanh")
+            h = ACTIVATIONS[self.activation](self.up_proj(x))
         y = reduce_from_tp(self.down_proj(h))  # (B, T, d): partial sums -> the full output on every rank
         return y if self.down_bias is None else y + self.down_bias
 
