@@ -2,7 +2,8 @@
 
 Run: python benchmarks/bench_train.py [--quick]
 1. Training throughput (tokens/s: forward, backward, AdamW step) of companion.model.GPT against a reference
-   written here (nanoGPT's block: fused qkv projection, SDPA, LayerNorm, tanh GELU), same config, same weights count.
+   written here (nanoGPT's block: fused qkv projection, SDPA, LayerNorm, nn.GELU), same config, same weights count.
+   The companion model runs with mlp="gelu_exact", nanoGPT's activation, so the two compute the same function.
 2. Time to quality: wall time until the validation loss of char-level Tiny Shakespeare (90/10 split) is <= 1.88.
    Baseline: nanoGPT's documented CPU recipe on the reference model (4 layers, 128 wide, context 64, batch 12,
    2000 iterations, lr 1e-3 -> 1e-4, eval every 250 on 20 batches). Ours: the preset "shakespeare-char-cpu".
@@ -41,7 +42,7 @@ BASELINE = dict(max_steps=2000, batch_size=12, context_length=64, lr=1e-3, min_l
 
 
 class RefBlock(nn.Module):
-    """nanoGPT's block: x + attn(ln(x)), x + mlp(ln(x)); qkv in one matrix, attention by SDPA."""
+    """nanoGPT's block: x + attn(ln(x)), x + mlp(ln(x)); qkv in one matrix, attention by SDPA, erf GELU."""
 
     def __init__(self, d: int, n_heads: int):
         super().__init__()
@@ -56,11 +57,11 @@ class RefBlock(nn.Module):
         q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
         x = x + self.c_proj(y)
-        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+        return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x))))  # nanoGPT's nn.GELU(): the erf form
 
 
 class RefGPT(nn.Module):
-    """nanoGPT's model without dropout: wte + wpe, blocks, ln_f, tied head, N(0, 0.02) init."""
+    """nanoGPT's model without dropout: wte + wpe, blocks, ln_f, tied head; N(0, 0.02) init, residual outputs scaled."""
 
     def __init__(self, vocab: int, context: int, d: int, n_layers: int, n_heads: int):
         super().__init__()
@@ -73,6 +74,9 @@ class RefGPT(nn.Module):
                 nn.init.normal_(m.weight, std=0.02)
                 if getattr(m, "bias", None) is not None:
                     nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            for proj in (block.c_proj, block.mlp_proj):
+                nn.init.normal_(proj.weight, std=0.02 / math.sqrt(2 * n_layers))
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1], device=idx.device))
@@ -115,7 +119,8 @@ def bench_throughput(vocab: int, ids: torch.Tensor, repeats: int) -> list[dict]:
     for label, d, layers, heads, context, batch, steps in THROUGHPUT_CONFIGS:
         cfg = TrainConfig(batch_size=batch, context_length=context)
         torch.manual_seed(0)
-        ours = GPT(GPTConfig(vocab_size=vocab, context_length=context, d_model=d, n_layers=layers, n_heads=heads))
+        ours = GPT(GPTConfig(vocab_size=vocab, context_length=context, d_model=d, n_layers=layers, n_heads=heads,
+                             mlp="gelu_exact"))
         ref = RefGPT(vocab, context, d, layers, heads)
         ref_s, ours_s = step_times([ref, ours], cfg, ids, steps, repeats)
         tokens = batch * context

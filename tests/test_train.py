@@ -133,6 +133,25 @@ def test_make_optimizer_is_adamw_with_config_betas():
     opt = make_optimizer(StandIn(), tiny_cfg(beta2=0.95))
     assert isinstance(opt, torch.optim.AdamW)
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    assert opt.defaults["fused"]  # plain CPU float parameters: the one-kernel implementation
+
+
+def test_fused_adamw_steps_like_the_default_one():
+    torch.manual_seed(0)
+    a = GPT(GPTConfig(**TINY))
+    b = GPT(GPTConfig(**TINY))
+    b.load_state_dict(a.state_dict())
+    cfg = tiny_cfg()
+    fused = make_optimizer(a, cfg)
+    plain = torch.optim.AdamW(param_groups(b, cfg.weight_decay), lr=fused.param_groups[0]["lr"], betas=(0.9, 0.99))
+    idx = torch.randint(0, TINY["vocab_size"], (2, 8))
+    for model, opt in ((a, fused), (b, plain)):
+        for _ in range(3):
+            model(idx).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(pa, pb, atol=1e-6)
 
 
 # --- the loop -------------------------------------------------------------------------------------
