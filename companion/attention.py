@@ -189,13 +189,13 @@ class MultiHeadAttention(nn.Module):
 
         # Query i sits at absolute position start + i and sees keys 0 .. start + i: the last T rows of
         # the (S, S) causal mask. A single new token may see every key, so it needs no mask at all.
-        mask = causal_mask(S, x.device)[start:] if self.causal and T > 1 else None  # (T, S)
+        masked = self.causal and T > 1
+        # is_causal lets SDPA pick a fused kernel, but it aligns its mask top-left: right only when S == T.
+        square = self.use_sdpa and masked and S == T
+        mask = causal_mask(S, x.device)[start:] if masked and not square else None  # (T, S); is_causal stands in for it
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
-            # is_causal lets SDPA pick a fused kernel, but it aligns its mask top-left: right only when S == T.
-            square = mask is not None and S == T
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=None if square else mask, dropout_p=p, is_causal=square)  # (B, H, T, D)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=square)  # (B, H, T, D)
         else:
             y = scaled_dot_product(q, k, v, mask, dropout_p=p, training=self.training)  # (B, H, T, D)
         y = self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))  # (B, H, T, D) -> (B, T, H*D)
@@ -204,6 +204,8 @@ class MultiHeadAttention(nn.Module):
             return y
         # Recomputed rather than taken from the pass above: SDPA never exposes them, and a heatmap wants them
         # before dropout. Only paid when asked for.
+        if square:
+            mask = causal_mask(S, x.device)
         weights = attention_weights(q, k, mask).detach()  # (B, H, T, S)
         if self.keep_weights:
             self.last_weights = weights
