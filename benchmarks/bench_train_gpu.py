@@ -103,7 +103,8 @@ def race(smoke: bool) -> dict:
 def main(argv: list[str]) -> None:
     smoke = "--smoke" in argv
     if not smoke and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: this benchmark records GPU runs (use --smoke to check it elsewhere)")
+        print("no CUDA device: skipped (this benchmark records GPU runs; --smoke checks it anywhere)")
+        return
     if "--skip-5m" not in argv:
         run = record_5m(smoke)
         print(f"5M run: {run['wall_s']:.0f} s, best val {run['best_val']:.4f}, final val {run['final_val']:.4f}, "
