@@ -68,6 +68,9 @@ def full_weights(par: Parallel) -> dict[str, torch.Tensor]:
         for n in names:
             if known is not None and n not in full:
                 full[n] = full[known]
-    for name, b in par.model.named_buffers():
-        full.setdefault(name, b.detach().cpu())
+    for mod_name, module in par.model.named_modules():
+        for name, b in module.named_buffers(recurse=False):
+            # Non-persistent buffers (RoPE's cos/sin tables) are derived from the config: no state dict holds them.
+            if name not in module._non_persistent_buffers_set:
+                full.setdefault(f"{mod_name}.{name}" if mod_name else name, b.detach().cpu())
     return full
