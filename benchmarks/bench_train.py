@@ -164,12 +164,9 @@ def bench_costs(repeats: int) -> dict:
             "adamw_tensors": sum(1 for _ in model.parameters())}
 
 
-def time_to_target(history: dict) -> float | None:
-    """Wall seconds at the first evaluation with val <= TARGET (evaluation time included), None if never."""
-    for val, seconds in zip(history["eval_val"], history["elapsed"]):
-        if val <= TARGET:
-            return seconds
-    return None
+def time_to_target(history: dict, target: float = TARGET) -> float | None:
+    """Wall seconds at the first evaluation with val <= target (evaluation time included), None if never."""
+    return next((s for val, s in zip(history["eval_val"], history["elapsed"]) if val <= target), None)
 
 
 def quality_runs(vocab: int) -> list[tuple[str, nn.Module, TrainConfig]]:

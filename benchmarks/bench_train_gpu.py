@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from bench_train import time_to_target
 from common import write_results
 
 from companion.checkpoint import load_checkpoint
@@ -87,7 +88,7 @@ def race(smoke: bool) -> dict:
     torch.manual_seed(1337)
     model = GPT(GPTConfig(vocab_size=tok.vocab_size, **NANOGPT_MODEL))
     h = train(model, train_ids, val_ids, cfg, device)
-    hit = next((s for v, s in zip(h["eval_val"], h["elapsed"]) if v <= TARGET), None)
+    hit = time_to_target(h, TARGET)
     # Evaluations included, so this understates the training steps' own rate.
     tok_s = cfg.tokens_per_step * cfg.max_steps / h["elapsed"][-1]
     hw = hardware()
