@@ -163,8 +163,8 @@ def make_norm(config: GPTConfig) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
 
 
-# The tanh form is what GPT-2 was trained with, so checkpoints need it; on a CPU without AVX-512 it costs
-# about as much as the matmul beside it, where the erf form costs a third of that and ReLU almost nothing.
+# The tanh form is what GPT-2 was trained with, so checkpoints need it; on an AVX2 CPU it costs
+# about as much as the matmul beside it, the erf form a third of that, ReLU almost nothing (bench_train.py).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": lambda h: F.gelu(h, approximate="tanh"),
     "gelu_exact": F.gelu,
