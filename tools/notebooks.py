@@ -5,10 +5,15 @@
 
 Sources and outputs:
 - exercises/src/NN_topic.md is the one source of truth for chapter NN's exercises. Code between
-  `### BEGIN SOLUTION` and `### END SOLUTION` is the worked answer; `# HINT: ...` lines right
-  after BEGIN become the stub's message. Cells tagged `solution-only` appear only in solutions/.
-  -> exercises/NN_topic.ipynb: each region replaced by `raise NotImplementedError("<hint>")`.
-  -> solutions/NN_topic.ipynb: markers and hints removed, solution cells folded (hide-input).
+  `### BEGIN SOLUTION` and `### END SOLUTION` is the worked answer; `# TODO: ...` lines right
+  after BEGIN say what to write and become the stub's message. Cells tagged `solution-only`
+  appear only in solutions/.
+  Hints are markdown, in `:::{hint}` blocks (colon fences) below the exercise: each names an
+  idea, never the code. They become `<details>` folds, which Colab, Jupyter and the HTML book
+  all show closed until the reader opens them.
+  -> exercises/NN_topic.ipynb: each region replaced by `raise NotImplementedError("<todo>")`.
+  -> solutions/NN_topic.ipynb: markers removed, solution cells folded in the HTML (hide-input;
+     the PDF prints them in full, see book/_ext/course.py).
 - book/NN_topic.md -> book/NN_topic.ipynb, so the book's Colab button opens a notebook Colab reads.
 Every generated notebook starts with a Colab set-up cell; the repository URL comes from
 _config.yml (repository.url) and nowhere else. Cell ids are derived from positions, so
@@ -29,7 +34,11 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
-HINT = re.compile(r"^\s*# HINT:\s?(.*)$")
+TODO = re.compile(r"^\s*# (?:TODO|HINT):\s?(.*)$")
+RETIRED = False  # set once every source says TODO
+# The old name put hints in the stub's error message, where the reader sees them first.
+OLD_HINT = re.compile(r"^\s*# HINT:")
+HINT_BLOCK = re.compile(r"^:::\{hint\}[ \t]*(.*?)\n(.*?)^:::[ \t]*$", re.M | re.S)
 
 SETUP = '''\
 # Set-up for Google Colab: install the course's companion package and fetch the data.
@@ -60,24 +69,27 @@ def split_solution(source: str) -> tuple[str, str, bool]:
     stub: list[str] = []
     sol: list[str] = []
     inside = found = seen_code = False
-    hints: list[str] = []
+    todos: list[str] = []
     indent = ""
     for line in source.splitlines():
+        if OLD_HINT.match(line) and RETIRED:
+            raise ValueError("`# HINT:` is retired: say what to write with `# TODO:` and put the"
+                             f" idea in a :::{{hint}} block below the exercise, in:\n{source}")
         if m := BEGIN.match(line):
             if inside:
                 raise ValueError(f"nested BEGIN SOLUTION in:\n{source}")
             inside = found = True
-            seen_code, hints, indent = False, [], m.group(1)
+            seen_code, todos, indent = False, [], m.group(1)
         elif END.match(line):
             if not inside:
                 raise ValueError(f"END SOLUTION without BEGIN in:\n{source}")
-            message = " ".join(hints) or "write your code here"
+            message = " ".join(todos) or "write your code here"
             stub.append(f"{indent}raise NotImplementedError({message!r})")
             inside = False
         elif inside:
-            hint = HINT.match(line)
-            if hint and not seen_code:  # hints count only before the region's first line of code
-                hints.append(hint.group(1).strip())
+            todo = TODO.match(line)
+            if todo and not seen_code:  # TODO lines count only before the region's first code
+                todos.append(todo.group(1).strip())
             else:
                 seen_code = seen_code or bool(line.strip())
                 sol.append(line)
@@ -87,6 +99,19 @@ def split_solution(source: str) -> tuple[str, str, bool]:
     if inside:
         raise ValueError(f"BEGIN SOLUTION without END in:\n{source}")
     return "\n".join(stub), "\n".join(sol), found
+
+
+def fold_hints(markdown: str) -> str:
+    """Turn each `:::{hint}` block into a closed `<details>` fold.
+
+    >>> fold_hints(":::{hint}\nCount pairs.\n:::")
+    '<details class="hint">\n<summary>Hint</summary>\n\nCount pairs.\n\n</details>'
+    """
+    def fold(m: re.Match) -> str:
+        title = m.group(1).strip() or "Hint"
+        return (f'<details class="hint">\n<summary>{title}</summary>\n\n'
+                f"{m.group(2).strip()}\n\n</details>")
+    return HINT_BLOCK.sub(fold, markdown)
 
 
 def clean(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
@@ -114,8 +139,10 @@ def exercise_pair(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNo
             sol.cells.append(copy.deepcopy(cell))
             continue
         if cell.cell_type != "code":
-            ex.cells.append(copy.deepcopy(cell))
-            sol.cells.append(copy.deepcopy(cell))
+            md = copy.deepcopy(cell)
+            md.source = fold_hints(md.source)
+            ex.cells.append(md)
+            sol.cells.append(copy.deepcopy(md))
             continue
         stub_src, sol_src, had = split_solution(cell.source)
         e, s = copy.deepcopy(cell), copy.deepcopy(cell)
