@@ -28,19 +28,76 @@ def test_regeneration_is_byte_stable():
     assert first == second
 
 
-def test_solution_region_becomes_stub_with_hint_and_keeps_indentation():
-    src = "def f(x):\n    ### BEGIN SOLUTION\n    # HINT: square it.\n    return x * x\n    ### END SOLUTION\n"
+def test_solution_region_becomes_stub_with_todo_and_keeps_indentation():
+    src = "def f(x):\n    ### BEGIN SOLUTION\n    # TODO: return x squared.\n    return x * x\n    ### END SOLUTION\n"
     stub, sol, found = notebooks.split_solution(src)
     assert found
-    assert stub == "def f(x):\n    raise NotImplementedError('square it.')"
+    assert stub == "def f(x):\n    raise NotImplementedError('return x squared.')"
     assert sol == "def f(x):\n    return x * x"
 
 
-def test_hint_lines_after_code_stay_in_the_solution():
-    src = "### BEGIN SOLUTION\ny = 1\n# HINT: not a hint here\n### END SOLUTION"
+def test_todo_lines_after_code_stay_in_the_solution():
+    src = "### BEGIN SOLUTION\ny = 1\n# TODO: not a todo here\n### END SOLUTION"
     stub, sol, _ = notebooks.split_solution(src)
     assert stub == "raise NotImplementedError('write your code here')"
-    assert "# HINT: not a hint here" in sol
+    assert "# TODO: not a todo here" in sol
+
+
+def test_a_long_todo_wraps_to_the_page_and_raises_the_whole_message():
+    todo = "return the (B, T, T) weights " * 8
+    src = f"def f():\n    ### BEGIN SOLUTION\n    # TODO: {todo}\n    return 1\n    ### END SOLUTION"
+    stub, _, _ = notebooks.split_solution(src)
+    assert max(len(line) for line in stub.splitlines()) <= 100
+    namespace: dict = {}
+    exec(stub, namespace)
+    with pytest.raises(NotImplementedError) as info:
+        namespace["f"]()
+    assert str(info.value) == todo.strip()
+
+
+def test_the_retired_hint_marker_is_refused(monkeypatch):
+    monkeypatch.setattr(notebooks, "RETIRED", True)
+    with pytest.raises(ValueError, match="HINT"):
+        notebooks.split_solution("### BEGIN SOLUTION\n# HINT: x = 1\nx = 1\n### END SOLUTION")
+
+
+def test_hint_blocks_become_closed_details_folds():
+    md = "Write it.\n\n:::{hint}\nCount the pairs.\n:::\n\n:::{hint} Hint 2: the edges\nMind the ends.\n:::"
+    out = notebooks.fold_hints(md)
+    assert out.count('<details class="hint">') == 2 and out.count("</details>") == 2
+    assert "<summary>Hint</summary>" in out and "<summary>Hint 2: the edges</summary>" in out
+    assert ":::" not in out and "Count the pairs." in out and "<details open" not in out
+
+
+def _exercise_sections(src: Path) -> list[str]:
+    return re.split(r"(?m)^## ", src.read_text())[1:]
+
+
+# A method call, an index or slice, a matmul, a power, a comparison, a loop: code, not an idea.
+CODE_FRAGMENT = re.compile(r"\w\.\w+\(|\w\[[^\]]*\]|\s@\s|\*\*|==|\bfor \w+ in\b|\blambda\b")
+EXERCISE_SOURCES = sorted((ROOT / "exercises" / "src").glob("[0-9]*.md"))
+
+
+@pytest.mark.parametrize("src", EXERCISE_SOURCES, ids=lambda p: p.name)
+def test_hints_are_folded_and_never_hold_a_line_of_the_solution(src: Path):
+    """Each exercise has a folded hint; neither the hints nor the stub's TODO contain solution code."""
+    for section in _exercise_sections(src):
+        regions = re.findall(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", section, re.S)
+        if not regions:
+            continue
+        title = section.splitlines()[0]
+        hints = " ".join(m.group(2) for m in notebooks.HINT_BLOCK.finditer(section))
+        assert hints, f"{src.name}, '{title}': add a :::{{hint}} block below the exercise"
+        fragment = CODE_FRAGMENT.search(hints)
+        assert not fragment, f"{src.name}, '{title}': a hint names code (`{fragment.group(0)}`)"
+        todos = " ".join(m.group(1) for m in re.finditer(r"# (?:TODO|HINT):(.*)", section))
+        told = re.sub(r"\s+", "", hints + todos)
+        for region in regions:
+            for line in region.splitlines():
+                code = line.split("#", 1)[0].strip()
+                if len(code) >= 12 and not code.startswith(("return", "raise")) or len(code) >= 24:
+                    assert re.sub(r"\s+", "", code) not in told, (
+                        f"{src.name}, '{title}': a hint or TODO gives away `{code}`")
 
 
 @pytest.mark.parametrize("src", [

@@ -25,6 +25,7 @@ import argparse
 import copy
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 import jupytext
@@ -64,6 +65,22 @@ def setup_cell(data: list[str]) -> nbformat.NotebookNode:
     return cell
 
 
+def raise_line(indent: str, message: str, width: int = 100) -> list[str]:
+    """The stub's `raise NotImplementedError(...)`, wrapped to `width` columns.
+
+    >>> raise_line("    ", "square it.")
+    ["    raise NotImplementedError('square it.')"]
+    """
+    line = f"{indent}raise NotImplementedError({message!r})"
+    if len(line) <= width:
+        return [line]
+    inner = indent + " " * 4
+    # Break after spaces so that the joined pieces read exactly as the message.
+    pieces = textwrap.wrap(message, width=width - len(inner) - 3, drop_whitespace=False)
+    return [f"{indent}raise NotImplementedError(", *(f"{inner}{p!r}" for p in pieces),
+            f"{indent})"]
+
+
 def split_solution(source: str) -> tuple[str, str, bool]:
     """Return (stub source, solution source, had_region) for one code cell."""
     stub: list[str] = []
@@ -84,7 +101,7 @@ def split_solution(source: str) -> tuple[str, str, bool]:
             if not inside:
                 raise ValueError(f"END SOLUTION without BEGIN in:\n{source}")
             message = " ".join(todos) or "write your code here"
-            stub.append(f"{indent}raise NotImplementedError({message!r})")
+            stub.extend(raise_line(indent, message))
             inside = False
         elif inside:
             todo = TODO.match(line)
