@@ -165,7 +165,8 @@ def exercise_pair(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNo
         e, s = copy.deepcopy(cell), copy.deepcopy(cell)
         e.source, s.source = stub_src, sol_src
         if had:
-            s.metadata["tags"] = sorted(set(tags) | {"hide-input"})
+            # Folded in the HTML; book/_ext/course.py unfolds `solution` cells in the PDF.
+            s.metadata["tags"] = sorted(set(tags) | {"hide-input", "solution"})
             s.metadata["jupyter"] = {"source_hidden": True}
         ex.cells.append(e)
         sol.cells.append(s)
