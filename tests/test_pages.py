@@ -1,0 +1,121 @@
+"""The built book as a reader's browser shows it: headless Chromium, no network, real pages.
+
+Needs `_build/html` (make book) and Chromium with its driver (Debian's chromium and
+chromium-driver; .ci/run installs them). Where either is missing the tests skip, unless
+COURSE_REQUIRE_PAGES=1, which .ci/run sets after the book build so that a skip cannot hide a
+broken page.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+HTML = ROOT / "_build" / "html"
+PAGES = ["book/01_language_models.html", "exercises/01_language_models.html",
+         "solutions/01_language_models.html"]
+REQUIRED = os.environ.get("COURSE_REQUIRE_PAGES") == "1"
+
+
+def _missing() -> str | None:
+    if not (HTML / "index.html").exists():
+        return "the book is not built (run `make book`)"
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        return "Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        return "selenium is not installed (it is pinned in requirements.txt)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if reason := _missing():
+        if REQUIRED:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                # No network at all: every host resolves to nothing, every proxy is a dead port.
+                "--host-resolver-rules=MAP * ~NOTFOUND", "--proxy-server=127.0.0.1:9",
+                "--allow-file-access-from-files"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    driver.set_script_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _open(driver, page: str) -> dict:
+    """Load a page, wait for MathJax to finish, and return what the checks need."""
+    driver.get_log("browser"), driver.get_log("performance")  # drop the previous page's entries
+    driver.get((HTML / page).as_uri())
+    typeset = driver.execute_async_script("""
+        const done = arguments[arguments.length - 1];
+        const start = Date.now();
+        (function wait() {
+          const mj = window.MathJax;
+          if (mj && mj.startup && mj.startup.promise) {
+            mj.startup.promise.then(() => done(true), (e) => done('error: ' + e));
+          } else if (Date.now() - start > 30000) { done(false); } else { setTimeout(wait, 100); }
+        })();""")
+    info = driver.execute_script("""
+        return {
+          math: document.querySelectorAll('mjx-container').length,
+          text: document.querySelector('main') ? document.querySelector('main').innerText : '',
+          images: Array.from(document.images).map(i => [i.src, i.complete && i.naturalWidth > 0]),
+          hints: Array.from(document.querySelectorAll('details.hint')).map(d => d.open),
+        };""")
+    info["typeset"] = typeset
+    info["console"] = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    info["requests"] = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
+    return info
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_typesets_math_offline_with_no_errors_and_its_images_load(browser, page):
+    info = _open(browser, page)
+    assert info["typeset"] is True, f"MathJax did not finish on {page}: {info['typeset']}"
+    assert info["math"] > 0, f"{page} shows no typeset formula"
+    raw = re.findall(r"\\[(\[]", info["text"])
+    assert not raw, f"{page} still shows {len(raw)} raw TeX delimiters"
+    assert not info["console"], f"console errors on {page}: {info['console']}"
+    broken = [src for src, ok in info["images"] if not ok]
+    assert not broken, f"images that did not load on {page}: {broken}"
+    fetched = {m["params"]["request"]["url"].split("?")[0] for m in info["requests"]
+               if m["method"] == "Network.requestWillBeSent"}
+    remote = sorted(u for u in fetched if not u.startswith(("file:", "data:", "blob:", "about:")))
+    assert not remote, f"{page} asked the network for {remote}"
+
+
+def test_chapter_page_shows_its_figures(browser):
+    info = _open(browser, PAGES[0])
+    assert len(info["images"]) >= 1 and all(ok for _, ok in info["images"])
+
+
+def test_exercise_hints_are_folded_until_opened(browser):
+    info = _open(browser, PAGES[1])
+    assert info["hints"], "the exercise page has no folded hints"
+    assert not any(info["hints"]), "a hint is open before the reader asks for it"
+
+
+def test_no_built_page_loads_mathjax_from_a_cdn():
+    if reason := _missing():
+        if REQUIRED:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    offenders = [str(p.relative_to(HTML)) for p in HTML.rglob("*.html")
+                 if re.search(r"<script[^>]+src=\"https?://[^\"]*mathjax", p.read_text("utf-8"), re.I)]
+    assert not offenders, f"pages that load MathJax from a CDN: {offenders[:5]}"
+    assert (HTML / "_static" / "mathjax" / "tex-chtml.js").exists()

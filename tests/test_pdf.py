@@ -1,0 +1,75 @@
+"""The PDF as a reader gets it: every worked solution's code, the stubs, and chapter 3's CJK and emoji.
+
+Needs `_build/latex/book.pdf` (make pdf) and poppler's pdftotext/pdffonts. Where they are missing
+the tests skip, unless COURSE_REQUIRE_PDF=1, which .ci/run sets after it builds the PDF.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PDF = ROOT / "_build" / "latex" / "book.pdf"
+REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
+
+
+@pytest.fixture(scope="module")
+def pdf_text() -> str:
+    missing = ("the PDF is not built (run `make pdf`)" if not PDF.exists() else
+               "pdftotext is not installed (apt-get install poppler-utils)"
+               if not shutil.which("pdftotext") else None)
+    if missing:
+        if os.environ.get("COURSE_REQUIRE_PDF") == "1":
+            pytest.fail(missing)
+        pytest.skip(missing)
+    text = subprocess.run(["pdftotext", "-layout", str(PDF), "-"], capture_output=True,
+                          text=True, check=True).stdout
+    return text
+
+
+def _squash(s: str) -> str:
+    # pdftotext may break a long code line or insert spaces; compare without whitespace.
+    return re.sub(r"\s+", "", s)
+
+
+def test_page_count_is_sane():
+    if not PDF.exists():
+        pytest.skip("the PDF is not built")
+    info = subprocess.run(["pdfinfo", str(PDF)], capture_output=True, text=True, check=True).stdout
+    pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
+    chapters = len(list((ROOT / "book").glob("[0-9][0-9]_*.md")))
+    assert 10 * chapters <= pages <= 80 * chapters, f"{pages} pages for {chapters} chapters"
+
+
+def _solution_lines() -> list[tuple[str, str]]:
+    """The longest line of code of every worked solution, by exercise source."""
+    found = []
+    for src in sorted((ROOT / "exercises" / "src").glob("[0-9]*.md")):
+        for region in REGION.findall(src.read_text()):
+            code = [l.split("  #")[0].strip() for l in region.splitlines()
+                    if l.strip() and not l.strip().startswith("#")]
+            if code:
+                found.append((src.name, max(code, key=len)))
+    return found
+
+
+def test_every_worked_solution_is_printed_in_the_pdf(pdf_text):
+    squashed = _squash(pdf_text)
+    missing = [(name, line) for name, line in _solution_lines() if _squash(line) not in squashed]
+    assert not missing, f"{len(missing)} solutions are not in the PDF, e.g. {missing[:3]}"
+
+
+def test_the_exercises_part_prints_the_stubs(pdf_text):
+    assert pdf_text.count("NotImplementedError") >= len(_solution_lines())
+
+
+def test_chapter_3s_cjk_and_emoji_have_glyphs(pdf_text):
+    assert "生きるべきか" in pdf_text
+    fonts = subprocess.run(["pdffonts", str(PDF)], capture_output=True, text=True, check=True).stdout
+    assert "NotoSansMonoCJK" in fonts.replace(" ", ""), "no CJK font embedded"
+    assert "Symbola" in fonts, "no emoji font embedded"
