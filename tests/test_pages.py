@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-HTML = ROOT / "_build" / "html"
+# COURSE_BUILD_DIR points at another build (e.g. jupyter-book build --path-output DIR).
+HTML = Path(os.environ.get("COURSE_BUILD_DIR", ROOT / "_build")) / "html"
 PAGES = ["book/01_language_models.html", "exercises/01_language_models.html",
          "solutions/01_language_models.html"]
 REQUIRED = os.environ.get("COURSE_REQUIRE_PAGES") == "1"

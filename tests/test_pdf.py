@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PDF = ROOT / "_build" / "latex" / "book.pdf"
+PDF = Path(os.environ.get("COURSE_BUILD_DIR", ROOT / "_build")) / "latex" / "book.pdf"
 REGION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
 
 

@@ -2,6 +2,7 @@
 
 - MathJax is served from the built site (`_static/mathjax`), so formulas typeset with no network.
   The files come from the pinned `sphinx-mathjax-offline` wheel (MathJax 3, Apache-2.0).
+- Exercise hints are `<details class="hint">` folds; static/course.css styles them.
 - Worked solutions are folded in the HTML (`hide-input`) but printed in full in the PDF, where a
   fold cannot open. tools/notebooks.py tags those cells `solution`.
 """
@@ -45,8 +46,28 @@ class ShowSolutionsInLatex(SphinxPostTransform):
                 node.pop("hide_mode", None)
 
 
+def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
+    """Drop repeated <script> entries: sphinx-thebe and sphinx-togglebutton register theirs twice
+    under Jupyter Book, and the second `const THEBE_JS_URL` is a SyntaxError in the console."""
+    seen, unique = set(), []
+    for script in context.get("script_files", []):
+        key = (getattr(script, "filename", script) or "",  # None and "" both mean inline
+               tuple(sorted(getattr(script, "attributes", {}).items())))
+        if key not in seen:
+            seen.add(key)
+            unique.append(script)
+    context["script_files"] = unique
+
+
+def add_static(app: Sphinx) -> None:
+    app.config.html_static_path.append(str(Path(__file__).parent / "static"))
+
+
 def setup(app: Sphinx) -> dict:
     mathjax_source()  # fail at the start of a build, not after it
+    app.connect("builder-inited", add_static)
+    app.connect("html-page-context", dedupe_scripts, priority=900)
+    app.add_css_file("course.css")  # the folded hints' look
     app.connect("build-finished", copy_mathjax)
     app.add_post_transform(ShowSolutionsInLatex)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
