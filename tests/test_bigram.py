@@ -77,7 +77,8 @@ def test_from_counts_probs_rows_sum_to_one_and_equal_smoothed_frequencies():
     want = smoothed / smoothed.sum(dim=1, keepdim=True)
     assert torch.allclose(probs.double(), want, atol=1e-6)
     # hand-worked row 0: (0+1, 3+1, 1+1) / 7
-    assert torch.allclose(probs[0].double(), torch.tensor([1 / 7, 4 / 7, 2 / 7], dtype=torch.double), atol=1e-6)
+    row0 = torch.tensor([1 / 7, 4 / 7, 2 / 7], dtype=torch.double)
+    assert torch.allclose(probs[0].double(), row0, atol=1e-6)
 
 
 def test_from_counts_rejects_non_square_and_negative_smoothing():
