@@ -1,11 +1,11 @@
-"""The character bigram model of chapter 1: counted, then learned, as one module."""
+"""The character bigram model of chapter 1: counted, smoothed, scored and learned, as one module."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["bigram_counts", "BigramLM", "sequence_nll"]
+__all__ = ["bigram_counts", "BigramLM", "sequence_nll", "counts_nll", "tune_smoothing"]
 
 
 def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -15,7 +15,8 @@ def bigram_counts(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if ids.numel() and not (0 <= int(ids.min()) and int(ids.max()) < vocab_size):
-        raise ValueError(f"ids must lie in [0, {vocab_size}); got min {int(ids.min())}, max {int(ids.max())}")
+        raise ValueError(f"ids must lie in [0, {vocab_size}); "
+                         f"got min {int(ids.min())}, max {int(ids.max())}")
     pair = ids[:-1] * vocab_size + ids[1:]  # one flat index per (a, b) pair
     return torch.bincount(pair, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
 
@@ -42,7 +43,8 @@ class BigramLM(nn.Module):
     def from_counts(cls, counts: torch.Tensor, smoothing: float = 1.0) -> "BigramLM":
         """The counting model: logits = log((counts + smoothing) / row total)."""
         if counts.ndim != 2 or counts.shape[0] != counts.shape[1]:
-            raise ValueError(f"counts must be a square V x V matrix, got shape {tuple(counts.shape)}")
+            raise ValueError(f"counts must be a square V x V matrix, "
+                             f"got shape {tuple(counts.shape)}")
         if smoothing < 0:
             raise ValueError(f"smoothing must be >= 0, got {smoothing}")
         model = cls(counts.shape[0])
@@ -61,9 +63,48 @@ class BigramLM(nn.Module):
 
 @torch.no_grad()
 def sequence_nll(model: nn.Module, ids: torch.Tensor) -> float:
-    """Mean negative log-likelihood (nats per token) of ids[1:] given ids[:-1], for a model that sees one token."""
+    """Mean NLL (nats per token) of ids[1:] given ids[:-1], for a model that sees one token.
+
+    Example: sequence_nll(BigramLM.from_counts(torch.zeros(5, 5)), torch.tensor([0, 3])) -> ln 5
+    """
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     if ids.numel() < 2:
         raise ValueError("need at least two tokens to score a next-token prediction")
     logits = model(ids[:-1].unsqueeze(0)).squeeze(0)  # (T, V)
     return F.cross_entropy(logits.float(), ids[1:]).item()
+
+
+def counts_nll(logits: torch.Tensor, counts: torch.Tensor) -> float:
+    """Mean NLL (nats per pair) of a text given only its bigram counts, under a V x V logits table.
+
+    A bigram model sees a text only through its counts, so this equals sequence_nll(model, ids)
+    for counts = bigram_counts(ids, V), at the cost of a V x V sum instead of one row per token.
+    Example: counts_nll(torch.zeros(2, 2), torch.tensor([[1, 0], [0, 1]])) -> 0.6931 (ln 2)
+    """
+    if logits.shape != counts.shape or logits.ndim != 2 or logits.shape[0] != logits.shape[1]:
+        raise ValueError(f"logits {tuple(logits.shape)} and counts {tuple(counts.shape)} "
+                         "must be the same V x V shape")
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("counts hold no pairs: need at least two tokens of text to score")
+    counts = counts.double()
+    logp = logits.detach().double().log_softmax(dim=-1)
+    # 0 * log 0 counts as 0: a pair that never occurs costs nothing, even at a logit of -inf
+    terms = torch.where(counts > 0, counts * logp, torch.zeros_like(logp))
+    return -(terms.sum() / total).item()
+
+
+def tune_smoothing(
+    train_counts: torch.Tensor, val_counts: torch.Tensor, ks: list[float]
+) -> tuple[float, list[float]]:
+    """Add-k smoothing tuned on held-out text: (the k of lowest validation NLL, val NLL at each k).
+
+    Example: train row [3, 1], val row [2, 1] -> k = 1: (3 + 1) / (4 + 2) = 2/3, val's share.
+    """
+    if len(ks) == 0:
+        raise ValueError("ks is empty: give at least one smoothing value to try")
+    if min(ks) < 0:
+        raise ValueError(f"smoothing values must be >= 0, got {min(ks)}")
+    nlls = [counts_nll(BigramLM.from_counts(train_counts, k).table.weight, val_counts) for k in ks]
+    best = min(range(len(ks)), key=nlls.__getitem__)  # the first k wins a tie
+    return float(ks[best]), nlls

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from companion.bigram import BigramLM, bigram_counts, sequence_nll
+from companion.bigram import BigramLM, bigram_counts, counts_nll, sequence_nll, tune_smoothing
 from companion.data import DataUnavailableError, fetch, load_text
 from companion.tokenizer import CharTokenizer
 from companion.train import train_model
@@ -77,7 +77,8 @@ def test_from_counts_probs_rows_sum_to_one_and_equal_smoothed_frequencies():
     want = smoothed / smoothed.sum(dim=1, keepdim=True)
     assert torch.allclose(probs.double(), want, atol=1e-6)
     # hand-worked row 0: (0+1, 3+1, 1+1) / 7
-    assert torch.allclose(probs[0].double(), torch.tensor([1 / 7, 4 / 7, 2 / 7], dtype=torch.double), atol=1e-6)
+    row0 = torch.tensor([1 / 7, 4 / 7, 2 / 7], dtype=torch.double)
+    assert torch.allclose(probs[0].double(), row0, atol=1e-6)
 
 
 def test_from_counts_rejects_non_square_and_negative_smoothing():
@@ -185,3 +186,90 @@ def test_smoothed_count_model_is_close_to_the_minimum(mle_setup, tiny_ids):
     smoothed = BigramLM.from_counts(bigram_counts(sub, v), smoothing=1.0)
     floor = sequence_nll(model, sub)
     assert floor < sequence_nll(smoothed, sub) < floor + 0.05
+
+
+# --- counts_nll and tune_smoothing --------------------------------------------------------
+
+
+def test_counts_nll_equals_sequence_nll_on_random_text():
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 6, (400,), generator=g)
+    model = BigramLM(6)
+    with torch.no_grad():
+        model.table.weight.copy_(torch.randn(6, 6, generator=g))
+    got = counts_nll(model.table.weight, bigram_counts(ids, 6))
+    assert math.isclose(got, sequence_nll(model, ids), rel_tol=1e-5)
+
+
+def test_counts_nll_hand_worked_case():
+    """Uniform logits over 2 symbols cost ln 2 per pair, whatever the pairs are."""
+    got = counts_nll(torch.zeros(2, 2), torch.tensor([[1, 0], [0, 1]]))
+    assert math.isclose(got, math.log(2), rel_tol=1e-9)
+
+
+def test_counts_nll_ignores_minus_infinity_on_pairs_that_never_occur():
+    """The unsmoothed model has logits of -inf on unseen pairs; they must cost 0, not NaN."""
+    counts = torch.tensor([[3, 0], [1, 1]])
+    model = BigramLM.from_counts(counts, smoothing=0.0)
+    assert math.isinf(model.table.weight[0, 1].item())
+    want = -(math.log(1.0) * 3 + 2 * math.log(0.5)) / 5
+    assert math.isclose(counts_nll(model.table.weight, counts), want, rel_tol=1e-6)
+
+
+def test_counts_nll_is_infinite_when_an_occurring_pair_has_probability_zero():
+    model = BigramLM.from_counts(torch.tensor([[3, 0], [1, 1]]), smoothing=0.0)
+    assert counts_nll(model.table.weight, torch.tensor([[0, 1], [0, 0]])) == math.inf
+
+
+@pytest.mark.parametrize("logits, counts, match", [
+    (torch.zeros(2, 3), torch.zeros(2, 3), "V x V"),
+    (torch.zeros(2, 2), torch.zeros(3, 3), "same"),
+    (torch.zeros(2, 2), torch.zeros(2, 2), "no pairs"),
+])
+def test_counts_nll_rejects_bad_shapes_and_empty_counts(logits, counts, match):
+    with pytest.raises(ValueError, match=match):
+        counts_nll(logits, counts)
+
+
+def test_tune_smoothing_hand_worked_best_k_is_one():
+    """Train row 0 is [3, 1], val row 0 is [2, 1]. Add-k gives P(0 | 0) = (3 + k) / (4 + 2k),
+    which equals val's share 2/3 at k = 1, the k of maximum validation likelihood."""
+    train = torch.tensor([[3, 1], [0, 0]])
+    val = torch.tensor([[2, 1], [0, 0]])
+    ks = [0.0, 0.5, 1.0, 2.0, 4.0]
+    best, nlls = tune_smoothing(train, val, ks)
+    assert best == 1.0
+    assert len(nlls) == len(ks) and nlls.index(min(nlls)) == 2
+    want = -(2 * math.log(4 / 6) + math.log(2 / 6)) / 3
+    assert math.isclose(nlls[2], want, rel_tol=1e-6)
+
+
+def test_tune_smoothing_on_the_training_text_itself_prefers_the_least_smoothing():
+    g = torch.Generator().manual_seed(4)
+    counts = bigram_counts(torch.randint(0, 5, (300,), generator=g), 5)
+    best, nlls = tune_smoothing(counts, counts, [0.0, 0.1, 1.0, 10.0])
+    assert best == 0.0
+    assert nlls == sorted(nlls)  # more smoothing only ever costs on the counted text
+
+
+def test_tune_smoothing_unseen_validation_pair_makes_k_zero_infinite():
+    train = torch.tensor([[3, 0], [1, 1]])
+    val = torch.tensor([[1, 1], [0, 0]])
+    best, nlls = tune_smoothing(train, val, [0.0, 1.0])
+    assert nlls[0] == math.inf and math.isfinite(nlls[1]) and best == 1.0
+
+
+@pytest.mark.parametrize("ks, match", [([], "empty"), ([1.0, -0.5], ">= 0")])
+def test_tune_smoothing_rejects_empty_or_negative_ks(ks, match):
+    with pytest.raises(ValueError, match=match):
+        tune_smoothing(torch.ones(2, 2), torch.ones(2, 2), ks)
+
+
+def test_tune_smoothing_on_tinyshakespeare_picks_an_interior_k(tiny_ids):
+    ids, v = tiny_ids
+    n = int(0.9 * len(ids))
+    train, val = bigram_counts(ids[:n], v), bigram_counts(ids[n:], v)
+    ks = [0.0, 0.01, 0.1, 1.0, 10.0]
+    best, nlls = tune_smoothing(train, val, ks)
+    assert nlls[0] == math.inf  # the validation text holds pairs the training text never saw
+    assert 0.0 < best < 10.0 and nlls[ks.index(best)] < nlls[-1]

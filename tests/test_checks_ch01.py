@@ -1,261 +1,344 @@
-"""Tests for the chapter 1 self-checks: they pass right answers and give a specific hint for wrong ones."""
+"""Chapter 1's self-checks pass right answers, and give a specific hint for the stub and for
+plausible wrong answers."""
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from companion.checks import ExerciseFailed, check_1_1, check_1_2, check_1_3
+from checkhelpers import fails_with, passes, stub
+from companion.bigram import bigram_counts
+from companion.checks import check_1_1, check_1_2, check_1_3, check_1_4
+from companion.data import DataUnavailableError, fetch
 
 
-def _not_implemented(*args, **kwargs):
-    raise NotImplementedError("exercise stub")
+@pytest.fixture(scope="module")
+def shakespeare():
+    """check_1_3's last stage trains on Tiny Shakespeare: only from the mirror or the cache."""
+    try:
+        fetch("tinyshakespeare", offline=True)
+    except DataUnavailableError as err:
+        pytest.skip(f"Tiny Shakespeare unavailable (set COMPANION_DATA_DIR to the mirror): {err}")
 
 
-def _assert_fails_with(check, fn, fragment):
-    with pytest.raises(ExerciseFailed) as info:
-        check(fn)
-    assert fragment in str(info.value), str(info.value)
-    return str(info.value)
+# --- 1.1 perplexity from logits --------------------------------------------------------------
 
 
-# --- 1.1 count_bigrams -------------------------------------------------------------------
+def _ppl(logp, ids):
+    return math.exp(-logp[ids[:-1], ids[1:]].double().mean().item())
 
 
-def count_bigrams_right(ids, vocab_size):
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for a, b in zip(ids, ids[1:]):
-        counts[a, b] += 1
-    return counts
+def perplexity_right(logits, ids):
+    return _ppl(logits.log_softmax(dim=-1), ids)
 
 
-def count_bigrams_transposed(ids, vocab_size):
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for a, b in zip(ids, ids[1:]):
-        counts[b, a] += 1
-    return counts
+def perplexity_logits_as_log_probs(logits, ids):
+    return _ppl(logits, ids)
 
 
-def count_bigrams_wraparound(ids, vocab_size):
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for a, b in zip(ids, ids[1:] + ids[:1]):  # pairs the last token with the first
-        counts[a, b] += 1
-    return counts
+def perplexity_logits_as_probs(logits, ids):
+    return _ppl(logits.log(), ids)
 
 
-def count_bigrams_sized_by_max_id(ids, vocab_size):
-    n = max(ids) + 1
-    counts = torch.zeros(n, n, dtype=torch.long)
-    for a, b in zip(ids, ids[1:]):
-        counts[a, b] += 1
-    return counts
+def perplexity_returns_mean_nll(logits, ids):
+    return math.log(perplexity_right(logits, ids))
 
 
-def count_bigrams_only_first_occurrence(ids, vocab_size):
-    counts = torch.zeros(vocab_size, vocab_size, dtype=torch.long)
-    for a, b in zip(ids, ids[1:]):
-        counts[a, b] = 1  # sets instead of adding
-    return counts
+def perplexity_columns_normalised(logits, ids):
+    return _ppl(logits.log_softmax(dim=0), ids)
 
 
-def test_check_1_1_passes_a_correct_count_bigrams(capsys):
-    check_1_1(count_bigrams_right)
-    assert "passed" in capsys.readouterr().out
+def perplexity_transposed_lookup(logits, ids):
+    return _ppl(logits.log_softmax(dim=-1).T, ids)
 
 
-def test_check_1_1_passes_a_numpy_result(capsys):
-    check_1_1(lambda ids, v: count_bigrams_right(ids, v).numpy())
-    assert "passed" in capsys.readouterr().out
+def perplexity_log2_then_exp(logits, ids):
+    return math.exp(-(logits.log_softmax(dim=-1) / math.log(2))[ids[:-1], ids[1:]].mean().item())
 
 
-def test_check_1_1_stub_fails_as_not_implemented():
-    _assert_fails_with(check_1_1, _not_implemented, "not implemented")
+def perplexity_divides_by_len_ids(logits, ids):
+    logp = logits.log_softmax(dim=-1)[ids[:-1], ids[1:]]
+    return math.exp(-logp.sum().item() / len(ids))
 
 
-def test_check_1_1_transposed_counts_hint_swapped():
-    _assert_fails_with(check_1_1, count_bigrams_transposed, "swapped")
+def perplexity_softmax_then_log(logits, ids):  # underflows for logits far apart
+    return _ppl(logits.softmax(dim=-1).log(), ids)
 
 
-def test_check_1_1_wraparound_hint_says_dont_wrap():
-    _assert_fails_with(check_1_1, count_bigrams_wraparound, "wrap around")
+def test_check_1_1_passes_a_correct_perplexity(capsys):
+    passes(check_1_1, perplexity_right, capsys)
 
 
-def test_check_1_1_matrix_sized_by_max_id_hint_says_vocab_size():
-    _assert_fails_with(check_1_1, count_bigrams_sized_by_max_id, "Size the matrix by vocab_size")
+def test_check_1_1_passes_a_tensor_result(capsys):
+    passes(check_1_1, lambda logits, ids: torch.tensor(perplexity_right(logits, ids)), capsys)
 
 
-def test_check_1_1_setting_instead_of_adding_hint_says_repeated_pairs():
-    # the hand-worked case has no repeated pair, so this passes it and is caught on random ids
-    _assert_fails_with(check_1_1, count_bigrams_only_first_occurrence, "repeated pairs")
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (perplexity_logits_as_log_probs, "logits are not probabilities"),
+    (perplexity_logits_as_probs, "logits are not probabilities"),
+    (perplexity_returns_mean_nll, "exponentiate"),
+    (perplexity_log2_then_exp, "mixed the two bases"),
+    (perplexity_divides_by_len_ids, "len(ids) - 1"),
+    (perplexity_columns_normalised, "normalise each row"),
+    (perplexity_transposed_lookup, "[next, current]"),
+    (perplexity_softmax_then_log, "underflowed"),
+    (lambda logits, ids: None, "forget to return"),
+    (lambda logits, ids: torch.ones(len(ids) - 1), "forget to average"),
+])
+def test_check_1_1_rejects_mistakes(wrong, fragment):
+    fails_with(check_1_1, wrong, fragment)
 
 
-def test_check_1_1_crash_names_the_input():
-    def crashes(ids, vocab_size):
-        raise IndexError("boom")
+# --- 1.2 add-k tuned on validation -----------------------------------------------------------
 
-    message = _assert_fails_with(check_1_1, crashes, "IndexError: boom")
-    assert "[0, 1, 1, 2, 0]" in message
 
+def _nlls(train_ids, scored_ids, v, ks, denominator=lambda k, v: k * v, only_zeros=False,
+          transpose=False, n_div=None):
+    counts = bigram_counts(train_ids, v).double()
+    counts = counts.T if transpose else counts
+    out = []
+    for k in ks:
+        if only_zeros:  # k on the empty cells only, then each row renormalised
+            smoothed = counts + k * (counts == 0)
+            probs = smoothed / smoothed.sum(dim=1, keepdim=True)
+        else:
+            probs = (counts + k) / (counts.sum(dim=1, keepdim=True) + denominator(k, v))
+        logp = probs[scored_ids[:-1], scored_ids[1:]].log()
+        out.append(-(logp.sum() / (n_div or len(scored_ids) - 1)).item())
+    return out
 
-def test_check_1_1_missing_return_fails_with_hint():
-    _assert_fails_with(check_1_1, lambda ids, vocab_size: None, "should be a tensor")
 
+def _best(ks, nlls):
+    return ks[nlls.index(min(nlls))]
 
-def test_check_1_1_non_function_fails():
-    _assert_fails_with(check_1_1, 42, "expected a function")
 
+def tune_right(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks)
+    return _best(ks, nlls), nlls
 
-# --- 1.2 perplexity ----------------------------------------------------------------------
 
+def tune_on_train(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, train_ids, v, ks)
+    return _best(ks, nlls), nlls
 
-def _nll(probs, ids, log=torch.log):
-    ids = torch.as_tensor(ids)
-    return -log(probs[ids[:-1], ids[1:]].double()).mean().item()
 
+def tune_denominator_plus_k(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks, denominator=lambda k, v: k)
+    return _best(ks, nlls), nlls
 
-def perplexity_right(probs, ids):
-    return math.exp(_nll(probs, ids))
 
+def tune_transposed(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks, transpose=True)
+    return _best(ks, nlls), nlls
 
-def perplexity_returns_mean_nll(probs, ids):
-    return _nll(probs, ids)
 
+def tune_divides_by_len_val(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks, n_div=len(val_ids))
+    return _best(ks, nlls), nlls
 
-def perplexity_transposed_lookup(probs, ids):
-    ids = torch.as_tensor(ids)
-    return math.exp(-torch.log(probs[ids[1:], ids[:-1]].double()).mean().item())
 
+def tune_returns_index(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks)
+    return nlls.index(min(nlls)), nlls
 
-def perplexity_log2_then_exp(probs, ids):
-    return math.exp(_nll(probs, ids, log=torch.log2))
 
+def tune_returns_argmax(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks)
+    return ks[nlls.index(max(nlls))], nlls
 
-def perplexity_ln_then_pow2(probs, ids):
-    return 2 ** _nll(probs, ids)
 
+def tune_smooths_only_zero_cells(train_ids, val_ids, v, ks):
+    nlls = _nlls(train_ids, val_ids, v, ks, only_zeros=True)
+    return _best(ks, nlls), nlls
 
-def perplexity_sums_instead_of_mean(probs, ids):
-    ids = torch.as_tensor(ids)
-    return math.exp(-torch.log(probs[ids[:-1], ids[1:]].double()).sum().item() / len(ids))
 
+def tune_nan_at_k_zero(train_ids, val_ids, v, ks):
+    """Scores with counts * log p over all cells: 0 * log 0 gives NaN instead of counting as 0."""
+    counts = bigram_counts(train_ids, v).double()
+    val_counts = bigram_counts(val_ids, v).double()
+    nlls = []
+    for k in ks:
+        probs = (counts + k) / (counts.sum(dim=1, keepdim=True) + k * v)
+        nlls.append(-(val_counts * probs.log()).sum().item() / val_counts.sum().item())
+    finite = [x if not math.isnan(x) else math.inf for x in nlls]
+    return _best(ks, finite), nlls
 
-def test_check_1_2_passes_a_correct_perplexity(capsys):
-    check_1_2(perplexity_right)
-    assert "passed" in capsys.readouterr().out
 
+def tune_clamps_zero_probabilities(train_ids, val_ids, v, ks):
+    counts = bigram_counts(train_ids, v).double()
+    nlls = []
+    for k in ks:
+        probs = (counts + k) / (counts.sum(dim=1, keepdim=True) + k * v)
+        nlls.append(-probs.clamp(min=1e-10)[val_ids[:-1], val_ids[1:]].log().mean().item())
+    return _best(ks, nlls), nlls
 
-def test_check_1_2_passes_log2_with_pow2_consistently(capsys):
-    check_1_2(lambda probs, ids: 2 ** _nll(probs, ids, log=torch.log2))
-    assert "passed" in capsys.readouterr().out
 
+def test_check_1_2_passes_a_correct_tuner(capsys):
+    passes(check_1_2, tune_right, capsys)
 
-def test_check_1_2_stub_fails_as_not_implemented():
-    _assert_fails_with(check_1_2, _not_implemented, "not implemented")
 
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (tune_on_train, "score val_ids"),
+    (tune_denominator_plus_k, "k * vocab_size, not by k"),
+    (tune_transposed, "rows and columns are swapped"),
+    (tune_divides_by_len_val, "len(val_ids) - 1"),
+    (tune_returns_index, "not its position"),
+    (tune_returns_argmax, "the best k has the lowest"),
+    (tune_smooths_only_zero_cells, "every cell, seen or not"),
+    (tune_nan_at_k_zero, "you returned NaN"),
+    (tune_clamps_zero_probabilities, "the NLL is infinite"),
+    (lambda *a: None, "return a pair"),
+    (lambda t, v, n, ks: (1.0, [0.0] * (len(ks) - 1)), "one NLL per k"),
+])
+def test_check_1_2_rejects_mistakes(wrong, fragment):
+    fails_with(check_1_2, wrong, fragment)
 
-def test_check_1_2_mean_nll_hint_says_exponentiate():
-    _assert_fails_with(check_1_2, perplexity_returns_mean_nll, "exponentiate")
 
+# --- 1.3 the training loop, with the gradient by hand ----------------------------------------
 
-def test_check_1_2_transposed_lookup_hint_names_probs_next_current():
-    _assert_fails_with(check_1_2, perplexity_transposed_lookup, "probs[next, current]")
 
+def _grad(table, x, y, sign=1.0, one_hot=True, mean=True, rows_of=None, add=True):
+    p = table[x].softmax(dim=-1)
+    if one_hot:
+        p[torch.arange(len(x)), y] -= 1
+    p = sign * p / (len(x) if mean else 1)
+    index = x if rows_of is None else rows_of(x, y)
+    if add:
+        return torch.zeros_like(table).index_add_(0, index, p)
+    g = torch.zeros_like(table)
+    g[index] = p
+    return g
 
-def test_check_1_2_dividing_by_len_ids_fails():
-    _assert_fails_with(check_1_2, perplexity_sums_instead_of_mean, "Exercise 1.2")
 
+def make_loop(accumulate=False, step=True, loss_after=False, **grad_kwargs):
+    def train(model, batches, optimizer, epochs):
+        table = model.table.weight
+        losses = []
+        for _ in range(epochs):
+            for x, y in batches:
+                loss = F.cross_entropy(table[x], y).item()
+                g = _grad(table, x, y, **grad_kwargs)
+                table.grad = table.grad + g if accumulate and table.grad is not None else g
+                if step:
+                    optimizer.step()
+                losses.append(F.cross_entropy(table[x], y).item() if loss_after else loss)
+        return losses
+    return train
 
-def test_check_1_2_dividing_by_len_ids_hint_says_len_minus_one():
-    _assert_fails_with(check_1_2, perplexity_sums_instead_of_mean, "len(ids) - 1")
 
+def uses_autograd(model, batches, optimizer, epochs):
+    losses = []
+    for _ in range(epochs):
+        for x, y in batches:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            losses.append(loss.item())
+    return losses
 
 
+def test_check_1_3_passes_a_correct_loop(capsys, shakespeare):
+    passes(check_1_3, make_loop(), capsys)
 
-def test_check_1_2_log2_with_exp_fails():
-    # The wrong answer is rejected; which hint it gets is tested below.
-    _assert_fails_with(check_1_2, perplexity_log2_then_exp, "Exercise 1.2")
 
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (uses_autograd, "no autograd"),
+    (make_loop(sign=-1.0), "sign is flipped"),
+    (make_loop(mean=False), "divide by the batch size"),
+    (make_loop(one_hot=False), "subtract the one-hot"),
+    (make_loop(add=False), "add up the gradients"),
+    (make_loop(rows_of=lambda x, y: y), "row of the current character x"),
+    (make_loop(accumulate=True), "previous batch is still in .grad"),
+    (make_loop(step=False), "never called"),
+    (make_loop(loss_after=True), "before its step"),
+    (lambda model, batches, optimizer, epochs: None, "never called"),
+])
+def test_check_1_3_rejects_mistakes(wrong, fragment):
+    fails_with(check_1_3, wrong, fragment)
 
-def test_check_1_2_log2_with_exp_hint_says_mixed_bases():
-    _assert_fails_with(check_1_2, perplexity_log2_then_exp, "mixed the two bases")
 
+def test_check_1_3_one_epoch_only_is_caught_by_the_step_count():
+    def one_epoch(model, batches, optimizer, epochs):
+        return make_loop()(model, batches, optimizer, 1)
 
-def test_check_1_2_ln_with_pow2_hint_says_mixed_bases():
-    _assert_fails_with(check_1_2, perplexity_ln_then_pow2, "mixed the two bases")
+    fails_with(check_1_3, one_epoch, "make 6 steps")
 
 
-def test_check_1_2_missing_return_fails_with_hint():
-    _assert_fails_with(check_1_2, lambda probs, ids: None, "forget to return")
+def test_check_1_3_missing_losses_are_caught():
+    def no_losses(model, batches, optimizer, epochs):
+        make_loop()(model, batches, optimizer, epochs)
 
+    fails_with(check_1_3, no_losses, "one loss per step")
 
-def test_check_1_2_per_token_tensor_fails_with_hint():
-    _assert_fails_with(check_1_2, lambda probs, ids: torch.ones(len(ids) - 1), "forget to average")
 
+# --- 1.4 temperature -------------------------------------------------------------------------
 
-# --- 1.3 apply_temperature ---------------------------------------------------------------
 
-
-def apply_temperature_right(logits, temperature):
-    if temperature <= 0:
+def temperature_right(logits, temperature):
+    if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     return torch.softmax(logits / temperature, dim=-1)
 
 
-def apply_temperature_no_softmax(logits, temperature):
-    if temperature <= 0:
+def temperature_no_softmax(logits, temperature):
+    if not temperature > 0:
         raise ValueError("temperature must be > 0")
     return logits / temperature
 
 
-def apply_temperature_multiplies(logits, temperature):
-    if temperature <= 0:
+def temperature_multiplies(logits, temperature):
+    if not temperature > 0:
         raise ValueError("temperature must be > 0")
     return torch.softmax(logits * temperature, dim=-1)
 
 
-def apply_temperature_no_value_error(logits, temperature):
+def temperature_no_value_error(logits, temperature):  # T = 0 returns NaN
     return torch.softmax(logits / temperature, dim=-1)
 
 
-def apply_temperature_wrong_dim(logits, temperature):
+def temperature_lets_nan_through(logits, temperature):
     if temperature <= 0:
+        raise ValueError("temperature must be > 0")
+    return torch.softmax(logits / temperature, dim=-1)
+
+
+def temperature_wrong_dim(logits, temperature):
+    if not temperature > 0:
         raise ValueError("temperature must be > 0")
     return torch.softmax(logits / temperature, dim=0)
 
 
-def apply_temperature_wrong_exception(logits, temperature):
-    if temperature <= 0:
+def temperature_wrong_exception(logits, temperature):
+    if not temperature > 0:
         raise AssertionError("bad temperature")
     return torch.softmax(logits / temperature, dim=-1)
 
 
-def test_check_1_3_passes_a_correct_apply_temperature(capsys):
-    check_1_3(apply_temperature_right)
-    assert "passed" in capsys.readouterr().out
+def temperature_naive_softmax(logits, temperature):  # exp overflows at small T: NaN
+    if not temperature > 0:
+        raise ValueError("temperature must be > 0")
+    e = (logits / temperature).exp()
+    return e / e.sum(dim=-1, keepdim=True)
 
 
-def test_check_1_3_stub_fails_as_not_implemented():
-    _assert_fails_with(check_1_3, _not_implemented, "not implemented")
+def test_check_1_4_passes_a_correct_apply_temperature(capsys):
+    passes(check_1_4, temperature_right, capsys)
 
 
-def test_check_1_3_logits_over_t_without_softmax_hint_says_apply_softmax():
-    _assert_fails_with(check_1_3, apply_temperature_no_softmax, "apply a softmax")
-
-
-def test_check_1_3_multiplying_by_t_hint_says_divide():
-    _assert_fails_with(check_1_3, apply_temperature_multiplies, "multiplied by T")
-
-
-def test_check_1_3_no_value_error_for_nonpositive_t_hint_says_raise():
-    _assert_fails_with(check_1_3, apply_temperature_no_value_error, "raise ValueError")
-
-
-def test_check_1_3_softmax_over_wrong_dim_hint_says_last_dim():
-    _assert_fails_with(check_1_3, apply_temperature_wrong_dim, "last dim")
-
-
-def test_check_1_3_missing_return_fails_with_hint():
-    _assert_fails_with(check_1_3, lambda logits, temperature: None, "should be a tensor")
-
-
-def test_check_1_3_wrong_exception_type_is_named():
-    _assert_fails_with(check_1_3, apply_temperature_wrong_exception, "raised AssertionError")
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (temperature_no_softmax, "apply a softmax"),
+    (temperature_multiplies, "multiplied by T"),
+    (temperature_no_value_error, "full of NaN"),
+    (temperature_lets_nan_through, "T=nan is not a temperature"),
+    (temperature_wrong_dim, "last dim"),
+    (temperature_wrong_exception, "raised AssertionError"),
+    (temperature_naive_softmax, "without NaNs"),
+    (lambda logits, temperature: None, "should be a tensor"),
+])
+def test_check_1_4_rejects_mistakes(wrong, fragment):
+    fails_with(check_1_4, wrong, fragment)
