@@ -91,41 +91,17 @@ def test_hints_are_folded_and_never_hold_a_line_of_the_solution(src: Path):
         fragment = CODE_FRAGMENT.search(hints)
         assert not fragment, f"{src.name}, '{title}': a hint names code (`{fragment.group(0)}`)"
         todos = " ".join(m.group(1) for m in re.finditer(r"# (?:TODO|HINT):(.*)", section))
-        told = re.sub(r"\s+", "", hints + todos)
+        hints, todos = re.sub(r"\s+", "", hints), re.sub(r"\s+", "", todos)
         for region in regions:
             for line in region.splitlines():
-                code = line.split("#", 1)[0].strip()
-                if len(code) >= 12 and not code.startswith(("return", "raise")) or len(code) >= 24:
-                    assert re.sub(r"\s+", "", code) not in told, (
-                        f"{src.name}, '{title}': a hint or TODO gives away `{code}`")
-
-
-@pytest.mark.parametrize("src", [
-    "### BEGIN SOLUTION\nx = 1",
-    "x = 1\n### END SOLUTION",
-    "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION",
-])
-def test_unbalanced_markers_are_rejected(src):
-    with pytest.raises(ValueError, match="SOLUTION"):
-        notebooks.split_solution(src)
-
-
-def test_colab_setup_cell_uses_the_one_repository_url():
-    url = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"].rstrip("/")
-    for folder in ("exercises", "solutions", "book"):
-        for path in (ROOT / folder).glob("[0-9]*.ipynb"):
-            first = json.loads(path.read_text())["cells"][0]
-            source = "".join(first["source"])
-            assert "google.colab" in source and f"git+{url}" in source, path
-    # ...and no hand-written source repeats it
-    for src in [*CHAPTERS, *(ROOT / "exercises" / "src").glob("*.md")]:
-        assert url not in src.read_text(), f"{src} hard-codes the repository URL"
-
-
-def test_exercise_notebooks_contain_no_solution_code():
-    for path in (ROOT / "exercises").glob("[0-9]*.ipynb"):
-        text = path.read_text()
-        assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text, path
+                code = re.sub(r"\s+", "", line.split("#", 1)[0])
+                # A hint may hold no line of code at all; a TODO may name the interface the
+                # task states (a call such as optimizer.step()), but not a whole line of the answer.
+                in_hint = len(code) >= 12 and not code.startswith(("return", "raise"))
+                assert not (in_hint and code in hints), (
+                    f"{src.name}, '{title}': a hint gives away `{line.strip()}`")
+                assert not (len(code) >= 24 and code in todos), (
+                    f"{src.name}, '{title}': a TODO gives away `{line.strip()}`")
 
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
