@@ -100,7 +100,8 @@ class BPETokenizer(Tokenizer):
             )
         # Specials never take part in merges: cut them out first, then count the unique chunks.
         split = regex.compile(pattern)
-        parts = sp.split(text)[::2] if (sp := special_regex(specials)) else [text]
+        sp = special_regex(frozenset(specials))
+        parts = sp.split(text)[::2] if sp else [text]
         counts = Counter(chunk for part in parts for chunk in split.findall(part))
         chunks = {c.encode("utf-8"): n for c, n in counts.items()}
 
@@ -166,45 +167,49 @@ class BPETokenizer(Tokenizer):
             ids.extend(piece)
         return ids
 
-    def _allowed(self, allowed_special: Allowed, text: str) -> set[str]:
-        """The specials to encode as one id; raises if `text` holds one that is not allowed."""
-        if allowed_special == "none":
+    def _allowed(self, allowed_special: Allowed) -> set[str]:
+        """The specials to encode as one id, checked against the tokenizer's own."""
+        if allowed_special in ("none", "none_raise"):
             return set()
         if allowed_special == "all":
-            allowed = set(self.special_tokens)
-        elif allowed_special == "none_raise":
-            allowed = set()
-        elif isinstance(allowed_special, (set, frozenset)):
+            return set(self.special_tokens)
+        if isinstance(allowed_special, (set, frozenset)):
             if unknown := sorted(set(allowed_special) - set(self.special_tokens)):
                 raise ValueError(
                     f"allowed_special names unknown special tokens {unknown}; "
                     f"known: {sorted(self.special_tokens)}"
                 )
-            allowed = set(allowed_special)
-        else:
-            raise ValueError(
-                "allowed_special must be 'all', 'none', 'none_raise' or a set, "
-                f"got {allowed_special!r}"
-            )
-        disallowed = special_regex(set(self.special_tokens) - allowed)
-        if disallowed and (m := disallowed.search(text)):
+            return set(allowed_special)
+        raise ValueError(
+            f"allowed_special must be 'all', 'none', 'none_raise' or a set, got {allowed_special!r}"
+        )
+
+    def _refuse(self, allowed_special: Allowed, allowed: set[str]) -> "regex.Pattern | None":
+        """The specials that must raise: all but the allowed, unless "none" means plain text."""
+        if allowed_special == "none":
+            return None
+        return special_regex(frozenset(self.special_tokens) - allowed)
+
+    @staticmethod
+    def _check(refuse: "regex.Pattern | None", text: str) -> None:
+        if refuse is not None and (m := refuse.search(text)):
             raise ValueError(
                 f"text contains the special token {m.group()!r} at position {m.start()}, which is "
                 f"not allowed; pass allowed_special={{{m.group()!r}}} or 'all' to encode it as one "
                 "id, or 'none' for plain text"
             )
-        return allowed
 
     def encode(self, text: str, allowed_special: Allowed = "none_raise") -> list[int]:
         """Encode like tiktoken: allowed specials become one id; others raise, unless "none".
 
         Example: encode("hi<|endoftext|>", allowed_special="all") -> [5303, 50256] (GPT-2)
         """
-        allowed = self._allowed(allowed_special, text)
+        allowed = self._allowed(allowed_special)
+        self._check(self._refuse(allowed_special, allowed), text)
         if not allowed:
             return self.encode_ordinary(text)
         ids: list[int] = []
-        for i, part in enumerate(special_regex(allowed).split(text)):
+        for i, part in enumerate(special_regex(frozenset(allowed)).split(text)):
             # split with a group alternates text, special, text, ...
             ids.extend([self.special_tokens[part]] if i % 2 else self.encode_ordinary(part))
         return ids
@@ -217,30 +222,41 @@ class BPETokenizer(Tokenizer):
         Memory stays flat however long the stream: only the last, possibly unfinished pre-token
         chunk of each piece (and any tail that may begin a special token) waits for the next piece.
         """
+        allowed = self._allowed(allowed_special)
+        refuse = self._refuse(allowed_special, allowed)
+        split = special_regex(frozenset(allowed)).split if allowed else None
+        longest = max(map(len, self.special_tokens), default=0)
+        starts = {s[0] for s in self.special_tokens}
         carry = ""
         for n, piece in enumerate(texts):
             if not isinstance(piece, str):
                 kind = type(piece).__name__
                 raise ValueError(f"encode_iterable needs strings; item {n} is {kind}")
             buf = carry + piece
-            # Hold back a tail that may be the start of a special token cut by the piece boundary.
-            hold = max((k for s in self.special_tokens for k in range(1, len(s))
-                        if buf.endswith(s[:k])), default=0)
+            hold = 0  # a tail that may start a special token cut by the piece boundary waits
+            if not starts.isdisjoint(buf[-longest:]):
+                hold = max((k for s in self.special_tokens for k in range(1, len(s))
+                            if buf.endswith(s[:k])), default=0)
             head, tail = buf[: len(buf) - hold], buf[len(buf) - hold :]
-            allowed = self._allowed(allowed_special, head)
-            parts = special_regex(allowed).split(head) if allowed else [head]
+            self._check(refuse, head)
+            parts = split(head) if split else [head]
+            out: list[int] = []  # one piece's ids, yielded together: a yield per chunk is slower
             for i, part in enumerate(parts[:-1]):
                 if i % 2:
-                    yield self.special_tokens[part]
+                    out.append(self.special_tokens[part])
                 else:
-                    yield from self.encode_ordinary(part)
+                    out.extend(self.encode_ordinary(part))
             # The last chunk may still grow ("hel" + "lo"), so it waits for the next piece.
             last = parts[-1]
-            matches = list(self._split.finditer(last))
-            start = matches[-1].start() if matches else len(last)
-            for ids in self._encode_chunks(m.group() for m in matches[:-1]):
-                yield from ids
-            carry = last[start:] + tail
+            chunks = self._split.findall(last)
+            if sum(map(len, chunks)) != len(last):  # a pattern that skips characters: find the cut
+                matches = list(self._split.finditer(last))
+                cut = matches[-1].start() if matches else len(last)
+                chunks = [m.group() for m in matches[:-1]] + [last[cut:]]
+            for ids in self._encode_chunks(chunks[:-1]):
+                out.extend(ids)
+            yield from out
+            carry = (chunks[-1] if chunks else "") + tail
         if carry:
             yield from self.encode(carry, allowed_special)
 

@@ -4,6 +4,7 @@ In the spirit of minbpe's base.py: small helpers, each with a worked example.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 from collections.abc import Callable, Iterable, Sequence
 
@@ -129,9 +130,10 @@ def learn_merges(
     return merges
 
 
-def special_regex(specials: Iterable[str]) -> "regex.Pattern | None":
+@functools.lru_cache(maxsize=64)  # encode calls it per text: compile each set of specials once
+def special_regex(specials: frozenset[str]) -> "regex.Pattern | None":
     """One alternation of the specials, longest first, so a longer one wins at the same position."""
-    specials = sorted(specials, key=len, reverse=True)
+    specials = sorted(specials, key=lambda s: (-len(s), s))
     if not specials:
         return None
     return regex.compile("(" + "|".join(regex.escape(s) for s in specials) + ")")
