@@ -65,8 +65,9 @@ def _merge_all(chunks, pair, new_id):
     return [merge(ids, pair, new_id) for ids in chunks]
 
 
-def train_bpe(text, num_merges, split=True, first_id=256, tie=None):
-    pieces = regex.findall(GPT2_PATTERN, text) if split else [text]
+def train_bpe(text, num_merges, specials=(), split=True, first_id=256, tie=None, cut=True):
+    parts = regex.split("|".join(map(regex.escape, specials)), text) if specials and cut else [text]
+    pieces = [c for p in parts for c in regex.findall(GPT2_PATTERN, p)] if split else parts
     chunks = [list(c.encode("utf-8")) for c in pieces]
     merges = {}
     for new_id in range(first_id, first_id + num_merges):
@@ -79,13 +80,13 @@ def train_bpe(text, num_merges, split=True, first_id=256, tie=None):
     return merges
 
 
-def counts_once(text, num_merges):  # ranks the initial pairs instead of recounting after merges
+def counts_once(text, num_merges, specials):  # ranks the initial pairs instead of recounting after merges
     chunks = [list(c.encode("utf-8")) for c in regex.findall(GPT2_PATTERN, text)]
     counts = Counter(p for ids in chunks for p in zip(ids, ids[1:]))
     return {p: 256 + i for i, (p, _) in enumerate(counts.most_common(num_merges))}
 
 
-def crashes_when_no_pair_is_left(text, num_merges):
+def crashes_when_no_pair_is_left(text, num_merges, specials):
     chunks = [list(c.encode("utf-8")) for c in regex.findall(GPT2_PATTERN, text)]
     merges = {}
     for new_id in range(256, 256 + num_merges):
@@ -104,18 +105,20 @@ def test_check_3_2_passes_on_a_correct_answer(capsys):
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
     (counts_once, "count the pairs again"),
-    (lambda t, n: train_bpe(t, n, first_id=255), "start at 256"),
-    (lambda t, n: train_bpe(t, n, split=False), "must not cross chunk boundaries"),
-    (lambda t, n: train_bpe(t, n, tie=lambda p, c=None: p), "Exercise 3.2"),  # largest pair wins
+    (lambda t, n, s: train_bpe(t, n, s, first_id=255), "start at 256"),
+    (lambda t, n, s: train_bpe(t, n, s, split=False), "must not cross chunk boundaries"),
+    (lambda t, n, s: train_bpe(t, n, s, tie=lambda p, c=None: p), "Exercise 3.2"),  # largest wins
     (crashes_when_no_pair_is_left, "raised ValueError"),
-    (lambda t, n: list(train_bpe(t, n).items()), "return a dict"),
+    (lambda t, n, s: train_bpe(t, n, s, cut=False), "Cut the special tokens out"),
+    (lambda t, n, s: train_bpe(t, n), "Cut the special tokens out"),  # ignores the specials
+    (lambda t, n, s: list(train_bpe(t, n, s).items()), "return a dict"),
 ])
 def test_check_3_2_rejects_mistakes(wrong, fragment):
     fails_with(check_3_2, wrong, fragment)
 
 
 def test_check_3_2_names_the_tie_rule():
-    def ties_to_the_largest_pair(text, num_merges):
+    def ties_to_the_largest_pair(text, num_merges, specials):
         chunks = [list(c.encode("utf-8")) for c in regex.findall(GPT2_PATTERN, text)]
         merges = {}
         for new_id in range(256, 256 + num_merges):

@@ -69,16 +69,12 @@ def check_3_1(pretokenize: Callable[[str], list[str]]) -> None:
                "contractions in any case, digits by three, lossless.")
 
 
-def _reference_merges(text: str, num_merges: int) -> dict:
-    return BPETokenizer.train(text, 256 + num_merges).merges
-
-
-def check_3_2(train_bpe: Callable[[str, int], dict]) -> None:
-    """train_bpe(text, num_merges) -> {pair: new id}, the companion's merges, in the same order."""
+def check_3_2(train_bpe: Callable[[str, int, list[str]], dict]) -> None:
+    """train_bpe(text, num_merges, specials) -> {pair: new id}, the companion's merges, in order."""
     ex = "3.2"
 
-    def run(text: str, n: int) -> dict:
-        got = call(ex, train_bpe, text, n)
+    def run(text: str, n: int, specials: list[str] | None = None) -> dict:
+        got = call(ex, train_bpe, text, n, list(specials or []))
         if not isinstance(got, Mapping):
             fail(ex, f"return a dict of (id, id) -> new id, got {type(got).__name__}")
         return {tuple(int(i) for i in p): int(v) for p, v in got.items()}
@@ -99,7 +95,7 @@ def check_3_2(train_bpe: Callable[[str, int], dict]) -> None:
     if (g := run("ab", 5)) != {(97, 98): 256}:
         fail(ex, f"'ab' has one pair, so training stops after one merge; got {g}")
     text = load_text("tinyshakespeare")[:3_000]
-    got, want = run(text, 40), _reference_merges(text, 40)
+    got, want = run(text, 40), BPETokenizer.train(text, 256 + 40).merges
     if any(p[1] == 32 for p in got):
         fail(ex, "a merge ends in a space, such as (101, 32) for 'e ': pairs must not cross chunk "
                  "boundaries. Cut the text with GPT2_PATTERN first and merge inside each chunk.")
@@ -110,8 +106,16 @@ def check_3_2(train_bpe: Callable[[str, int], dict]) -> None:
         fail(ex, f"on 3,000 characters of Shakespeare, 40 merges: your merge {k} is "
                  f"{mine[k] if k < len(mine) else None}, the companion's "
                  f"{theirs[k] if k < len(theirs) else None}")
-    passed(ex, "the textbook case, ties, early stop, and 40 merges identical to "
-               "BPETokenizer.train.")
+    eot = "<|endoftext|>"
+    docs = eot.join(["<|a|> <|b|>"] * 3 + [text[:1_000]] + ["||<< <|endoftext|"] * 3)
+    got = run(docs, 30, [eot])
+    want = BPETokenizer.train(docs, 256 + 30 + 1, special_tokens=[eot]).merges
+    if got != want:  # plain text passed above, so the specials are what went wrong
+        fail(ex, f"on documents joined by {eot}, your 30 merges differ from the companion's. "
+                 "Cut the special tokens out of the text before pre-tokenizing: their characters "
+                 "must never take part in a merge.")
+    passed(ex, "the textbook case, ties, early stop, 40 merges on Shakespeare and 30 around "
+               "special tokens, identical to BPETokenizer.train.")
 
 
 def check_3_3(encode: Callable[[str, dict, dict], list[int]]) -> None:
