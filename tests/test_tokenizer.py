@@ -175,3 +175,22 @@ def test_sphinx_catalogs_hold_real_translations_without_placeholders():
     assert any("é" in tr for _, tr in fr)  # French, not English left untranslated
     with pytest.raises(ValueError, match="no Sphinx catalog for 'xx'"):
         sphinx_catalog("xx")
+
+
+def test_merge_stepper_shows_the_pieces_for_the_slider_position():
+    from companion.widgets import merge_stepper
+
+    tok = BPETokenizer.train("aaabdaaabac", 259, pattern=r".+")
+    box = merge_stepper(tok, "aaabdaaabac", 1)
+    slider = box.children[0]
+    assert (slider.min, slider.max, slider.value) == (0, 3, 1)
+    slider.value = 3  # the widget recomputes with the same pure function the page calls
+    assert tokens_after_merges(tok, "aaabdaaabac", slider.value) == ["aaab", "d", "aaab", "a", "c"]
+
+
+def test_tokenizer_playground_builds_for_ours_and_tiktoken():
+    from companion.widgets import tokenizer_playground
+
+    box = tokenizer_playground({"ours": BPETokenizer.from_tiktoken("gpt2"),
+                                "gpt2": tiktoken.get_encoding("gpt2")}, "Hello world")
+    assert box.children[0].value == "Hello world"
