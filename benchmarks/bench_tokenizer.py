@@ -2,6 +2,7 @@
 
 Run: python benchmarks/bench_tokenizer.py   (with COMPANION_DATA_DIR and TIKTOKEN_CACHE_DIR set to the mirror)
 Prints a table and writes benchmarks/results/tokenizer.json.
+`--train-speedup-only` reruns just the naive-vs-companion training race (same merges);
 `--stream-only` reruns just the streaming measurement (peak RSS of encode vs encode_iterable on a
 generated file of STREAM_MB megabytes, each in a fresh subprocess) and updates that file's "stream" entry.
 """
@@ -78,6 +79,35 @@ def streaming_rss(mb: int = STREAM_MB) -> dict:
                         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
 
 
+def train_speedup(chars: int = 100_000, merges: int = 128) -> dict:
+    """The naive trainer (every chunk, full recount per merge) against BPETokenizer.train, same merges."""
+    import regex
+
+    from companion.tokenizer import GPT2_PATTERN, merge
+
+    text = load_text("tinyshakespeare")[:chars]
+
+    def naive() -> dict:
+        chunks = [list(c.encode("utf-8")) for c in regex.findall(GPT2_PATTERN, text)]
+        learned = {}
+        for new_id in range(256, 256 + merges):
+            counts: dict = {}
+            for ids in chunks:
+                for p in zip(ids, ids[1:]):
+                    counts[p] = counts.get(p, 0) + 1
+            top = max(counts, key=counts.get)  # ties: the pair seen first, as the companion
+            learned[top] = new_id
+            chunks = [merge(ids, top, new_id) for ids in chunks]
+        return learned
+
+    naive_s, naive_merges = best_of(naive, 1)
+    fast_s, fast = best_of(lambda: BPETokenizer.train(text, 256 + merges), REPEATS)
+    return {"chars": chars, "merges": merges, "naive_seconds": naive_s, "companion_seconds": fast_s,
+            "speedup": naive_s / fast_s, "same_merges": naive_merges == fast.merges,
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
+                        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}}
+
+
 def print_stream(s: dict) -> None:
     m = s["modes"]
     print(f"\nstreaming a generated {s['file_bytes'] / 1e6:.0f} MB file (peak RSS, fresh process each):")
@@ -109,6 +139,7 @@ def main() -> dict:
     trained_s, trained_ids = best_of(lambda: trained.encode(text), REPEATS)
     parity = ids == ids_warm == ref_ids
     stream = streaming_rss()
+    speedup = train_speedup()
 
     rows = [
         ("tiktoken gpt2 (Rust)", ref_s, len(ref_ids)),
@@ -128,6 +159,7 @@ def main() -> dict:
         "encode": encode,
         "parity_with_tiktoken": parity,
         "stream": stream,
+        "train_speedup": speedup,
         "machine": {
             "cpu": cpu_name(), "cores": os.cpu_count(), "platform": platform.platform(),
             "python": platform.python_version(), "torch": torch.__version__, "tiktoken": tiktoken.__version__,
@@ -148,13 +180,24 @@ def main() -> dict:
               f"{e['slowdown_vs_tiktoken']:>15.1f}x")
     print(f"\nids identical to tiktoken gpt2 on the whole text: {parity}")
     print_stream(stream)
+    print_speedup(speedup)
 
     write_results(RESULTS, result)
     return result
 
 
+def print_speedup(t: dict) -> None:
+    print(f"\ntraining {t['merges']} merges on {t['chars']:,} characters: naive {t['naive_seconds']:.1f} s, "
+          f"companion {t['companion_seconds']:.2f} s ({t['speedup']:.0f}x); same merges: {t['same_merges']}")
+
+
 if __name__ == "__main__":
-    if "--stream-only" in sys.argv:
+    if "--train-speedup-only" in sys.argv:
+        result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        result["train_speedup"] = train_speedup()
+        print_speedup(result["train_speedup"])
+        write_results(RESULTS, result)
+    elif "--stream-only" in sys.argv:
         result = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         result["stream"] = streaming_rss()
         print_stream(result["stream"])
