@@ -7,7 +7,8 @@ from torch import nn
 from .generate import generate_text
 from .tokenizer import Tokenizer
 
-__all__ = ["attention_explorer", "temperature_sampler", "sampler", "sizing_calculator"]
+__all__ = ["attention_explorer", "temperature_sampler", "sampler", "sizing_calculator", "merge_stepper",
+           "tokenizer_playground"]
 
 
 def temperature_sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_tokens: int = 200):
@@ -114,3 +115,57 @@ def sizing_calculator(dollars: float = 1e6, gpu: str = "H100-SXM-80GB", mfu: flo
         knob.observe(render, names="value")
     render()
     return w.VBox([w.HBox([budget, device]), w.HBox([util, ratio, count]), out])
+
+
+def merge_stepper(tokenizer, text: str, n_merges: int | None = None):
+    """A slider over the number of merges, showing `text` in that tokenizer's tokens (chapter 3).
+
+    Wraps companion.tokenizer.tools.tokens_after_merges, which the page also calls once.
+    """
+    import ipywidgets as w
+    from IPython.display import display
+
+    from .plots import TokenView
+    from .tokenizer.tools import tokens_after_merges
+
+    total = len(tokenizer.merges)
+    steps = w.IntSlider(value=total if n_merges is None else n_merges, min=0, max=total,
+                        description="merges", continuous_update=False)
+    out = w.Output()
+
+    def render(*_):
+        pieces = tokens_after_merges(tokenizer, text, steps.value)
+        out.clear_output(wait=True)
+        with out:
+            display(TokenView(pieces))
+
+    steps.observe(render, names="value")
+    render()
+    return w.VBox([steps, out])
+
+
+def tokenizer_playground(tokenizers: dict, text: str = "Hello world! 12345 naïve 生きる"):
+    """A text box whose contents are shown in each named tokenizer's pieces (chapter 3).
+
+    Wraps companion.tokenizer.tools.compare_tokenizers, which the page also calls once.
+    """
+    import ipywidgets as w
+    from IPython.display import display
+
+    from .plots import TokenView
+    from .tokenizer.tools import compare_tokenizers
+
+    box = w.Textarea(value=text, description="text", continuous_update=False,
+                     layout=w.Layout(width="90%"))
+    out = w.Output()
+
+    def render(*_):
+        out.clear_output(wait=True)
+        with out:
+            for name, pieces in compare_tokenizers(box.value, tokenizers).items():
+                print(f"{name}: {len(pieces)} tokens")
+                display(TokenView(pieces))
+
+    box.observe(render, names="value")
+    render()
+    return w.VBox([box, out])

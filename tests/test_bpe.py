@@ -392,3 +392,53 @@ def test_decode_accepts_tensor_ids_and_replaces_split_utf8():
 
 def test_empty_string_encodes_and_decodes_to_empty(gpt2):
     assert gpt2.encode("") == [] and gpt2.decode([]) == ""
+
+
+# --- encode_iterable: lazy, and the same ids as one encode of the joined text ------------------
+
+STREAM_TEXT = "Hello  world!\n\n  12345 don't  \n\tnaïve café 生きる 🙂<|endoftext|>next doc   \n"
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(cuts=st.lists(st.integers(0, len(STREAM_TEXT)), max_size=8))
+def test_encode_iterable_equals_encode_of_the_joined_text_for_any_cuts(cuts, gpt2):
+    bounds = [0, *sorted(cuts), len(STREAM_TEXT)]
+    pieces = [STREAM_TEXT[a:b] for a, b in zip(bounds, bounds[1:])]
+    want = gpt2.encode(STREAM_TEXT, allowed_special="all")
+    assert list(gpt2.encode_iterable(pieces, allowed_special="all")) == want
+    plain = gpt2.encode(STREAM_TEXT, allowed_special="none")
+    assert list(gpt2.encode_iterable(pieces, allowed_special="none")) == plain
+
+
+@settings(max_examples=150, deadline=None, database=None)
+@given(pieces=st.lists(st.text(alphabet="ab 1\n'<|endoftext>", max_size=12), max_size=10))
+def test_encode_iterable_equals_encode_on_random_pieces(pieces, gpt2):
+    assert list(gpt2.encode_iterable(pieces, "none")) == gpt2.encode("".join(pieces), "none")
+
+
+def test_encode_iterable_is_lazy_and_yields_before_the_stream_ends(gpt2):
+    def lines():
+        yield "First line of a long stream.\n"
+        raise RuntimeError("the encoder asked for the second piece too early")
+
+    stream = gpt2.encode_iterable(lines())
+    first = [next(stream) for _ in range(3)]  # must come from the first piece alone
+    assert first == gpt2.encode("First line of")
+
+
+def test_encode_iterable_raises_on_a_disallowed_special_split_across_pieces(gpt2):
+    with pytest.raises(ValueError, match="endoftext"):
+        list(gpt2.encode_iterable(["end<|endof", "text|>start"]))
+
+
+def test_encode_iterable_refuses_non_strings_naming_the_item(gpt2):
+    with pytest.raises(ValueError, match="item 1 is bytes"):
+        list(gpt2.encode_iterable(["ok", b"bytes"]))
+
+
+def test_encode_iterable_with_a_trained_tokenizer_and_specials_matches_encode():
+    tok = BPETokenizer.train("low lower lowest<|endoftext|>newer newest", 270, [EOT])
+    text = "lowest newer<|endoftext|>low"
+    pieces = [text[i : i + 3] for i in range(0, len(text), 3)]
+    assert list(tok.encode_iterable(pieces, "all")) == tok.encode(text, "all")
+    assert tok.encode(text, "all").count(tok.special_tokens[EOT]) == 1

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 import companion.data.shards as shards_mod
-from companion.data.shards import Shard, read_shard, sha256_text, shard_dtype, write_shard
+from companion.data.shards import (
+    Shard, read_shard, sha256_text, shard_dtype, write_shard, write_text_shard,
+)
 
 SHA = sha256_text("some source text")
 
@@ -230,3 +232,51 @@ def test_tiny_shakespeare_gpt2_shard_matches_tiktoken(tmp_path):
     assert np.array_equal(shard.tokens, np.asarray(ids))
     assert shard.meta["source_sha256"] == REGISTRY["tinyshakespeare"].sha256  # text hash == file hash
     assert (tmp_path / "tiny.bin").stat().st_size == 2 * 338_025
+
+
+# --- write_text_shard: streaming through the tokenizer's encode_iterable --------------------
+
+
+@pytest.fixture(scope="module")
+def gpt2_bpe():
+    from companion.tokenizer import BPETokenizer
+
+    return BPETokenizer.from_tiktoken("gpt2")
+
+
+def test_text_shard_holds_the_same_ids_as_encoding_the_whole_text(tmp_path, gpt2_bpe):
+    lines = ["First Citizen:\n", "Before we proceed any further, hear me speak.\n", "\n", "All: 42\n"]
+    text = "".join(lines)
+    write_text_shard(tmp_path / "t", iter(lines), gpt2_bpe, name="gpt2", block=3)
+    shard = read_shard(tmp_path / "t")
+    assert shard.tokens.tolist() == gpt2_bpe.encode(text)
+    assert shard.meta["source_sha256"] == sha256_text(text)
+    assert shard.meta["num_tokens"] == len(gpt2_bpe.encode(text))
+    assert shard.meta["tokenizer"] == "gpt2" and shard.meta["vocab_size"] == 50_257
+
+
+def test_text_shard_calls_encode_iterable(tmp_path, gpt2_bpe):
+    calls = []
+
+    class Spy:
+        vocab_size = gpt2_bpe.vocab_size
+
+        def encode_iterable(self, texts, allowed_special="none_raise"):
+            calls.append(allowed_special)
+            return gpt2_bpe.encode_iterable(texts, allowed_special)
+
+    write_text_shard(tmp_path / "s", ["a b<|endoftext|>c"], Spy(), name="gpt2", allowed_special="all")
+    assert calls == ["all"]
+    assert read_shard(tmp_path / "s").tokens.tolist() == gpt2_bpe.encode("a b<|endoftext|>c", "all")
+
+
+def test_text_shard_of_empty_text_raises_and_leaves_no_files(tmp_path, gpt2_bpe):
+    with pytest.raises(ValueError, match="at least one token"):
+        write_text_shard(tmp_path / "e", ["", ""], gpt2_bpe, name="gpt2")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_shard_with_a_disallowed_special_raises_and_leaves_no_files(tmp_path, gpt2_bpe):
+    with pytest.raises(ValueError, match="endoftext"):
+        write_text_shard(tmp_path / "d", ["x <|endoftext|> y"], gpt2_bpe, name="gpt2")
+    assert list(tmp_path.iterdir()) == []

@@ -117,3 +117,80 @@ def test_empty_string_encodes_and_decodes_to_empty():
     tok = CharTokenizer.from_text("hello")
     assert tok.encode("") == []
     assert tok.decode([]) == ""
+
+
+# --- companion.tokenizer.tools: what chapter 3 measures and shows --------------------------
+
+import math
+
+import tiktoken
+
+from companion.tokenizer import BPETokenizer
+from companion.tokenizer.tools import (
+    bits_per_byte, compare_tokenizers, sphinx_catalog, sphinx_languages, tokens_after_merges,
+    truncate,
+)
+
+
+def test_tokens_after_merges_grow_from_bytes_to_the_full_encoding():
+    """aaabdaaabac: 0 merges -> 11 bytes; 1 merge (aa) -> 9 pieces; all 3 -> 5 pieces, as trained."""
+    tok = BPETokenizer.train("aaabdaaabac", 259, pattern=r".+")
+    assert tokens_after_merges(tok, "aaabdaaabac", 0) == list("aaabdaaabac")
+    assert tokens_after_merges(tok, "aaabdaaabac", 1) == ["aa", "a", "b", "d", "aa", "a", "b", "a", "c"]
+    assert tokens_after_merges(tok, "aaabdaaabac", 3) == ["aaab", "d", "aaab", "a", "c"]
+    assert truncate(tok, 3).encode("aaabdaaabac") == tok.encode("aaabdaaabac")
+
+
+def test_truncate_rejects_more_merges_than_learned():
+    tok = BPETokenizer.train("aaabdaaabac", 259, pattern=r".+")
+    with pytest.raises(ValueError, match=r"n_merges=4 must lie in \[0, 3\]"):
+        truncate(tok, 4)
+
+
+def test_compare_tokenizers_gives_the_same_pieces_for_ours_and_tiktoken_gpt2():
+    ours = BPETokenizer.from_tiktoken("gpt2")
+    text = "naïve café 生きる 12345 <|endoftext|>"
+    got = compare_tokenizers(text, {"ours": ours, "gpt2": tiktoken.get_encoding("gpt2"),
+                                    "cl100k": tiktoken.get_encoding("cl100k_base")})
+    assert got["ours"] == got["gpt2"]
+    assert "<|endoftext|>" in got["gpt2"] and "\ufffd" in "".join(got["gpt2"])  # split 生き bytes
+    assert got["cl100k"] != got["gpt2"]
+
+
+def test_bits_per_byte_hand_worked_and_tokenizer_free():
+    """ln 2 nats per unit over as many units as bytes is 1 bit per byte; halving the units halves it."""
+    assert bits_per_byte(math.log(2), 100, 100) == pytest.approx(1.0)
+    assert bits_per_byte(math.log(2), 50, 100) == pytest.approx(0.5)
+    # The same total nats give the same bits per byte, however they are cut into tokens.
+    assert bits_per_byte(2.0, 30, 120) == pytest.approx(bits_per_byte(1.0, 60, 120))
+    with pytest.raises(ValueError, match="n_bytes=0"):
+        bits_per_byte(1.0, 10, 0)
+
+
+def test_sphinx_catalogs_hold_real_translations_without_placeholders():
+    assert {"de", "fr", "ja", "ru", "zh_CN"} <= set(sphinx_languages())
+    fr = sphinx_catalog("fr")
+    assert len(fr) > 300
+    assert all("%s" not in tr and "%(" not in tr for _, tr in fr)
+    assert any("é" in tr for _, tr in fr)  # French, not English left untranslated
+    with pytest.raises(ValueError, match="no Sphinx catalog for 'xx'"):
+        sphinx_catalog("xx")
+
+
+def test_merge_stepper_shows_the_pieces_for_the_slider_position():
+    from companion.widgets import merge_stepper
+
+    tok = BPETokenizer.train("aaabdaaabac", 259, pattern=r".+")
+    box = merge_stepper(tok, "aaabdaaabac", 1)
+    slider = box.children[0]
+    assert (slider.min, slider.max, slider.value) == (0, 3, 1)
+    slider.value = 3  # the widget recomputes with the same pure function the page calls
+    assert tokens_after_merges(tok, "aaabdaaabac", slider.value) == ["aaab", "d", "aaab", "a", "c"]
+
+
+def test_tokenizer_playground_builds_for_ours_and_tiktoken():
+    from companion.widgets import tokenizer_playground
+
+    box = tokenizer_playground({"ours": BPETokenizer.from_tiktoken("gpt2"),
+                                "gpt2": tiktoken.get_encoding("gpt2")}, "Hello world")
+    assert box.children[0].value == "Hello world"

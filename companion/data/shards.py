@@ -9,6 +9,7 @@ Introduced in chapter 2.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -20,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "Shard", "as_token_array", "read_shard", "sha256_text", "shard_dtype", "write_shard"]
+__all__ = ["FORMAT_VERSION", "Shard", "as_token_array", "read_shard", "sha256_text", "shard_dtype", "write_shard",
+           "write_text_shard"]
 
 FORMAT_VERSION = 1
 # JSON name -> numpy dtype. Always little-endian, whatever the machine's own byte order.
@@ -198,3 +200,53 @@ def read_shard(path: str | Path) -> Shard:
         )
     tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(meta["num_tokens"],))
     return Shard(path=bin_path, tokens=tokens, meta=meta)
+
+
+def write_text_shard(
+    path: str | Path,
+    texts: Iterable[str],
+    tokenizer: Any,
+    *,
+    name: str,
+    allowed_special: Any = "none_raise",
+    block: int = 1 << 16,
+) -> Path:
+    """Encode a stream of strings with `tokenizer.encode_iterable` into PATH.bin and PATH.json.
+
+    Memory stays flat: ids go to disk `block` at a time and the source's sha256 is hashed as the
+    text goes by. Example: write_text_shard("tiny", open("input.txt"), bpe, name="gpt2").
+    Introduced in chapter 3.
+    """
+    bin_path, json_path = _paths(path)
+    vocab_size = int(tokenizer.vocab_size)
+    dtype = shard_dtype(vocab_size)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty tokenizer name such as 'gpt2', got {name!r}")
+    digest = hashlib.sha256()
+    count = 0
+
+    def hashed() -> Iterator[str]:
+        for piece in texts:
+            if isinstance(piece, str):  # anything else is refused by encode_iterable
+                digest.update(piece.encode("utf-8"))
+            yield piece
+
+    def write(f) -> None:
+        nonlocal count
+        ids = tokenizer.encode_iterable(hashed(), allowed_special)
+        while (arr := np.fromiter(itertools.islice(ids, block), dtype=np.int64)).size:
+            if (bad := np.flatnonzero((arr < 0) | (arr >= vocab_size))).size:
+                raise ValueError(f"token id {int(arr[bad[0]])} at position {count + int(bad[0])} "
+                                 f"is outside the vocabulary [0, {vocab_size}) of {name!r}")
+            f.write(arr.astype(_DTYPES[dtype]).tobytes())
+            count += arr.size
+        if count == 0:
+            raise ValueError(f"{bin_path.name}: a shard needs at least one token, got none")
+
+    bin_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.unlink(missing_ok=True)  # same commit order as write_shard: .json last
+    _atomic_write(bin_path, write)
+    meta = {"format_version": FORMAT_VERSION, "tokenizer": name, "vocab_size": vocab_size,
+            "dtype": dtype, "num_tokens": count, "source_sha256": digest.hexdigest()}
+    _atomic_write(json_path, lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode("utf-8")))
+    return bin_path
