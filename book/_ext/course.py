@@ -43,7 +43,7 @@ class ShowSolutionsInLatex(SphinxPostTransform):
         for node in self.document.findall(nodes.container):
             if "tag_solution" in node["classes"]:
                 node["classes"] = [c for c in node["classes"] if c != "tag_hide-input"]
-                node.pop("hide_mode", None)
+                node.attributes.pop("hide_mode", None)
 
 
 def dedupe_scripts(app: Sphinx, pagename: str, templatename: str, context: dict, doctree) -> None:
