@@ -295,8 +295,8 @@ _KV_MODELS = [
 def kv_cache_table(seq_len: int = 4096, bytes_per_value: int = 2) -> list[KVCacheRow]:
     """KV cache size of MHA, GQA and MQA at real scales; defaults: 4k context, bf16, batch 1.
 
-    Example: kv_cache_table()[3] ->
-    KVCacheRow('Llama-2-70B (GQA, as released)', 80, 8, 128, 327680, 1.25)
+    Example: kv_cache_table()[3] -> KVCacheRow('Llama-2-70B (GQA, as released)',
+    80, 8, 128, 327680, 1.25)
     """
     return [
         KVCacheRow(name, layers, kv, d, kv_cache_bytes(layers, kv, d, 1, 1, bytes_per_value),

@@ -30,8 +30,8 @@ class GPTConfig:
 
     `n_kv_heads=None` means n_heads (plain multi-head attention); `d_ff=None` means 4*d_model
     for a two-layer MLP and 8/3*d_model rounded up to a multiple of 64 for SwiGLU (LLaMA's rule).
-    `mlp`: "gelu" is GPT-2's tanh-approximated GELU, "gelu_exact" the erf form
-    (PyTorch's nn.GELU and nanoGPT's), "relu" plain ReLU, "swiglu" LLaMA's gated unit.
+    `mlp`: "gelu" is GPT-2's tanh-approximated GELU, "gelu_exact" the erf form (PyTorch's nn.GELU
+    and nanoGPT's), "relu" plain ReLU, "swiglu" LLaMA's gated unit.
     """
 
     vocab_size: int = 50257

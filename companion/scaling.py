@@ -45,8 +45,8 @@ CHINCHILLA_TABLE3 = [
     (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12), (10e12, 1.30e28, 216.2e12),
 ]
 
-# GPT-3, Table 2.1 (Brown et al. 2020): name ->
-# (params, layers, d_model, heads, batch tokens, learning rate).
+# GPT-3, Table 2.1 (Brown et al. 2020): name -> (params, layers, d_model, heads,
+# batch tokens, learning rate).
 GPT3_TABLE = {
     "Small": (125e6, 12, 768, 12, 0.5e6, 6.0e-4), "Medium": (350e6, 24, 1024, 16, 0.5e6, 3.0e-4),
     "Large": (760e6, 24, 1536, 16, 0.5e6, 2.5e-4), "XL": (1.3e9, 24, 2048, 24, 1e6, 2.0e-4),
@@ -95,8 +95,7 @@ def isoflop(fit: LossFit, flops: float, n_params) -> np.ndarray:
     return loss(fit, n, flops / (6 * n))
 
 
-# --- dollars to a model
-# ----------------------------------------------------------------------------
+# --- dollars to a model -------------------------------------------------------------------------
 
 
 def budget_flops(dollars: float, usd_per_gpu_hour: float, peak_flops: float, mfu: float) -> float:
@@ -162,8 +161,7 @@ def describe_plan(plan: Plan) -> str:
     ])
 
 
-# --- the hyperparameter blueprint
-# ----------------------------------------------------------------------
+# --- the hyperparameter blueprint ---------------------------------------------------------------
 
 
 class Blueprint(NamedTuple):
@@ -219,8 +217,8 @@ def blueprint(
     KV heads from 1B; SwiGLU at 8/3 d_model; context growing with size; batch and peak learning rate
     from DeepSeek LLM's compute fits (B = 0.292 C^0.3271 tokens, lr = 0.3118 C^-0.125); warmup
     1% of steps in [100, 2000].
-    Example: blueprint(7e9).config.d_model -> 4096
-    (with 38 layers: GQA leaves more parameters for depth).
+    Example: blueprint(7e9).config.d_model -> 4096 (with 38 layers: GQA leaves
+    more parameters for depth).
     """
     if n_params <= 0:
         raise ValueError(f"n_params must be positive, got {n_params}")

@@ -185,9 +185,9 @@ def activation_bytes_per_layer(
     if recompute == "full":
         return value_bytes * s * b * h
     m = mask_bytes if dropout else 0
-    # Per s*b*h: 16 values
-    # (attention 5, MLP 9 of which 8 are the 4h-wide GELU input and output, 2 norm inputs) and 2
-    # dropout masks. Per a*s*s*b: softmax output, its dropout mask, the dropped-out copy.
+    # Per s*b*h: 16 values (attention 5, MLP 9 of which 8 are the 4h-wide GELU input and output, 2
+    # norm inputs) and 2 dropout masks. Per a*s*s*b: softmax output, its dropout
+    # mask, the dropped-out copy.
     linear = s * b * h * (16 * value_bytes + 2 * m)
     if recompute == "selective":
         return linear
@@ -287,8 +287,8 @@ def saved_activation_bytes(fn: Callable[..., Any] | nn.Module, *inputs: Any) -> 
 
     Each storage is counted once, so a tensor saved by two ops
     (or a view of it) is not double-counted.
-    Example: saved_activation_bytes(torch.nn.Linear(4, 4), torch.randn(2, 4))
-    -> 32 (the input, fp32).
+    Example: saved_activation_bytes(torch.nn.Linear(4, 4),
+    torch.randn(2, 4)) -> 32 (the input, fp32).
     """
     params = fn.parameters() if isinstance(fn, nn.Module) else ()
     skip = {p.untyped_storage().data_ptr() for p in params}

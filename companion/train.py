@@ -3,8 +3,9 @@
 Chapter 1 introduces `train_model`; chapter 7 grows it into `train`: AdamW with parameter
 groups, warmup and cosine decay, clipping, accumulation, evaluation, logs and resumable checkpoints.
 
-Command line (chapter 7): python -m companion.train --preset shakespeare-char-5m
---max-steps 200 --out runs/x
+Command line (chapter 7):
+
+    python -m companion.train --preset shakespeare-char-5m --max-steps 200 --out runs/x
 """
 from __future__ import annotations
 
@@ -85,8 +86,7 @@ def train_model(
     return history
 
 
-# --- chapter 7: the full loop
-# ----------------------------------------------------------------------
+# --- chapter 7: the full loop -------------------------------------------------------------------
 
 
 @dataclass
@@ -179,12 +179,10 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then a half cosine down to min_lr at decay_steps.
+    """Linear warmup to cfg.lr over warmup_steps, a half cosine to min_lr at decay_steps, then flat.
 
-    Then flat.
-
-    Example (lr 1e-3, min_lr 1e-4, warmup 10, decay 110): step 0 -> 1e-4, step 9
-    -> 1e-3, step 60 -> 5.5e-4.
+    Example (lr 1e-3, min_lr 1e-4, warmup 10, decay 110): step 0 -> 1e-4, step 9 -> 1e-3,
+    step 60 -> 5.5e-4.
     """
     if step < cfg.warmup_steps:
         # step 0 already moves; step warmup-1 reaches lr
@@ -351,13 +349,13 @@ def train(
 
     Returns the history.
 
-    history: per step "lr", "train_loss"; per evaluation
-    (at step 0, every eval_interval, and the end) "eval_step", "eval_train", "eval_val"; and
-    "elapsed" seconds at each evaluation. With out_dir, each evaluation also writes ckpt.pt, log.csv
-    and log.json there. `resume` is a loaded checkpoint;
-    `stop_at` ends early as if interrupted (the schedule still runs to max_steps). `extra` goes into
-    every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel (chapter 9) runs it
-    under torchrun, one process per rank, with logs and checkpoints written by rank 0 only.
+    history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the
+    end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
+    out_dir, each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded
+    checkpoint; `stop_at` ends early as if interrupted (the schedule still runs to max_steps).
+    `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
+    (chapter 9) runs it under torchrun, one process per rank, with logs and checkpoints written by
+    rank 0 only.
     """
     device = torch.device(device)
     model.to(device)
@@ -412,8 +410,8 @@ def train(
     def checkpoint() -> None:
         if out is None:
             return
+        # full_weights is a collective: every rank calls it
         ckpt = make_checkpoint(model, optimizer, cfg, step, history, gen, extra,
-                               # a collective: every rank
                                weights=None if par is None else loop.full_weights(par))
         if is_main:
             save_checkpoint(out / "ckpt.pt", ckpt)

@@ -7,8 +7,8 @@ Launch a world, wrap a model, check it against one process. Introduced in chapte
 - wrap: `wrap_model(model, strategy, env)` and `shard_batch`, the two hooks a training loop needs.
 - tensor: Megatron's column/row MLP split; pipeline: GPT stages, timings, bubble; comm:
   what each strategy sends.
-- verify: `verify(strategy)`, also
-  `python -m companion.parallel --strategy ddp --world-size 2 --steps 5`.
+- verify: `verify(strategy)`, also `python -m companion.parallel --strategy ddp
+  --world-size 2 --steps 5`.
 """
 from .comm import CommRow, bytes_per_step, layout_memory, ring_allreduce_bytes
 from .launch import DistEnv, LaunchResult, free_port, launch, setup, teardown
