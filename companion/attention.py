@@ -1,7 +1,9 @@
-"""Attention for chapter 5: the written-out maths, multi-head / grouped-query / multi-query attention, and the KV cache.
+"""Attention for chapter 5: the maths written out, MHA / GQA / MQA, and the KV cache.
 
-Shapes use one alphabet: B batch, T new tokens, S keys (cached + new), H query heads, H_kv key/value heads, D d_head.
+Shapes use one alphabet: B batch, T new tokens, S keys (cached + new), H query heads, H_kv
+key/value heads, D d_head.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,14 +32,20 @@ def causal_mask(T: int, device: torch.device | str | None = None) -> torch.Tenso
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
-def attention_weights(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) over the keys, with masked-out keys at weight 0. Introduced in chapter 5.
+def attention_weights(
+    q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) over the keys, with masked-out keys at weight 0.
+
+    Introduced in chapter 5.
 
     Example: q = [[0.]], k = [[0.], [0.]] (one query, two keys, D = 1) -> [[0.5, 0.5]]
     """
-    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (..., T, D) @ (..., D, S) -> (..., T, S)
+    # (..., T, D) @ (..., D, S) -> (..., T, S)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is not None:
-        # -inf, not a large negative number: exp(-inf) is exactly 0, so a hidden key gets no weight at all
+        # -inf, not a large negative number: exp(-inf) is exactly 0, so a hidden
+        # key gets no weight at all
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(dim=-1)
 
@@ -50,10 +58,14 @@ def scaled_dot_product(
     dropout_p: float = 0.0,
     training: bool = False,
 ) -> torch.Tensor:
-    """Attention written out: softmax(q k^T / sqrt(D)), masked, dropped out, then @ v. Introduced in chapter 5.
+    """Attention written out: softmax(q k^T / sqrt(D)), masked, dropped out, then @ v.
 
-    Works for any leading dims, e.g. (B, H, T, D) queries with (B, H, S, D) keys and values -> (B, H, T, D).
-    Example: q = [[0.]], k = [[0.], [0.]], v = [[2.], [4.]] -> [[3.]] (equal weights average the values)
+    Introduced in chapter 5.
+
+    Works for any leading dims, e.g. (B, H, T, D) queries with (B, H, S, D) keys
+    and values -> (B, H, T, D).
+    Example: q = [[0.]], k = [[0.], [0.]], v = [[2.], [4.]] -> [[3.]]
+    (equal weights average the values)
     """
     weights = attention_weights(q, k, mask)  # (..., T, S)
     weights = F.dropout(weights, p=dropout_p, training=training)
@@ -61,7 +73,7 @@ def scaled_dot_product(
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
-    """Repeat each K/V head n_rep times so that query head h reads KV head h // n_rep (as in HF Llama).
+    """Repeat each K/V head n_rep times, so query head h reads KV head h // n_rep (as HF Llama).
 
     Example: heads [a, b] with n_rep = 2 -> [a, a, b, b]. Introduced in chapter 5.
     """
@@ -74,9 +86,12 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 class KVCache:
-    """Preallocated keys and values for one attention layer, filled as tokens are decoded. Introduced in chapter 5.
+    """Preallocated keys and values for one attention layer, filled as tokens are decoded.
 
-    Example: c = KVCache(1, 8, 2, 4); c.append(k, v) with k, v of shape (1, 2, 3, 4) -> views (1, 2, 3, 4); c.pos == 3
+    Introduced in chapter 5.
+
+    Example: c = KVCache(1, 8, 2, 4); c.append(k, v) with k, v of shape (1, 2, 3, 4) ->
+    views (1, 2, 3, 4); c.pos == 3
     """
 
     def __init__(
@@ -88,26 +103,32 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ):
-        sizes = {"batch_size": batch_size, "max_len": max_len, "n_kv_heads": n_kv_heads, "d_head": d_head}
+        sizes = {"batch_size": batch_size, "max_len": max_len, "n_kv_heads": n_kv_heads,
+                 "d_head": d_head}
         for name, n in sizes.items():
             if n < 1:
                 raise ValueError(f"{name} must be positive, got {n}")
         self.max_len = max_len
-        # Allocated once at full length: appending then writes in place instead of re-concatenating every step.
+        # Allocated once at full length: appending then writes in place instead of
+        # re-concatenating every step.
         shape = (batch_size, n_kv_heads, max_len, d_head)  # (B, H_kv, max_len, D)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.pos = 0  # tokens stored so far; the next token's absolute position
 
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store T new keys and values (B, H_kv, T, D); return views of everything stored, (B, H_kv, pos, D)."""
+        """Store T new keys and values (B, H_kv, T, D).
+
+        Return views of everything stored, (B, H_kv, pos, D).
+        """
         want = (self.k.shape[0], self.k.shape[1], self.k.shape[3])
         if k.shape != v.shape or (k.shape[0], k.shape[1], k.shape[3]) != want:
-            raise ValueError(f"expected k and v of shape (B={want[0]}, H_kv={want[1]}, T, D={want[2]}), "
-                             f"got {tuple(k.shape)} and {tuple(v.shape)}")
+            raise ValueError(f"expected k and v of shape (B={want[0]}, H_kv={want[1]}, T, "
+                             f"D={want[2]}), got {tuple(k.shape)} and {tuple(v.shape)}")
         T = k.shape[2]
         if self.pos + T > self.max_len:
-            raise ValueError(f"cannot append {T} tokens: the cache holds {self.pos} of max_len {self.max_len}")
+            raise ValueError(f"cannot append {T} tokens: the cache holds {self.pos} of max_len "
+                             f"{self.max_len}")
         self.k[:, :, self.pos:self.pos + T] = k
         self.v[:, :, self.pos:self.pos + T] = v
         self.pos += T
@@ -127,9 +148,12 @@ class KVCache:
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention; n_kv_heads < n_heads makes it grouped-query (GQA), 1 multi-query (MQA).
+    """Multi-head self-attention.
 
-    Example: MultiHeadAttention(64, 8, 2)(torch.randn(1, 5, 64)).shape -> (1, 5, 64). Introduced in chapter 5.
+    n_kv_heads < n_heads makes it grouped-query (GQA), 1 multi-query (MQA).
+
+    Example: MultiHeadAttention(64, 8, 2)(torch.randn(1, 5, 64)).shape ->
+    (1, 5, 64). Introduced in chapter 5.
     """
 
     def __init__(
@@ -147,7 +171,8 @@ class MultiHeadAttention(nn.Module):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1:
-            raise ValueError(f"n_heads and n_kv_heads must be positive, got n_heads={n_heads}, n_kv_heads={n_kv_heads}")
+            raise ValueError(f"n_heads and n_kv_heads must be positive, got n_heads={n_heads}, "
+                             f"n_kv_heads={n_kv_heads}")
         if d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} does not divide d_model={d_model}")
         if n_heads % n_kv_heads:
@@ -157,29 +182,39 @@ class MultiHeadAttention(nn.Module):
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
         self.d_head = d_model // n_heads
         self.dropout, self.causal, self.rope, self.use_sdpa = dropout, causal, rope, use_sdpa
-        # Separate projections, named as in Llama checkpoints, so chapter 6 can copy weights one to one.
+        # Separate projections, named as in Llama checkpoints, so chapter 6
+        # can copy weights one to one.
         self.q_proj = nn.Linear(d_model, n_heads * self.d_head, bias=bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * self.d_head, bias=bias)
         self.o_proj = nn.Linear(n_heads * self.d_head, d_model, bias=bias)
-        # Set keep_weights = True to have every forward store its (B, H, T, S) weights, e.g. for heatmaps.
+        # Set keep_weights = True to have every forward store its (B, H, T, S)
+        # weights, e.g. for heatmaps.
         self.keep_weights = False
         self.last_weights: torch.Tensor | None = None
 
     def forward(
         self, x: torch.Tensor, cache: KVCache | None = None, return_weights: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, d_model) -> (B, T, d_model); with a cache, the T tokens follow the cache.pos tokens already in it."""
+        """(B, T, d_model) -> (B, T, d_model).
+
+        With a cache, the T tokens follow the cache.pos tokens already in it.
+        """
         if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"expected x of shape (B, T, d_model={self.d_model}), got {tuple(x.shape)}")
+            raise ValueError(f"expected x of shape (B, T, d_model={self.d_model}), got "
+                             f"{tuple(x.shape)}")
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, T, H*D) -> (B, H, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)  # (B, T, H_kv*D) -> (B, H_kv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)  # (B, T, H_kv*D) -> (B, H_kv, T, D)
+        # (B, T, H*D) -> (B, H, T, D)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
+        # (B, T, H_kv*D) -> (B, H_kv, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
+        # (B, T, H_kv*D) -> (B, H_kv, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
 
         start = 0 if cache is None else cache.pos  # absolute position of x's first token
         if self.rope is not None:
-            # Rotate before caching: a cached key keeps the rotation of the position it was written at.
+            # Rotate before caching: a cached key keeps the rotation of the
+            # position it was written at.
             q, k = self.rope(q, start), self.rope(k, start)
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H_kv, S, D) with S = start + T
@@ -187,23 +222,31 @@ class MultiHeadAttention(nn.Module):
         n_rep = self.n_heads // self.n_kv_heads
         k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H_kv, S, D) -> (B, H, S, D)
 
-        # Query i sits at absolute position start + i and sees keys 0 .. start + i: the last T rows of
-        # the (S, S) causal mask. A single new token may see every key, so it needs no mask at all.
+        # Query i sits at absolute position start + i and sees keys 0 .. start + i: the last T rows
+        # of the (S, S) causal mask. A single new token may see every key,
+        # so it needs no mask at all.
         masked = self.causal and T > 1
-        # is_causal lets SDPA pick a fused kernel, but it aligns its mask top-left: right only when S == T.
+        # is_causal lets SDPA pick a fused kernel, but it aligns its mask
+        # top-left: right only when S == T.
         square = self.use_sdpa and masked and S == T
-        mask = causal_mask(S, x.device)[start:] if masked and not square else None  # (T, S); is_causal stands in for it
+        # (T, S); is_causal stands in for it
+        mask = causal_mask(S, x.device)[start:] if masked and not square else None
         p = self.dropout if self.training else 0.0
         if self.use_sdpa:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=square)  # (B, H, T, D)
+            # (B, H, T, D)
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=p, is_causal=square
+            )
         else:
-            y = scaled_dot_product(q, k, v, mask, dropout_p=p, training=self.training)  # (B, H, T, D)
-        y = self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))  # (B, H, T, D) -> (B, T, H*D)
+            # (B, H, T, D)
+            y = scaled_dot_product(q, k, v, mask, dropout_p=p, training=self.training)
+        # (B, H, T, D) -> (B, T, H*D)
+        y = self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head))
 
         if not (return_weights or self.keep_weights):
             return y
-        # Recomputed rather than taken from the pass above: SDPA never exposes them, and a heatmap wants them
-        # before dropout. Only paid when asked for.
+        # Recomputed rather than taken from the pass above: SDPA never exposes them, and a heatmap
+        # wants them before dropout. Only paid when asked for.
         if square:
             mask = causal_mask(S, x.device)
         weights = attention_weights(q, k, mask).detach()  # (B, H, T, S)
@@ -216,11 +259,13 @@ class MultiHeadAttention(nn.Module):
 
 
 def kv_cache_bytes(
-    n_layers: int, n_kv_heads: int, d_head: int, seq_len: int, batch_size: int = 1, bytes_per_value: int = 2
+    n_layers: int, n_kv_heads: int, d_head: int, seq_len: int, batch_size: int = 1,
+    bytes_per_value: int = 2
 ) -> int:
     """Bytes of a full KV cache: 2 (K and V) * layers * KV heads * d_head * bytes * tokens * batch.
 
-    Example: kv_cache_bytes(80, 8, 128, 4096) -> 1342177280 (1.25 GiB: Llama-2-70B in bf16). Introduced in chapter 5.
+    Example: kv_cache_bytes(80, 8, 128, 4096) -> 1342177280
+    (1.25 GiB: Llama-2-70B in bf16). Introduced in chapter 5.
     """
     return 2 * n_layers * n_kv_heads * d_head * bytes_per_value * seq_len * batch_size
 
@@ -236,7 +281,8 @@ class KVCacheRow(NamedTuple):
     gib: float
 
 
-# (name, layers, KV heads, d_head), from the published configs; the 70B rows change only the KV heads.
+# (name, layers, KV heads, d_head), from the published configs; the 70B rows
+# change only the KV heads.
 _KV_MODELS = [
     ("Llama-2-7B (MHA)", 32, 32, 128),
     ("Llama-3-8B (GQA)", 32, 8, 128),
@@ -249,7 +295,8 @@ _KV_MODELS = [
 def kv_cache_table(seq_len: int = 4096, bytes_per_value: int = 2) -> list[KVCacheRow]:
     """KV cache size of MHA, GQA and MQA at real scales; defaults: 4k context, bf16, batch 1.
 
-    Example: kv_cache_table()[3] -> KVCacheRow('Llama-2-70B (GQA, as released)', 80, 8, 128, 327680, 1.25)
+    Example: kv_cache_table()[3] -> KVCacheRow('Llama-2-70B (GQA, as released)',
+    80, 8, 128, 327680, 1.25)
     """
     return [
         KVCacheRow(name, layers, kv, d, kv_cache_bytes(layers, kv, d, 1, 1, bytes_per_value),

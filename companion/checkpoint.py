@@ -1,4 +1,6 @@
-"""Checkpoints as plain dicts: tensors and plain Python values, saved atomically, loaded with weights_only=True.
+"""Checkpoints as plain dicts: tensors and plain Python values, saved atomically.
+
+Loaded with weights_only=True.
 
 A checkpoint never pickles a class, so loading one cannot run code and survives refactors of the
 companion. Introduced in chapter 7.
@@ -20,7 +22,9 @@ REQUIRED = ("format_version", "model", "step")
 
 
 def rng_state(*generators: torch.Generator) -> dict[str, Any]:
-    """Every random stream a training run draws from: Python, torch CPU, CUDA if present, and `generators`.
+    """Every random stream a training run draws from.
+
+    Python, torch CPU, CUDA if present, and `generators`.
 
     Example: rng_state(torch.Generator().manual_seed(0))["generators"][0].dtype -> torch.uint8
     """
@@ -40,7 +44,8 @@ def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
     """Restore what `rng_state` captured, into the same generators in the same order."""
     saved = state.get("generators", [])
     if len(saved) != len(generators):
-        raise ValueError(f"the checkpoint holds {len(saved)} generator states but {len(generators)} generators were given")
+        raise ValueError(f"the checkpoint holds {len(saved)} generator states but "
+                         f"{len(generators)} generators were given")
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     torch.set_rng_state(state["torch"])
@@ -51,7 +56,9 @@ def set_rng_state(state: dict[str, Any], *generators: torch.Generator) -> None:
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path:
-    """Write `checkpoint` to `path` atomically: a temporary file in the same folder, then os.replace.
+    """Write `checkpoint` to `path` atomically.
+
+    A temporary file in the same folder, then os.replace.
 
     A crash mid-write leaves the previous checkpoint intact, never a truncated one, because
     os.replace swaps the name in one step on POSIX and Windows alike. Returns the path.
@@ -74,14 +81,21 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> Path
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`; weights_only=True refuses anything but tensors and plain values."""
+def load_checkpoint(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`.
+
+    weights_only=True refuses anything but tensors and plain values.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED):
-        raise ValueError(f"{path} is not a companion checkpoint: expected a dict with keys {list(REQUIRED)}")
+        raise ValueError(f"{path} is not a companion checkpoint: expected a dict with keys "
+                         f"{list(REQUIRED)}")
     if checkpoint["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {checkpoint['format_version']}; this companion reads {FORMAT_VERSION}")
+        raise ValueError(f"{path} has checkpoint format {checkpoint['format_version']}; this "
+                         f"companion reads {FORMAT_VERSION}")
     return checkpoint

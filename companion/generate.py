@@ -1,7 +1,10 @@
-"""Sampling from a language model. Temperature is introduced in chapter 1; top-k, top-p and the KV cache in chapter 7.
+"""Sampling from a language model.
 
-A model is anything that maps token ids (B, T) to logits (B, T, V). Models with `make_caches` (companion.model.GPT)
-are decoded with a KV cache: the prompt is read once (prefill), then each step feeds only the newest token.
+Temperature is introduced in chapter 1; top-k, top-p and the KV cache in chapter 7.
+
+A model is anything that maps token ids (B, T) to logits (B, T, V). Models with `make_caches`
+(companion.model.GPT) are decoded with a KV cache: the prompt is read once (prefill), then each step
+feeds only the newest token.
 """
 from __future__ import annotations
 
@@ -10,22 +13,30 @@ from torch import nn
 
 from .tokenizer import Tokenizer
 
-__all__ = ["temperature_softmax", "check_sampling", "top_k_filter", "top_p_filter", "sample_next", "generate",
-           "generate_text"]
+__all__ = ["temperature_softmax", "check_sampling", "top_k_filter", "top_p_filter", "sample_next",
+           "generate", "generate_text"]
 
 
 def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """softmax(logits / T) over the last dim. T -> 0 approaches argmax, T = 1 is the model, large T flattens.
+    """softmax(logits / T) over the last dim.
+
+    T -> 0 approaches argmax, T = 1 is the model, large T flattens.
 
     Example: temperature_softmax(torch.tensor([0., 1.]), 1.0) -> [0.2689, 0.7311]
     """
     if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use greedy decoding for T = 0), got {temperature}")
+        raise ValueError("temperature must be > 0 (use greedy decoding for T = 0), got "
+                         f"{temperature}")
     return torch.softmax(logits.float() / temperature, dim=-1)
 
 
-def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
-    """Raise ValueError unless temperature >= 0, top_k >= 1 and 0 < top_p <= 1 (None switches a filter off)."""
+def check_sampling(
+    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None
+) -> None:
+    """Raise ValueError unless temperature >= 0, top_k >= 1 and 0 < top_p <= 1.
+
+    None switches a filter off.
+    """
     if not temperature >= 0:  # written so that NaN fails too
         raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
@@ -35,30 +46,38 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: fl
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep exactly the k largest logits per row (ties broken by position); the rest become -inf. Chapter 7.
+    """Keep exactly the k largest logits per row (ties broken by position); the rest become -inf.
+
+    Chapter 7.
 
     Example: top_k_filter(torch.tensor([1., 3., 2.]), 2) -> [-inf, 3., 2.]
     """
     check_sampling(top_k=k)
     if k >= logits.shape[-1]:
         return logits
-    # Scatter by index rather than compare with the k-th value: a threshold would keep every tie, i.e. more than k.
-    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, logits.topk(k, dim=-1).indices, True)
+    # Scatter by index rather than compare with the k-th value: a threshold would keep
+    # every tie, i.e. more than k.
+    keep = torch.zeros_like(logits, dtype=torch.bool).scatter_(
+        -1, logits.topk(k, dim=-1).indices, True
+    )
     return logits.masked_fill(~keep, float("-inf"))
 
 
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
-    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p; the rest -inf. Chapter 7.
+    """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p.
+
+    The rest -inf. Chapter 7.
 
     Example: probabilities [0.5, 0.3, 0.2] with p = 0.7 keep the first two (0.5 < 0.7 <= 0.8).
     """
     check_sampling(top_p=p)
     probs, order = logits.float().softmax(dim=-1).sort(dim=-1, descending=True)
-    # A token stays if the mass strictly before it is still short of p: the first token always stays,
-    # and the token that carries the total past p stays too.
+    # A token stays if the mass strictly before it is still short of p: the first token always
+    # stays, and the token that carries the total past p stays too.
     before = probs.cumsum(dim=-1) - probs
     keep_sorted = before < p
-    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)  # back to vocabulary order
+    # back to vocabulary order
+    keep = torch.zeros_like(keep_sorted).scatter_(-1, order, keep_sorted)
     return logits.masked_fill(~keep, float("-inf"))
 
 
@@ -69,9 +88,12 @@ def sample_next(
     top_p: float | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One next token per row from last-position logits (B, V) -> (B, 1): greedy at temperature 0, else sampled.
+    """One next token per row from last-position logits (B, V) -> (B, 1).
 
-    Order: temperature scales the logits, then top-k, then top-p on the tempered distribution (as Hugging Face does).
+    Greedy at temperature 0, else sampled.
+
+    Order: temperature scales the logits, then top-k, then top-p on the tempered
+    distribution (as Hugging Face does).
     """
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
@@ -100,8 +122,10 @@ def generate(
 ) -> torch.Tensor:
     """Extend idx (B, T) by `max_new_tokens` tokens; temperature 0 means greedy.
 
-    With use_cache and a model that has `make_caches`, the prompt is prefilled once and each step feeds one token.
-    Once the sequence outgrows the context, every step re-reads the last context_length tokens, cache or not.
+    With use_cache and a model that has `make_caches`, the prompt is prefilled once and
+    each step feeds one token.
+    Once the sequence outgrows the context, every step re-reads the last
+    context_length tokens, cache or not.
     """
     if idx.ndim != 2:
         raise ValueError(f"idx must have shape (B, T), got {tuple(idx.shape)}")
@@ -114,19 +138,26 @@ def generate(
     cached = use_cache and hasattr(model, "make_caches")
     was_training = model.training
     model.eval()
-    caches = model.make_caches(idx.shape[0], max_len=context_length, device=idx.device) if cached else None
+    caches = (
+        model.make_caches(idx.shape[0], max_len=context_length, device=idx.device)
+        if cached
+        else None
+    )
     fresh = idx  # tokens the model has not read yet: the whole prompt at first
     for _ in range(max_new_tokens):
         if caches is None:
             window = idx if context_length is None else idx[:, -context_length:]
-            logits = model(window)[:, -1, :]  # (B, V): only the last position predicts the next token
+            # (B, V): only the last position predicts the next token
+            logits = model(window)[:, -1, :]
         else:
             if caches[0].pos + fresh.shape[1] > caches[0].max_len:
-                # Full: start again from the last context_length tokens (a sliding window, no saving).
+                # Full: start again from the last context_length tokens
+                # (a sliding window, no saving).
                 for c in caches:
                     c.reset()
                 fresh = idx[:, -caches[0].max_len:]
-            logits = model(fresh, caches=caches)[:, -1, :]  # prefill (whole prompt) or one new token
+            # prefill (whole prompt) or one new token
+            logits = model(fresh, caches=caches)[:, -1, :]
         nxt = sample_next(logits, temperature, top_k, top_p, generator).to(idx.device)
         idx = torch.cat([idx, nxt], dim=1)
         fresh = nxt
@@ -150,5 +181,7 @@ def generate_text(
     device = next(model.parameters()).device
     idx = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long, device=device)
     gen = torch.Generator().manual_seed(seed)
-    out = generate(model, idx, max_new_tokens, temperature=temperature, generator=gen, top_k=top_k, top_p=top_p)
+    out = generate(
+        model, idx, max_new_tokens, temperature=temperature, generator=gen, top_k=top_k, top_p=top_p
+    )
     return tokenizer.decode(out[0].tolist())

@@ -1,7 +1,9 @@
-"""Hugging Face interop: GPT-2 and Llama checkpoints into companion.model.GPT. Introduced in chapter 6.
+"""Hugging Face interop: GPT-2 and Llama checkpoints into companion.model.GPT.
 
-This is the only module that knows Hugging Face's parameter names. transformers itself is imported only
-by `load_pretrained`, so reading a state dict needs nothing beyond torch.
+Introduced in chapter 6.
+
+This is the only module that knows Hugging Face's parameter names. transformers itself is imported
+only by `load_pretrained`, so reading a state dict needs nothing beyond torch.
 """
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ __all__ = ["config_from_hf", "from_hf", "hub_offline", "load_pretrained"]
 
 # Buffers that some transformers versions keep in GPT-2's state dict: a causal mask, not weights.
 _GPT2_IGNORED = (".attn.bias", ".attn.masked_bias")
-# Hugging Face activation names -> GPTConfig.mlp; GPT-2 trained with the tanh approximation ("gelu_new").
-_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact", "relu": "relu"}
+# Hugging Face activation names -> GPTConfig.mlp; GPT-2 trained with the tanh
+# approximation ("gelu_new").
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
+                     "relu": "relu"}
 
 
 def _model_type(hf_config: Mapping[str, Any]) -> str:
@@ -29,7 +33,10 @@ def _model_type(hf_config: Mapping[str, Any]) -> str:
 
 
 def _rope_theta(hf_config: Mapping[str, Any]) -> float:
-    """Llama's RoPE base; transformers 5 moved it into `rope_parameters`, older versions keep `rope_theta`."""
+    """Llama's RoPE base; transformers 5 moved it into `rope_parameters`.
+
+    Older versions keep `rope_theta`.
+    """
     params = hf_config.get("rope_parameters") or {}
     scaling = hf_config.get("rope_scaling") or {}
     kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
@@ -39,18 +46,23 @@ def _rope_theta(hf_config: Mapping[str, Any]) -> float:
 
 
 def config_from_hf(hf_config: Mapping[str, Any], dropout: float = 0.0) -> GPTConfig:
-    """The GPTConfig that reproduces a Hugging Face GPT-2 or Llama config (dict form, e.g. config.to_dict())."""
+    """The GPTConfig that reproduces a Hugging Face GPT-2 or Llama config.
+
+    The config comes in dict form, e.g. config.to_dict().
+    """
     c = hf_config
     if _model_type(c) == "gpt2":
         act = c.get("activation_function", "gelu_new")
         if act not in _GPT2_ACTIVATIONS:
-            raise ValueError(f"GPT-2 activation {act!r} is not supported; supported: {sorted(_GPT2_ACTIVATIONS)}")
+            raise ValueError(f"GPT-2 activation {act!r} is not supported; supported: "
+                             f"{sorted(_GPT2_ACTIVATIONS)}")
         if not c.get("scale_attn_weights", True) or c.get("scale_attn_by_inverse_layer_idx", False):
             raise ValueError("GPT-2 variants with non-standard attention scaling are not supported")
         return GPTConfig(
-            vocab_size=c["vocab_size"], context_length=c["n_positions"], d_model=c["n_embd"], n_layers=c["n_layer"],
-            n_heads=c["n_head"], d_ff=c.get("n_inner") or 4 * c["n_embd"], norm="layernorm", mlp=_GPT2_ACTIVATIONS[act], pos="learned",
-            bias=True, tie_embeddings=c.get("tie_word_embeddings", True), dropout=dropout,
+            vocab_size=c["vocab_size"], context_length=c["n_positions"], d_model=c["n_embd"],
+            n_layers=c["n_layer"], n_heads=c["n_head"], d_ff=c.get("n_inner") or 4 * c["n_embd"],
+            norm="layernorm", mlp=_GPT2_ACTIVATIONS[act], pos="learned", bias=True,
+            tie_embeddings=c.get("tie_word_embeddings", True), dropout=dropout,
             norm_eps=c.get("layer_norm_epsilon", 1e-5))
     if c.get("hidden_act", "silu") != "silu":
         raise ValueError(f"Llama activation {c['hidden_act']!r} is not supported: SwiGLU uses silu")
@@ -58,17 +70,22 @@ def config_from_hf(hf_config: Mapping[str, Any], dropout: float = 0.0) -> GPTCon
         raise ValueError("GPTConfig has one bias flag: attention_bias and mlp_bias must agree")
     d, H = c["hidden_size"], c["num_attention_heads"]
     if c.get("head_dim") not in (None, d // H):
-        raise ValueError(f"head_dim={c['head_dim']} differs from hidden_size/num_attention_heads={d // H}")
+        raise ValueError(f"head_dim={c['head_dim']} differs from "
+                         f"hidden_size/num_attention_heads={d // H}")
     return GPTConfig(
         vocab_size=c["vocab_size"], context_length=c["max_position_embeddings"], d_model=d,
         n_layers=c["num_hidden_layers"], n_heads=H, n_kv_heads=c.get("num_key_value_heads") or H,
-        d_ff=c["intermediate_size"], norm="rmsnorm", mlp="swiglu", pos="rope", rope_theta=_rope_theta(c),
-        bias=bool(c.get("attention_bias", False)), tie_embeddings=c.get("tie_word_embeddings", False),
-        dropout=dropout, norm_eps=c.get("rms_norm_eps", 1e-6))
+        d_ff=c["intermediate_size"], norm="rmsnorm", mlp="swiglu", pos="rope",
+        rope_theta=_rope_theta(c), bias=bool(c.get("attention_bias", False)),
+        tie_embeddings=c.get("tie_word_embeddings", False), dropout=dropout,
+        norm_eps=c.get("rms_norm_eps", 1e-6))
 
 
 def _gpt2_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Rename GPT-2's tensors; its Conv1D stores weights (in, out), so every matrix is transposed."""
+    """Rename GPT-2's tensors.
+
+    Its Conv1D stores weights (in, out), so every matrix is transposed.
+    """
     sd = {k.removeprefix("transformer."): v for k, v in sd.items() if not k.endswith(_GPT2_IGNORED)}
     d = config.d_model
     out = {"tok_emb.weight": sd.pop("wte.weight"), "pos_emb.embedding.weight": sd.pop("wpe.weight"),
@@ -80,12 +97,14 @@ def _gpt2_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, 
         for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
             out[b + f"attn.{name}.weight"] = qkv_w[j * d:(j + 1) * d]
             out[b + f"attn.{name}.bias"] = qkv_b[j * d:(j + 1) * d]
-        pairs = {"attn.c_proj": "attn.o_proj", "mlp.c_fc": "mlp.up_proj", "mlp.c_proj": "mlp.down_proj"}
+        pairs = {"attn.c_proj": "attn.o_proj", "mlp.c_fc": "mlp.up_proj",
+                 "mlp.c_proj": "mlp.down_proj"}
         for theirs, ours in pairs.items():
             out[b + ours + ".weight"] = sd.pop(h + theirs + ".weight").t()
             out[b + ours + ".bias"] = sd.pop(h + theirs + ".bias")
         for theirs, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
-            out[b + ours + ".weight"], out[b + ours + ".bias"] = sd.pop(h + theirs + ".weight"), sd.pop(h + theirs + ".bias")
+            out[b + ours + ".weight"], out[b + ours + ".bias"] = (sd.pop(h + theirs + ".weight"),
+                                                                  sd.pop(h + theirs + ".bias"))
     head = sd.pop("lm_head.weight", None)
     out["lm_head.weight"] = out["tok_emb.weight"] if config.tie_embeddings or head is None else head
     if sd:
@@ -94,11 +113,24 @@ def _gpt2_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, 
 
 
 def _llama_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Rename Llama's tensors; its q/k/v/o and gate/up/down already have our names and (out, in) layout."""
-    sd = {k.removeprefix("model."): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")}
+    """Rename Llama's tensors.
+
+    Its q/k/v/o and gate/up/down already have our names and (out, in) layout.
+    """
+    sd = {
+        k.removeprefix("model."): v for k, v in sd.items() if not k.endswith("rotary_emb.inv_freq")
+    }
     out = {"tok_emb.weight": sd.pop("embed_tokens.weight"), "norm.weight": sd.pop("norm.weight")}
-    suffixes = [f"self_attn.{p}_proj.{w}" for p in "qkvo" for w in (("weight", "bias") if config.bias else ("weight",))]
-    suffixes += [f"mlp.{p}_proj.{w}" for p in ("gate", "up", "down") for w in (("weight", "bias") if config.bias else ("weight",))]
+    suffixes = [
+        f"self_attn.{p}_proj.{w}"
+        for p in "qkvo"
+        for w in (("weight", "bias") if config.bias else ("weight",))
+    ]
+    suffixes += [
+        f"mlp.{p}_proj.{w}"
+        for p in ("gate", "up", "down")
+        for w in (("weight", "bias") if config.bias else ("weight",))
+    ]
     for i in range(config.n_layers):
         h, b = f"layers.{i}.", f"blocks.{i}."
         for s in suffixes:
@@ -112,32 +144,44 @@ def _llama_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str,
     return out
 
 
-def from_hf(state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any], dropout: float = 0.0) -> GPT:
-    """A companion GPT (float32, eval mode) with the weights of a Hugging Face GPT-2 or Llama state dict.
+def from_hf(
+    state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any], dropout: float = 0.0
+) -> GPT:
+    """A companion GPT (float32, eval mode) with a Hugging Face GPT-2 or Llama state dict's weights.
 
-    Example: from_hf(hf.state_dict(), hf.config.to_dict())(idx) matches hf(idx).logits to float32 tolerance.
+    Example: from_hf(hf.state_dict(), hf.config.to_dict())(idx) matches
+    hf(idx).logits to float32 tolerance.
     """
     config = config_from_hf(hf_config, dropout=dropout)
     rename = _gpt2_state if _model_type(hf_config) == "gpt2" else _llama_state
     try:
         ours = rename(dict(state_dict), config)
     except KeyError as e:
-        raise ValueError(f"state dict is missing {e.args[0]!r} for a {hf_config['model_type']} model") from None
+        raise ValueError(f"state dict is missing {e.args[0]!r} for a {hf_config['model_type']} "
+                         "model") from None
     model = GPT(config)
-    # strict: every parameter must be filled, so a renaming slip fails here rather than as wrong logits.
+    # strict: every parameter must be filled, so a renaming slip fails here
+    # rather than as wrong logits.
     model.load_state_dict({k: v.float() for k, v in ours.items()}, strict=True)
     return model.eval()
 
 
 def hub_offline() -> bool:
     """True when COMPANION_OFFLINE or HF_HUB_OFFLINE asks us not to touch the network."""
-    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("COMPANION_OFFLINE", "HF_HUB_OFFLINE"))
+    return any(
+        os.environ.get(v, "").lower() in ("1", "true", "yes")
+        for v in ("COMPANION_OFFLINE", "HF_HUB_OFFLINE")
+    )
 
 
 def load_pretrained(name: str = "gpt2") -> GPT:
-    """Download a GPT-2 or Llama checkpoint from the Hub with transformers and convert it; RuntimeError when offline."""
+    """Download a GPT-2 or Llama checkpoint from the Hub with transformers and convert it.
+
+    RuntimeError when offline.
+    """
     if hub_offline():
-        raise RuntimeError("offline (COMPANION_OFFLINE or HF_HUB_OFFLINE is set): not downloading from the Hub")
+        raise RuntimeError("offline (COMPANION_OFFLINE or HF_HUB_OFFLINE is set): not downloading "
+                           "from the Hub")
     try:
         from transformers import AutoModelForCausalLM  # optional: only this function needs it
     except ImportError as e:

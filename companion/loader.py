@@ -1,4 +1,6 @@
-"""From a long run of token ids to (inputs, targets) batches: sliding windows, random offsets, a train/val split.
+"""From a long run of token ids to (inputs, targets) batches.
+
+Sliding windows, random offsets, a train/val split.
 
 Every batch is a pair of int64 tensors of shape (B, T) with targets = inputs shifted one
 token to the left, which is what chapter 1's `train_model` consumes.
@@ -14,14 +16,15 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, S
 
 from companion.data.shards import Shard, as_token_array
 
-__all__ = ["RandomBatches", "SlidingWindowDataset", "make_loader", "random_batch", "train_val_split"]
+__all__ = ["RandomBatches", "SlidingWindowDataset", "make_loader", "random_batch",
+           "train_val_split"]
 
 TokenIds = Sequence[int] | np.ndarray | torch.Tensor | Shard
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _check_sizes(n: int, context_length: int, **positive: int) -> None:
-    """ValueError unless every named size is >= 1 and n tokens hold one window plus its next token."""
+    """ValueError unless every named size is >= 1 and n tokens hold a window and its next token."""
     for name, value in {"context_length": context_length, **positive}.items():
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
@@ -33,7 +36,10 @@ def _check_sizes(n: int, context_length: int, **positive: int) -> None:
 
 
 def _windows(arr: np.ndarray, starts: np.ndarray, context_length: int) -> Batch:
-    """Gather windows arr[s : s + T + 1] for each start s as one (B, T + 1) array, split into (x, y)."""
+    """Gather windows arr[s : s + T + 1] for each start s as one (B, T + 1) array.
+
+    Split into (x, y).
+    """
     rows = arr[starts[:, None] + np.arange(context_length + 1)]  # (B, T+1)
     rows = torch.from_numpy(rows.astype(np.int64))  # memmaps hold uint16; embeddings want int64
     return rows[:, :-1], rows[:, 1:]  # (B, T), (B, T)
@@ -79,7 +85,7 @@ def make_loader(
     *,
     drop_last: bool = False,
 ) -> DataLoader:
-    """A DataLoader of (x, y) batches of shape (B, T) over SlidingWindowDataset(ids, context_length, stride).
+    """A DataLoader of (x, y) batches (B, T) over SlidingWindowDataset(ids, context_length, stride).
 
     It hands the dataset a whole batch of indices at once (batch_size=None with a BatchSampler), so
     each batch is one vectorised gather rather than B windows sliced one by one and stacked by the
@@ -95,7 +101,8 @@ def make_loader(
     batches = BatchSampler(order, batch_size, drop_last=drop_last)
     if len(batches) == 0:
         raise ValueError(
-            f"drop_last=True with batch_size={batch_size} leaves no batch: the dataset has {len(dataset)} windows"
+            f"drop_last=True with batch_size={batch_size} leaves no batch: the dataset has "
+            f"{len(dataset)} windows"
         )
     # batch_size=None turns off automatic batching: each "index" is a list, dataset[list] is a batch
     return DataLoader(dataset, batch_size=None, sampler=batches)
@@ -106,7 +113,8 @@ def random_batch(
 ) -> Batch:
     """B windows at uniform random offsets in [0, n - T - 1], nanoGPT's get_batch.
 
-    Example: random_batch(shard, 8, 256, torch.Generator().manual_seed(0)) -> x, y of shape (8, 256).
+    Example: random_batch(shard, 8, 256, torch.Generator().manual_seed(0))
+    -> x, y of shape (8, 256).
     Introduced in chapter 3.
     """
     arr = as_token_array(tokens)

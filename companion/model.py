@@ -1,4 +1,7 @@
-"""The model: one `GPTConfig` drives GPT-2 style and LLaMA style transformers. Introduced in chapter 6."""
+"""The model: one `GPTConfig` drives GPT-2 style and LLaMA style transformers.
+
+Introduced in chapter 6.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +16,8 @@ from torch import nn
 from .attention import KVCache, MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
 
-__all__ = ["GPTConfig", "RMSNorm", "MLP", "SwiGLU", "Block", "GPT", "count_params", "make_norm", "make_mlp"]
+__all__ = ["GPTConfig", "RMSNorm", "MLP", "SwiGLU", "Block", "GPT", "count_params", "make_norm",
+           "make_mlp"]
 
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "gelu_exact", "relu", "swiglu"]
@@ -26,8 +30,8 @@ class GPTConfig:
 
     `n_kv_heads=None` means n_heads (plain multi-head attention); `d_ff=None` means 4*d_model
     for a two-layer MLP and 8/3*d_model rounded up to a multiple of 64 for SwiGLU (LLaMA's rule).
-    `mlp`: "gelu" is GPT-2's tanh-approximated GELU, "gelu_exact" the erf form (PyTorch's nn.GELU and
-    nanoGPT's), "relu" plain ReLU, "swiglu" LLaMA's gated unit.
+    `mlp`: "gelu" is GPT-2's tanh-approximated GELU, "gelu_exact" the erf form (PyTorch's nn.GELU
+    and nanoGPT's), "relu" plain ReLU, "swiglu" LLaMA's gated unit.
     """
 
     vocab_size: int = 50257
@@ -54,7 +58,11 @@ class GPTConfig:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.mlp != "swiglu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            self.d_ff = (
+                4 * self.d_model
+                if self.mlp != "swiglu"
+                else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            )
         for name in ("n_kv_heads", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -63,18 +71,23 @@ class GPTConfig:
             raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}")
-        choices = {"norm": ("layernorm", "rmsnorm"), "mlp": ("gelu", "gelu_exact", "relu", "swiglu"), "pos": ("learned", "sinusoidal", "rope")}
+        choices = {"norm": ("layernorm", "rmsnorm"),
+                   "mlp": ("gelu", "gelu_exact", "relu", "swiglu"),
+                   "pos": ("learned", "sinusoidal", "rope")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.pos == "sinusoidal" and self.d_model % 2:
-            raise ValueError(f"sinusoidal positions need an even d_model, got d_model={self.d_model}")
+            raise ValueError("sinusoidal positions need an even d_model, got "
+                             f"d_model={self.d_model}")
         if self.pos == "rope" and self.d_head % 2:
-            raise ValueError(f"RoPE needs an even head size, got d_head={self.d_head} (d_model={self.d_model}, n_heads={self.n_heads})")
+            raise ValueError(f"RoPE needs an even head size, got d_head={self.d_head} "
+                             f"(d_model={self.d_model}, n_heads={self.n_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.rope_theta <= 0 or self.norm_eps <= 0:
-            raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and {self.norm_eps}")
+            raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and "
+                             f"{self.norm_eps}")
 
     @property
     def d_head(self) -> int:
@@ -97,23 +110,33 @@ class GPTConfig:
     @classmethod
     def gpt2(cls, **overrides: Any) -> GPTConfig:
         """GPT-2 small (124M): LayerNorm, GELU, learned positions, biases, tied embeddings."""
-        return cls(**{**dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12, n_heads=12), **overrides})
+        return cls(**{**dict(vocab_size=50257, context_length=1024, d_model=768, n_layers=12,
+                             n_heads=12), **overrides})
 
     @classmethod
     def llama(cls, **overrides: Any) -> GPTConfig:
-        """A LLaMA-style block at GPT-2 small's width: RMSNorm, SwiGLU, RoPE, no biases, untied head."""
-        base = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, tie_embeddings=False, norm_eps=1e-5)
-        return cls(**{**dict(vocab_size=32000, context_length=2048, d_model=768, n_layers=12, n_heads=12), **base, **overrides})
+        """A LLaMA-style block at GPT-2 small's width.
+
+        RMSNorm, SwiGLU, RoPE, no biases, untied head.
+        """
+        base = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, tie_embeddings=False,
+                    norm_eps=1e-5)
+        return cls(**{**dict(vocab_size=32000, context_length=2048, d_model=768, n_layers=12,
+                             n_heads=12), **base, **overrides})
 
 
 # --- parameter count from the config alone ----------------------------------------------------
 
 
 def count_params(config: GPTConfig) -> dict[str, int]:
-    """Parameters by part, from the config alone (no weights): the parts sum to "total". Introduced in chapter 6.
+    """Parameters by part, from the config alone (no weights): the parts sum to "total".
 
-    Parts: tok_emb, pos_emb, attn, mlp, norm (all layers' norms plus the final one), lm_head (0 when tied).
-    "non_embedding" is total minus tok_emb, pos_emb and lm_head: the N of scaling laws (Kaplan et al.).
+    Introduced in chapter 6.
+
+    Parts: tok_emb, pos_emb, attn, mlp, norm
+    (all layers' norms plus the final one), lm_head (0 when tied).
+    "non_embedding" is total minus tok_emb, pos_emb and lm_head: the N of
+    scaling laws (Kaplan et al.).
     Example: count_params(GPTConfig.gpt2())["total"] -> 124439808 (GPT-2 small).
     """
     c = config
@@ -125,21 +148,25 @@ def count_params(config: GPTConfig) -> dict[str, int]:
     norm = d + (b * d if c.norm == "layernorm" else 0)  # RMSNorm has a scale, never a shift
     parts = {
         "tok_emb": c.vocab_size * d,
-        "pos_emb": c.context_length * d if c.pos == "learned" else 0,  # sinusoidal and RoPE learn nothing
+        # sinusoidal and RoPE learn nothing
+        "pos_emb": c.context_length * d if c.pos == "learned" else 0,
         "attn": c.n_layers * attn,
         "mlp": c.n_layers * mlp,
         "norm": (2 * c.n_layers + 1) * norm,
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,  # tied: the head reuses tok_emb
     }
     total = sum(parts.values())
-    return {**parts, "total": total, "non_embedding": total - parts["tok_emb"] - parts["pos_emb"] - parts["lm_head"]}
+    return {**parts, "total": total,
+            "non_embedding": total - parts["tok_emb"] - parts["pos_emb"] - parts["lm_head"]}
 
 
 # --- the pieces of a block -----------------------------------------------------------------------
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without centring or bias. Introduced in chapter 6.
+    """x / sqrt(mean(x^2) + eps) * weight: LayerNorm without centring or bias.
+
+    Introduced in chapter 6.
 
     Example: RMSNorm(2)(torch.tensor([[3., 4.]])) -> [[0.8485, 1.1314]] (rms = sqrt(12.5))
     """
@@ -164,7 +191,8 @@ def make_norm(config: GPTConfig) -> nn.Module:
 
 
 # The tanh form is what GPT-2 was trained with, so checkpoints need it; on an AVX2 CPU it costs
-# about as much as the matmul beside it, the erf form a third of that, ReLU almost nothing (bench_train.py).
+# about as much as the matmul beside it, the erf form a third of that, ReLU almost
+# nothing (bench_train.py).
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": lambda h: F.gelu(h, approximate="tanh"),
     "gelu_exact": F.gelu,
@@ -187,11 +215,15 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(d_ff, d_model, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(ACTIVATIONS[self.activation](self.up_proj(x)))  # (B, T, d) -> (B, T, d_ff) -> (B, T, d)
+        # (B, T, d) -> (B, T, d_ff) -> (B, T, d)
+        return self.down_proj(ACTIVATIONS[self.activation](self.up_proj(x)))
 
 
 class SwiGLU(nn.Module):
-    """LLaMA's feed-forward: down(silu(gate(x)) * up(x)), a gated linear unit. Introduced in chapter 6."""
+    """LLaMA's feed-forward: down(silu(gate(x)) * up(x)), a gated linear unit.
+
+    Introduced in chapter 6.
+    """
 
     def __init__(self, d_model: int, d_ff: int, bias: bool = False):
         super().__init__()
@@ -205,14 +237,19 @@ class SwiGLU(nn.Module):
 
 
 def make_mlp(config: GPTConfig) -> nn.Module:
-    """The config's feed-forward: a two-layer MLP (GELU or ReLU) or SwiGLU. Introduced in chapter 6."""
+    """The config's feed-forward: a two-layer MLP (GELU or ReLU) or SwiGLU.
+
+    Introduced in chapter 6.
+    """
     if config.mlp == "swiglu":
         return SwiGLU(config.d_model, config.d_ff, bias=config.bias)
     return MLP(config.d_model, config.d_ff, bias=config.bias, activation=config.mlp)
 
 
 class Block(nn.Module):
-    """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)). Introduced in chapter 6.
+    """One pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+
+    Introduced in chapter 6.
 
     Example: Block(GPTConfig(d_model=64, n_heads=4))(torch.randn(1, 5, 64)).shape -> (1, 5, 64)
     """
@@ -220,18 +257,22 @@ class Block(nn.Module):
     def __init__(self, config: GPTConfig, use_sdpa: bool = True):
         super().__init__()
         c = config
-        # Each block owns its rotary tables (non-persistent buffers), so a pipeline stage of blocks is self-contained.
-        rope = RotaryEmbedding(c.d_head, c.context_length, c.rope_theta) if c.pos == "rope" else None
+        # Each block owns its rotary tables (non-persistent buffers), so a pipeline stage of
+        # blocks is self-contained.
+        rope = (
+            RotaryEmbedding(c.d_head, c.context_length, c.rope_theta) if c.pos == "rope" else None
+        )
         self.attn_norm = make_norm(c)
-        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, dropout=c.dropout, bias=c.bias,
-                                       rope=rope, use_sdpa=use_sdpa)
+        self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, dropout=c.dropout,
+                                       bias=c.bias, rope=rope, use_sdpa=use_sdpa)
         self.mlp_norm = make_norm(c)
         self.mlp = make_mlp(c)
         self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        # Pre-norm: each sublayer reads a normalised copy and adds its answer to the residual stream,
-        # which itself is never normalised on the way through, so gradients reach early layers unscaled.
+        # Pre-norm: each sublayer reads a normalised copy and adds its answer to the residual
+        # stream, which itself is never normalised on the way through, so gradients
+        # reach early layers unscaled.
         x = x + self.drop(self.attn(self.attn_norm(x), cache))
         return x + self.drop(self.mlp(self.mlp_norm(x)))
 
@@ -240,10 +281,14 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Decoder-only transformer: tok_emb (+ pos_emb) -> blocks -> norm -> lm_head. Introduced in chapter 6.
+    """Decoder-only transformer: tok_emb (+ pos_emb) -> blocks -> norm -> lm_head.
 
-    model(idx) maps token ids (B, T) to next-token logits (B, T, vocab_size); the loss lives in the training loop.
-    model(idx, caches=model.make_caches(B)) decodes incrementally: idx holds only the tokens after those cached.
+    Introduced in chapter 6.
+
+    model(idx) maps token ids (B, T) to next-token logits (B, T, vocab_size); the loss
+    lives in the training loop.
+    model(idx, caches=model.make_caches(B)) decodes incrementally: idx holds only the
+    tokens after those cached.
     Example: GPT(GPTConfig(vocab_size=10, context_length=8, d_model=16, n_layers=1, n_heads=2))(
         torch.zeros(1, 3, dtype=torch.long)).shape -> (1, 3, 10)
     """
@@ -264,12 +309,16 @@ class GPT(nn.Module):
         self.norm = make_norm(c)
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         if c.tie_embeddings:
-            # One matrix both reads tokens in and scores them out (Press & Wolf): vocab_size * d_model fewer parameters.
+            # One matrix both reads tokens in and scores them out (Press & Wolf):
+            # vocab_size * d_model fewer parameters.
             self.lm_head.weight = self.tok_emb.weight
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit norms; residual outputs 0.02/sqrt(2 n_layers)."""
+        """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit norms.
+
+        Residual outputs 0.02/sqrt(2 n_layers).
+        """
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=0.02)
@@ -287,7 +336,10 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.down_proj.weight, mean=0.0, std=std)
 
     def num_params(self, non_embedding: bool = False) -> int:
-        """Parameters counted from the tensors (shared ones once); non_embedding drops tok_emb, pos_emb, lm_head."""
+        """Parameters counted from the tensors (shared ones once).
+
+        non_embedding drops tok_emb, pos_emb, lm_head.
+        """
         total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
         if non_embedding:
             total -= self.tok_emb.weight.numel()
@@ -297,7 +349,8 @@ class GPT(nn.Module):
                 total -= self.lm_head.weight.numel()
         return total
 
-    def make_caches(self, batch_size: int, max_len: int | None = None, dtype: torch.dtype | None = None,
+    def make_caches(self, batch_size: int, max_len: int | None = None,
+                    dtype: torch.dtype | None = None,
                     device: torch.device | str | None = None) -> list[KVCache]:
         """One empty KVCache per block; defaults: the full context, the model's dtype and device."""
         c = self.config
@@ -307,25 +360,37 @@ class GPT(nn.Module):
         weight = self.tok_emb.weight
         dtype = weight.dtype if dtype is None else dtype
         device = weight.device if device is None else device
-        return [KVCache(batch_size, max_len, c.n_kv_heads, c.d_head, dtype=dtype, device=device) for _ in self.blocks]
+        return [
+            KVCache(batch_size, max_len, c.n_kv_heads, c.d_head, dtype=dtype, device=device)
+            for _ in self.blocks
+        ]
 
     def forward(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab_size); with caches, idx continues the cached tokens."""
+        """Token ids (B, T) -> logits (B, T, vocab_size).
+
+        With caches, idx continues the cached tokens.
+        """
         c = self.config
         if idx.ndim != 2 or idx.dtype not in (torch.long, torch.int32):
-            raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} {tuple(idx.shape)}")
+            raise ValueError(f"idx must be integer token ids of shape (B, T), got {idx.dtype} "
+                             f"{tuple(idx.shape)}")
         if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"need one cache per layer: got {len(caches)} caches for {len(self.blocks)} layers")
+            raise ValueError(f"need one cache per layer: got {len(caches)} caches for "
+                             f"{len(self.blocks)} layers")
         B, T = idx.shape
-        start = caches[0].pos if caches else 0  # tokens already cached: idx's first absolute position
+        # tokens already cached: idx's first absolute position
+        start = caches[0].pos if caches else 0
         if start + T > c.context_length:
-            raise ValueError(f"{start + T} tokens (cached {start} + new {T}) exceed the context length {c.context_length}")
+            raise ValueError(f"{start + T} tokens (cached {start} + new {T}) exceed the context "
+                             f"length {c.context_length}")
         if caches is not None and start + T > caches[0].max_len:
-            raise ValueError(f"{start + T} tokens (cached {start} + new {T}) overflow the cache's max_len {caches[0].max_len}")
+            raise ValueError(f"{start + T} tokens (cached {start} + new {T}) overflow the cache's "
+                             f"max_len {caches[0].max_len}")
         x = self.tok_emb(idx)  # (B, T) -> (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(T, start_pos=start)  # (T, d) broadcast over the batch
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])  # the residual stream, (B, T, d) throughout
+            # the residual stream, (B, T, d) throughout
+            x = block(x, None if caches is None else caches[i])
         return self.lm_head(self.norm(x))  # (B, T, d) -> (B, T, vocab_size)

@@ -9,7 +9,8 @@ import matplotlib.pyplot as plt
 import torch
 from matplotlib.figure import Figure
 
-__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "plot_train_val", "TokenView", "plot_attention"]
+__all__ = ["show_char", "plot_bigram_counts", "plot_loss", "plot_train_val", "TokenView",
+           "plot_attention"]
 
 
 def show_char(c: str) -> str:
@@ -17,7 +18,9 @@ def show_char(c: str) -> str:
     return {"\n": "\\n", " ": "␣", "\t": "\\t"}.get(c, c)
 
 
-def plot_bigram_counts(counts: torch.Tensor, itos: Sequence[str], chars: str | None = None) -> Figure:
+def plot_bigram_counts(
+    counts: torch.Tensor, itos: Sequence[str], chars: str | None = None
+) -> Figure:
     """Heatmap of bigram counts, rows = current character, columns = next character.
 
     `chars` picks a readable subset (default: space, newline and a-z).
@@ -60,7 +63,7 @@ def plot_loss(
 
 
 class TokenView:
-    """Text cut into tokens, shown with alternating colours in a notebook and with `|` between tokens in plain text.
+    """Text cut into tokens: alternating colours in a notebook, `|` between tokens in plain text.
 
     Example: TokenView(["Hel", "lo"]) prints as Hel|lo. Introduced in chapter 3.
     """
@@ -91,13 +94,16 @@ def plot_attention(
     highlight: int | None = None,
     ax=None,
 ) -> Figure:
-    """Heatmap of one head's (T, T) attention weights: row = query token, column = key token it reads.
+    """Heatmap of one head's (T, T) attention weights.
+
+    Row = query token, column = key token it reads.
 
     `highlight` outlines one query row, as the chapter 5 explorer does. Introduced in chapter 5.
     """
     w = torch.as_tensor(weights).detach().float().cpu()
     if w.ndim != 2 or w.shape[0] != len(tokens) or w.shape[1] != len(tokens):
-        raise ValueError(f"expected ({len(tokens)}, {len(tokens)}) weights for {len(tokens)} tokens, got {tuple(w.shape)}")
+        raise ValueError(f"expected ({len(tokens)}, {len(tokens)}) weights for {len(tokens)} "
+                         f"tokens, got {tuple(w.shape)}")
     if ax is None:
         size = min(7.0, 2.5 + 0.22 * len(tokens))
         fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -110,7 +116,9 @@ def plot_attention(
     ax.set_xlabel("key (attended to)")
     ax.set_ylabel("query (attending)")
     if highlight is not None:
-        ax.add_patch(plt.Rectangle((-0.5, highlight - 0.5), len(tokens), 1, fill=False, ec="C3", lw=2))
+        ax.add_patch(
+            plt.Rectangle((-0.5, highlight - 0.5), len(tokens), 1, fill=False, ec="C3", lw=2)
+        )
     if title:
         ax.set_title(title)
     fig.colorbar(im, ax=ax, shrink=0.8, label="weight")
@@ -123,15 +131,19 @@ def plot_train_val(
     reference: dict[str, float] | None = None,
     title: str | None = None,
 ) -> Figure:
-    """Per-step training loss (faint), evaluated train and val losses (lines), reference levels (dashed).
+    """Training loss per step (faint), evaluated train and val losses, reference levels (dashed).
 
     `history` is what companion.train.train returns. Introduced in chapter 7.
     """
     fig, ax = plt.subplots(figsize=(7, 3.8))
     steps = range(1, len(history["train_loss"]) + 1)
-    ax.plot(steps, history["train_loss"], lw=0.8, alpha=0.3, color="C0", label="train loss (one batch)")
-    ax.plot(history["eval_step"], history["eval_train"], "o-", color="C0", ms=3, label="train loss (evaluated)")
-    ax.plot(history["eval_step"], history["eval_val"], "s-", color="C1", ms=3, label="val loss (evaluated)")
+    ax.plot(
+        steps, history["train_loss"], lw=0.8, alpha=0.3, color="C0", label="train loss (one batch)"
+    )
+    ax.plot(history["eval_step"], history["eval_train"], "o-", color="C0", ms=3,
+            label="train loss (evaluated)")
+    ax.plot(history["eval_step"], history["eval_val"], "s-", color="C1", ms=3,
+            label="val loss (evaluated)")
     for i, (label, value) in enumerate((reference or {}).items()):
         ax.axhline(value, ls="--", lw=1, color=f"C{i + 2}", label=f"{label} ({value:.2f})")
     ax.set_xlabel("optimizer step")

@@ -1,4 +1,6 @@
-"""Scaling laws and budgets: compute-optimal N and D, dollars to FLOPs to a model, a hyperparameter blueprint.
+"""Scaling laws and budgets: compute-optimal N and D, dollars to FLOPs to a model, a blueprint.
+
+The blueprint holds a model's hyperparameters.
 
 Introduced in chapter 8. Parameter, FLOP and memory arithmetic come from `companion.sizing`.
 """
@@ -13,13 +15,17 @@ from .model import GPTConfig
 from .sizing import GPU, GPUS, _gpu, flops_per_token, gpus_needed, param_count
 
 __all__ = [
-    "LossFit", "HOFFMANN", "EPOCH", "loss", "optimal_allocation", "chinchilla_optimal", "CHINCHILLA_TABLE3",
-    "isoflop", "budget_flops", "Plan", "plan_budget", "describe_plan", "human", "Blueprint", "blueprint", "GPT3_TABLE",
+    "LossFit", "HOFFMANN", "EPOCH", "loss", "optimal_allocation", "chinchilla_optimal",
+    "CHINCHILLA_TABLE3", "isoflop", "budget_flops", "Plan", "plan_budget", "describe_plan", "human",
+    "Blueprint", "blueprint", "GPT3_TABLE",
 ]
 
 
 class LossFit(NamedTuple):
-    """L(N, D) = E + A / N**alpha + B / D**beta: irreducible loss, then the finite-model and finite-data terms."""
+    """L(N, D) = E + A / N**alpha + B / D**beta.
+
+    Irreducible loss, then the finite-model and finite-data terms.
+    """
 
     name: str
     E: float
@@ -34,12 +40,13 @@ EPOCH = LossFit("Besiroglu et al. 2024 (Epoch AI refit)", 1.8172, 482.01, 2085.4
 
 # Chinchilla's Table 3 (Approach 1's projection): (parameters, FLOPs, tokens).
 CHINCHILLA_TABLE3 = [
-    (400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9), (67e9, 5.76e23, 1.5e12),
-    (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12), (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12),
-    (10e12, 1.30e28, 216.2e12),
+    (400e6, 1.92e19, 8.0e9), (1e9, 1.21e20, 20.2e9), (10e9, 1.23e22, 205.1e9),
+    (67e9, 5.76e23, 1.5e12), (175e9, 3.85e24, 3.7e12), (280e9, 9.90e24, 5.9e12),
+    (520e9, 3.43e25, 11.0e12), (1e12, 1.27e26, 21.2e12), (10e12, 1.30e28, 216.2e12),
 ]
 
-# GPT-3, Table 2.1 (Brown et al. 2020): name -> (params, layers, d_model, heads, batch tokens, learning rate).
+# GPT-3, Table 2.1 (Brown et al. 2020): name -> (params, layers, d_model, heads,
+# batch tokens, learning rate).
 GPT3_TABLE = {
     "Small": (125e6, 12, 768, 12, 0.5e6, 6.0e-4), "Medium": (350e6, 24, 1024, 16, 0.5e6, 3.0e-4),
     "Large": (760e6, 24, 1536, 16, 0.5e6, 2.5e-4), "XL": (1.3e9, 24, 2048, 24, 1e6, 2.0e-4),
@@ -49,14 +56,18 @@ GPT3_TABLE = {
 
 
 def loss(fit: LossFit, n_params, n_tokens):
-    """The fitted loss (nats per token) of N parameters trained on D tokens; works on NumPy arrays."""
+    """The fitted loss (nats per token) of N parameters trained on D tokens.
+
+    Works on NumPy arrays.
+    """
     return fit.E + fit.A / np.power(n_params, fit.alpha) + fit.B / np.power(n_tokens, fit.beta)
 
 
 def optimal_allocation(fit: LossFit, flops: float) -> tuple[float, float]:
     """(N, D) minimising the fitted loss subject to 6 N D = C (Hoffmann et al., eq. 4).
 
-    N_opt = G (C/6)^a with a = beta / (alpha + beta) and G = (alpha A / (beta B))^(1 / (alpha + beta)); D = C / (6 N).
+    N_opt = G (C/6)^a with a = beta / (alpha + beta) and G =
+    (alpha A / (beta B))^(1 / (alpha + beta)); D = C / (6 N).
     """
     if flops <= 0:
         raise ValueError(f"flops must be positive, got {flops}")
@@ -72,7 +83,8 @@ def chinchilla_optimal(flops: float, tokens_per_param: float = 20.0) -> tuple[fl
     Example: chinchilla_optimal(5.88e23) -> (7.0e10, 1.4e12), Chinchilla itself.
     """
     if flops <= 0 or tokens_per_param <= 0:
-        raise ValueError(f"flops and tokens_per_param must be positive, got {flops} and {tokens_per_param}")
+        raise ValueError(f"flops and tokens_per_param must be positive, got {flops} and "
+                         f"{tokens_per_param}")
     n = math.sqrt(flops / (6 * tokens_per_param))
     return n, tokens_per_param * n
 
@@ -83,7 +95,7 @@ def isoflop(fit: LossFit, flops: float, n_params) -> np.ndarray:
     return loss(fit, n, flops / (6 * n))
 
 
-# --- dollars to a model ----------------------------------------------------------------------------
+# --- dollars to a model -------------------------------------------------------------------------
 
 
 def budget_flops(dollars: float, usd_per_gpu_hour: float, peak_flops: float, mfu: float) -> float:
@@ -110,8 +122,8 @@ class Plan(NamedTuple):
 
 
 def plan_budget(
-    dollars: float, gpu: GPU | str = "H100-SXM-80GB", mfu: float = 0.4, tokens_per_param: float = 20.0,
-    n_gpus: int = 1, usd_per_hour: float | None = None,
+    dollars: float, gpu: GPU | str = "H100-SXM-80GB", mfu: float = 0.4,
+    tokens_per_param: float = 20.0, n_gpus: int = 1, usd_per_hour: float | None = None
 ) -> Plan:
     """Budget -> FLOPs -> compute-optimal N and D (D = r N) -> GPU-hours and wall time on n_gpus.
 
@@ -138,16 +150,18 @@ def describe_plan(plan: Plan) -> str:
     gpu = GPUS[plan.gpu]
     states_gpus = math.ceil(plan.train_gib * 2**30 / (0.9 * gpu.memory))
     return "\n".join([
-        f"${plan.dollars:,.0f} at ${gpu.usd_per_hour}/h on {plan.gpu}, MFU {plan.mfu:.0%} -> {plan.flops:.2e} FLOPs",
-        f"compute-optimal model: {human(plan.n_params)} parameters on {human(plan.n_tokens)} tokens "
-        f"({plan.n_tokens / plan.n_params:.0f} tokens/parameter)",
-        f"time: {plan.gpu_hours:,.0f} GPU-hours = {plan.wall_hours / 24:,.1f} days on {plan.n_gpus} GPU(s)",
+        f"${plan.dollars:,.0f} at ${gpu.usd_per_hour}/h on {plan.gpu}, MFU {plan.mfu:.0%} -> "
+        f"{plan.flops:.2e} FLOPs",
+        f"compute-optimal model: {human(plan.n_params)} parameters on {human(plan.n_tokens)} "
+        f"tokens ({plan.n_tokens / plan.n_params:.0f} tokens/parameter)",
+        f"time: {plan.gpu_hours:,.0f} GPU-hours = {plan.wall_hours / 24:,.1f} days on "
+        f"{plan.n_gpus} GPU(s)",
         f"memory: {plan.train_gib:,.1f} GiB of weights, gradients and AdamW states (16 B/param) "
         f"-> at least {states_gpus} GPU(s) of {gpu.memory / 1e9:.0f} GB before activations",
     ])
 
 
-# --- the hyperparameter blueprint ----------------------------------------------------------------------
+# --- the hyperparameter blueprint ---------------------------------------------------------------
 
 
 class Blueprint(NamedTuple):
@@ -168,49 +182,61 @@ class Blueprint(NamedTuple):
 
 def _shape(target: float, vocab_size: int, tie: bool) -> tuple[int, int, int, int]:
     """(d_model, n_layers, head size, KV heads) for about `target` total parameters."""
-    ratio = 64 if target < 1e9 else 128  # d_model / n_layers: GPT-3's small models ~64, 7B and up ~128
-    gqa = target >= 1e9  # grouped-query attention with 8 KV heads from ~1B up (Llama 3.2 1B, Llama 3)
+    # d_model / n_layers: GPT-3's small models ~64, 7B and up ~128
+    ratio = 64 if target < 1e9 else 128
+    # grouped-query attention with 8 KV heads from ~1B up (Llama 3.2 1B, Llama 3)
+    gqa = target >= 1e9
     d = (ratio * target / 12) ** (1 / 3)
     for _ in range(20):  # embeddings eat into the budget and depend on d: iterate to a fixed point
         body = target - vocab_size * d * (1 if tie else 2)
         if body <= 0:
-            raise ValueError(f"{target:.3g} parameters cannot hold a {vocab_size}-token vocabulary's embeddings "
-                             f"at d_model={d:.0f}; use a smaller vocab_size")
+            raise ValueError(
+                f"{target:.3g} parameters cannot hold a {vocab_size}-token "
+                f"vocabulary's embeddings at d_model={d:.0f}; use a smaller vocab_size"
+            )
         d = (ratio * body / 12) ** (1 / 3)
     head = 32 if d < 384 else 64 if d <= 2048 else 128
     step = head * (8 if gqa else 1)  # n_heads a multiple of the 8 KV heads
     d_model = max(step, step * round(d / step))
     n_kv = 8 if gqa else d_model // head
-    d_ff = 256 * math.ceil(8 * d_model / 3 / 256)  # SwiGLU at 8/3 d, rounded up to 256 (Llama's multiple_of)
+    # SwiGLU at 8/3 d, rounded up to 256 (Llama's multiple_of)
+    d_ff = 256 * math.ceil(8 * d_model / 3 / 256)
     per_layer = 2 * d_model**2 + 2 * d_model * n_kv * head + 3 * d_model * d_ff + 2 * d_model
     n_layers = max(1, round((target - vocab_size * d_model * (1 if tie else 2)) / per_layer))
     return d_model, n_layers, head, n_kv
 
 
 def blueprint(
-    n_params: float, vocab_size: int = 32000, tokens_per_param: float = 20.0, context_length: int | None = None,
-    gpu: GPU | str = "H100-SXM-80GB", mfu: float = 0.4, tie_embeddings: bool = False,
+    n_params: float, vocab_size: int = 32000, tokens_per_param: float = 20.0,
+    context_length: int | None = None, gpu: GPU | str = "H100-SXM-80GB", mfu: float = 0.4,
+    tie_embeddings: bool = False
 ) -> Blueprint:
-    """A Llama-style architecture and AdamW recipe for about `n_params` total parameters, with its cost.
+    """A Llama-style architecture and AdamW recipe for about `n_params` parameters, with its cost.
 
-    Rules: aspect ratio d_model/n_layers 64 below 1B and 128 above; head size 32/64/128 by width; 8 KV heads
-    from 1B; SwiGLU at 8/3 d_model; context growing with size; batch and peak learning rate from DeepSeek
-    LLM's compute fits (B = 0.292 C^0.3271 tokens, lr = 0.3118 C^-0.125); warmup 1% of steps in [100, 2000].
-    Example: blueprint(7e9).config.d_model -> 4096 (with 38 layers: GQA leaves more parameters for depth).
+    Rules: aspect ratio d_model/n_layers 64 below 1B and 128 above; head size 32/64/128 by width; 8
+    KV heads from 1B; SwiGLU at 8/3 d_model; context growing with size; batch and peak learning rate
+    from DeepSeek LLM's compute fits (B = 0.292 C^0.3271 tokens, lr = 0.3118 C^-0.125); warmup
+    1% of steps in [100, 2000].
+    Example: blueprint(7e9).config.d_model -> 4096 (with 38 layers: GQA leaves
+    more parameters for depth).
     """
     if n_params <= 0:
         raise ValueError(f"n_params must be positive, got {n_params}")
     d_model, n_layers, head, n_kv = _shape(n_params, vocab_size, tie_embeddings)
     if context_length is None:
-        context_length = 256 if n_params < 5e7 else 1024 if n_params < 3e8 else 2048 if n_params < 3e9 else 4096
-    config = GPTConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model, n_layers=n_layers,
-                       n_heads=d_model // head, n_kv_heads=n_kv, d_ff=256 * math.ceil(8 * d_model / 3 / 256),
-                       norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, tie_embeddings=tie_embeddings)
+        context_length = (
+            256 if n_params < 5e7 else 1024 if n_params < 3e8 else 2048 if n_params < 3e9 else 4096
+        )
+    config = GPTConfig(vocab_size=vocab_size, context_length=context_length, d_model=d_model,
+                       n_layers=n_layers, n_heads=d_model // head, n_kv_heads=n_kv,
+                       d_ff=256 * math.ceil(8 * d_model / 3 / 256), norm="rmsnorm", mlp="swiglu",
+                       pos="rope", bias=False, tie_embeddings=tie_embeddings)
     n = param_count(config)
     tokens = tokens_per_param * n
     flops = flops_per_token(config) * tokens
     c6 = 6 * n * tokens  # the fits were made against C = 6ND-style compute
-    seqs = max(1, 2 ** round(math.log2(0.292 * c6**0.3271 / context_length)))  # whole sequences, a power of two
+    # whole sequences, a power of two
+    seqs = max(1, 2 ** round(math.log2(0.292 * c6**0.3271 / context_length)))
     batch = seqs * context_length
     lr = 0.3118 * c6**-0.125
     steps = max(1, math.ceil(tokens / batch))

@@ -1,4 +1,6 @@
-"""Sizing a transformer from its GPTConfig alone: parameters, FLOPs, memory, and whether it fits. Introduced in chapter 8.
+"""Sizing a transformer from its GPTConfig alone: parameters, FLOPs, memory, and whether it fits.
+
+Introduced in chapter 8.
 
 Everything here is arithmetic on a config; no weights are allocated. Scaling laws, budgets and the
 hyperparameter blueprint live in `companion.scaling`.
@@ -26,38 +28,46 @@ GIB = 2**30
 
 
 def _gpt2(d_model: int, n_layers: int, n_heads: int) -> GPTConfig:
-    # GPT-2's released configs: LayerNorm eps 1e-5, GELU, learned positions, biases, tied head (GPTConfig's defaults).
+    # GPT-2's released configs: LayerNorm eps 1e-5, GELU, learned positions, biases, tied
+    # head (GPTConfig's defaults).
     return GPTConfig.gpt2(d_model=d_model, n_layers=n_layers, n_heads=n_heads)
 
 
 def _llama(**kw: Any) -> GPTConfig:
-    # Meta's config.json files: RMSNorm (eps 1e-5), SwiGLU, RoPE, no biases, untied head unless said otherwise.
-    base = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, tie_embeddings=False, norm_eps=1e-5)
+    # Meta's config.json files: RMSNorm (eps 1e-5), SwiGLU, RoPE, no biases, untied
+    # head unless said otherwise.
+    base = dict(
+        norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, tie_embeddings=False, norm_eps=1e-5
+    )
     return GPTConfig(**{**base, **kw})
 
 
-# The published configurations (Hugging Face config.json of each release). Llama 3.2's RoPE frequency
-# scaling (x32 for long context) is not a GPTConfig field; it changes no parameter or FLOP count.
+# The published configurations (Hugging Face config.json of each release). Llama 3.2's RoPE
+# frequency scaling (x32 for long context) is not a GPTConfig field; it changes
+# no parameter or FLOP count.
 PRESETS: dict[str, GPTConfig] = {
     "gpt2": _gpt2(768, 12, 12),
     "gpt2-medium": _gpt2(1024, 24, 16),
     "gpt2-large": _gpt2(1280, 36, 20),
     "gpt2-xl": _gpt2(1600, 48, 25),
-    "llama2-7b": _llama(vocab_size=32000, context_length=4096, d_model=4096, n_layers=32, n_heads=32,
-                        n_kv_heads=32, d_ff=11008, rope_theta=1e4),
-    "llama2-70b": _llama(vocab_size=32000, context_length=4096, d_model=8192, n_layers=80, n_heads=64,
-                         n_kv_heads=8, d_ff=28672, rope_theta=1e4),
-    "llama3-8b": _llama(vocab_size=128256, context_length=8192, d_model=4096, n_layers=32, n_heads=32,
-                        n_kv_heads=8, d_ff=14336, rope_theta=5e5),
-    "llama3-70b": _llama(vocab_size=128256, context_length=8192, d_model=8192, n_layers=80, n_heads=64,
-                         n_kv_heads=8, d_ff=28672, rope_theta=5e5),
-    "llama3.2-1b": _llama(vocab_size=128256, context_length=131072, d_model=2048, n_layers=16, n_heads=32,
-                          n_kv_heads=8, d_ff=8192, rope_theta=5e5, tie_embeddings=True),
+    "llama2-7b": _llama(vocab_size=32000, context_length=4096, d_model=4096, n_layers=32,
+                        n_heads=32, n_kv_heads=32, d_ff=11008, rope_theta=1e4),
+    "llama2-70b": _llama(vocab_size=32000, context_length=4096, d_model=8192, n_layers=80,
+                         n_heads=64, n_kv_heads=8, d_ff=28672, rope_theta=1e4),
+    "llama3-8b": _llama(vocab_size=128256, context_length=8192, d_model=4096, n_layers=32,
+                        n_heads=32, n_kv_heads=8, d_ff=14336, rope_theta=5e5),
+    "llama3-70b": _llama(vocab_size=128256, context_length=8192, d_model=8192, n_layers=80,
+                         n_heads=64, n_kv_heads=8, d_ff=28672, rope_theta=5e5),
+    "llama3.2-1b": _llama(vocab_size=128256, context_length=131072, d_model=2048, n_layers=16,
+                          n_heads=32, n_kv_heads=8, d_ff=8192, rope_theta=5e5, tie_embeddings=True),
 }
 
 
 def preset(name: str, **overrides: Any) -> GPTConfig:
-    """A fresh copy of a published config, e.g. preset("gpt2", dropout=0.1); PRESETS itself stays untouched."""
+    """A fresh copy of a published config, e.g. preset("gpt2", dropout=0.1).
+
+    PRESETS itself stays untouched.
+    """
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
     return dataclasses.replace(PRESETS[name], **overrides)
@@ -77,11 +87,13 @@ def param_count(config: GPTConfig, non_embedding: bool = False) -> int:
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
-    """Matmul FLOPs per token: 2N + 2*n_layers*seq_len*d_model forward (Kaplan et al.), times 3 with the backward.
+    """Matmul FLOPs per token: 2N + 2*n_layers*seq_len*d_model forward (Kaplan et al.).
 
-    N counts every weight a token is multiplied by: the non-embedding parameters plus the output head
-    (the head multiplies even when tied; an embedding lookup multiplies nothing). The attention term
-    uses the full window, as Kaplan's does; a causal mask halves the useful part.
+    Times 3 with the backward.
+
+    N counts every weight a token is multiplied by: the non-embedding parameters plus the output
+    head (the head multiplies even when tied; an embedding lookup multiplies nothing). The attention
+    term uses the full window, as Kaplan's does; a causal mask halves the useful part.
     Example: flops_per_token(PRESETS["gpt2"]) -> 6 * 123,653,376 + 6 * 12 * 1024 * 768 ~ 7.98e8.
     """
     c = config
@@ -92,14 +104,20 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: boo
 
 
 def training_flops(n_params: float, n_tokens: float) -> float:
-    """C = 6 N D: training compute of N parameters on D tokens (2 forward + 4 backward per parameter per token)."""
+    """C = 6 N D: training compute of N parameters on D tokens.
+
+    Per parameter and token: 2 FLOPs forward, 4 backward.
+    """
     return 6.0 * n_params * n_tokens
 
 
-def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float, n_gpus: int = 1) -> float:
-    """Model FLOPs utilisation: achieved model FLOP/s over the hardware's peak (PaLM's definition)."""
+def mfu(
+    tokens_per_second: float, flops_per_token: float, peak_flops: float, n_gpus: int = 1
+) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the hardware's peak (PaLM's MFU)."""
     if peak_flops <= 0 or n_gpus < 1:
-        raise ValueError(f"peak_flops must be positive and n_gpus >= 1, got {peak_flops} and {n_gpus}")
+        raise ValueError(f"peak_flops must be positive and n_gpus >= 1, got {peak_flops} and "
+                         f"{n_gpus}")
     return tokens_per_second * flops_per_token / (peak_flops * n_gpus)
 
 
@@ -107,7 +125,10 @@ def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float, n_g
 
 
 class GPU(NamedTuple):
-    """One accelerator: memory in bytes, dense bf16 peak FLOP/s, and an on-demand price (a snapshot; prices move)."""
+    """One accelerator: memory in bytes, dense bf16 peak FLOP/s and an on-demand price.
+
+    The price is a snapshot; prices move.
+    """
 
     name: str
     memory: int
@@ -151,7 +172,9 @@ def activation_bytes_per_layer(
     seq_len: int, batch_size: int, d_model: int, n_heads: int, recompute: str = "none",
     value_bytes: int = 2, mask_bytes: int = 1, dropout: bool = True,
 ) -> int:
-    """Activations one transformer layer keeps for the backward (Korthikanti et al. 2022, GPT-2 block).
+    """Activations one transformer layer keeps for the backward (Korthikanti et al. 2022).
+
+    The layer is a GPT-2 block.
 
     recompute="none": s*b*h*(34 + 5*a*s/h) with 16-bit values and 1-byte dropout masks; "selective"
     recomputes the attention core and keeps 34*s*b*h; "full" keeps only the layer's input, 2*s*b*h.
@@ -162,8 +185,9 @@ def activation_bytes_per_layer(
     if recompute == "full":
         return value_bytes * s * b * h
     m = mask_bytes if dropout else 0
-    # Per s*b*h: 16 values (attention 5, MLP 9 of which 8 are the 4h-wide GELU input and output, 2 norm inputs)
-    # and 2 dropout masks. Per a*s*s*b: softmax output, its dropout mask, the dropped-out copy.
+    # Per s*b*h: 16 values (attention 5, MLP 9 of which 8 are the 4h-wide GELU input and output, 2
+    # norm inputs) and 2 dropout masks. Per a*s*s*b: softmax output, its dropout
+    # mask, the dropped-out copy.
     linear = s * b * h * (16 * value_bytes + 2 * m)
     if recompute == "selective":
         return linear
@@ -194,9 +218,12 @@ def training_memory(
     config: GPTConfig, batch_size: int = 1, seq_len: int | None = None, recompute: str = "none",
     precision: str = "mixed", n_shards: int = 1,
 ) -> MemoryEstimate:
-    """Bytes to train `config` with AdamW on one device: states (BYTES_PER_PARAM) plus activations of all layers.
+    """Bytes to train `config` with AdamW on one device.
 
-    n_shards > 1 splits weights, gradients and optimizer states evenly (ZeRO-3 / FSDP); activations are per device.
+    States (BYTES_PER_PARAM) plus activations of all layers.
+
+    n_shards > 1 splits weights, gradients and optimizer states evenly (ZeRO-3 / FSDP);
+    activations are per device.
     The activations leave out the embedding output and the logits, as Korthikanti et al. do.
     Example: training_memory(PRESETS["llama2-7b"]).gib()["optimizer"] -> 75.3 (12 bytes x 6.74e9).
     """
@@ -207,15 +234,20 @@ def training_memory(
     seq_len = config.context_length if seq_len is None else seq_len
     n = param_count(config)
     w, g, o = (math.ceil(n * k / n_shards) for k in BYTES_PER_PARAM[precision])
-    act = config.n_layers * activation_bytes_per_layer(seq_len, batch_size, config.d_model, config.n_heads,
-                                                       recompute, dropout=config.dropout > 0)
+    act = config.n_layers * activation_bytes_per_layer(
+        seq_len, batch_size, config.d_model, config.n_heads, recompute, dropout=config.dropout > 0
+    )
     return MemoryEstimate(w, g, o, act)
 
 
-def inference_memory(config: GPTConfig, batch_size: int = 1, seq_len: int | None = None, value_bytes: int = 2) -> int:
+def inference_memory(
+    config: GPTConfig, batch_size: int = 1, seq_len: int | None = None, value_bytes: int = 2
+) -> int:
     """Bytes to serve `config`: 16-bit weights plus a full KV cache (chapter 5's kv_cache_bytes)."""
     seq_len = config.context_length if seq_len is None else seq_len
-    cache = kv_cache_bytes(config.n_layers, config.n_kv_heads, config.d_head, seq_len, batch_size, value_bytes)
+    cache = kv_cache_bytes(
+        config.n_layers, config.n_kv_heads, config.d_head, seq_len, batch_size, value_bytes
+    )
     return param_count(config) * value_bytes + cache
 
 
@@ -223,7 +255,10 @@ def fits(
     config: GPTConfig, gpu: GPU | str, batch_size: int = 1, seq_len: int | None = None,
     recompute: str = "full", precision: str = "mixed", n_shards: int = 1, headroom: float = 0.9,
 ) -> bool:
-    """Does training `config` fit on `gpu`? Uses `headroom` of its memory (the CUDA context and fragmentation take the rest)."""
+    """Does training `config` fit on `gpu`?
+
+    Uses `headroom` of its memory: the CUDA context and fragmentation take the rest.
+    """
     est = training_memory(config, batch_size, seq_len, recompute, precision, n_shards)
     return est.total <= headroom * _gpu(gpu).memory
 
@@ -232,13 +267,13 @@ def gpus_needed(
     config: GPTConfig, gpu: GPU | str, batch_size: int = 1, seq_len: int | None = None,
     recompute: str = "full", precision: str = "mixed", headroom: float = 0.9,
 ) -> int:
-    """Fewest GPUs whose memory holds the sharded states plus one micro-batch of activations each."""
+    """Fewest GPUs whose memory holds the sharded states plus a micro-batch of activations each."""
     g = _gpu(gpu)
     one = training_memory(config, batch_size, seq_len, recompute, precision)
     room = headroom * g.memory - one.activations
     if room <= 0:
-        raise ValueError(f"one micro-batch of activations ({one.activations / GIB:.1f} GiB) alone overflows "
-                         f"{g.name}; lower batch_size or seq_len, or recompute")
+        raise ValueError(f"one micro-batch of activations ({one.activations / GIB:.1f} GiB) alone "
+                         f"overflows {g.name}; lower batch_size or seq_len, or recompute")
     return max(1, math.ceil((one.total - one.activations) / room))
 
 
@@ -246,10 +281,14 @@ def gpus_needed(
 
 
 def saved_activation_bytes(fn: Callable[..., Any] | nn.Module, *inputs: Any) -> int:
-    """Bytes of the tensors autograd saves for the backward while running fn(*inputs), parameters excluded.
+    """Bytes of the tensors autograd saves for the backward while running fn(*inputs).
 
-    Each storage is counted once, so a tensor saved by two ops (or a view of it) is not double-counted.
-    Example: saved_activation_bytes(torch.nn.Linear(4, 4), torch.randn(2, 4)) -> 32 (the input, fp32).
+    Parameters excluded.
+
+    Each storage is counted once, so a tensor saved by two ops
+    (or a view of it) is not double-counted.
+    Example: saved_activation_bytes(torch.nn.Linear(4, 4),
+    torch.randn(2, 4)) -> 32 (the input, fp32).
     """
     params = fn.parameters() if isinstance(fn, nn.Module) else ()
     skip = {p.untyped_storage().data_ptr() for p in params}

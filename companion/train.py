@@ -1,7 +1,11 @@
-"""Training loops. Chapter 1 introduces `train_model`; chapter 7 grows it into `train`: AdamW with parameter
+"""Training loops.
+
+Chapter 1 introduces `train_model`; chapter 7 grows it into `train`: AdamW with parameter
 groups, warmup and cosine decay, clipping, accumulation, evaluation, logs and resumable checkpoints.
 
-Command line (chapter 7): python -m companion.train --preset shakespeare-char-5m --max-steps 200 --out runs/x
+Command line (chapter 7):
+
+    python -m companion.train --preset shakespeare-char-5m --max-steps 200 --out runs/x
 """
 from __future__ import annotations
 
@@ -24,15 +28,19 @@ from tqdm.auto import tqdm
 from .checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
 from .loader import TokenIds, random_batch
 
-# companion.parallel.STRATEGIES, spelled out so that single-process training never imports torch.distributed
+# companion.parallel.STRATEGIES, spelled out so that single-process training never
+# imports torch.distributed
 PARALLEL = ("none", "ddp", "fsdp", "pipeline", "tp")
 
-__all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups", "make_optimizer",
-           "estimate_loss", "train", "make_checkpoint", "resume_state"]
+__all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups",
+           "make_optimizer", "estimate_loss", "train", "make_checkpoint", "resume_state"]
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of logits (..., V) against targets (...): the loss of every chapter's loop."""
+    """Mean cross-entropy of logits (..., V) against targets (...).
+
+    The loss of every chapter's loop.
+    """
     # cross_entropy wants (N, V) logits and (N,) targets, whatever the batch shape was
     return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1))
 
@@ -46,7 +54,9 @@ def train_model(
     *,
     progress: bool = True,
 ) -> dict[str, list[float]]:
-    """Minimise next-token cross-entropy; returns {"step_loss": [...], "epoch_loss": [...]} for plotting.
+    """Minimise next-token cross-entropy.
+
+    Returns {"step_loss": [...], "epoch_loss": [...]} for plotting.
 
     Each batch is (inputs, targets) of equal shape; the model maps inputs to logits with one
     extra trailing vocabulary dim. Introduced in chapter 1.
@@ -76,7 +86,7 @@ def train_model(
     return history
 
 
-# --- chapter 7: the full loop ----------------------------------------------------------------------
+# --- chapter 7: the full loop -------------------------------------------------------------------
 
 
 @dataclass
@@ -90,7 +100,8 @@ class TrainConfig:
     max_steps: int = 5000
     batch_size: int = 64
     context_length: int = 256
-    grad_accum_steps: int = 1  # micro-batches per optimizer step: the effective batch is their product
+    # micro-batches per optimizer step: the effective batch is their product
+    grad_accum_steps: int = 1
     lr: float = 1e-3
     min_lr: float = 1e-4
     warmup_steps: int = 100
@@ -105,34 +116,44 @@ class TrainConfig:
     compile: bool = False
     seed: int = 1337
     val_fraction: float = 0.1
-    dataset: str = "tinyshakespeare"  # a name registered in companion.data, or a path to a UTF-8 text file
-    parallel: str = "none"  # chapter 9: a companion.parallel strategy; run under torchrun for anything else
+    # a name registered in companion.data, or a path to a UTF-8 text file
+    dataset: str = "tinyshakespeare"
+    # chapter 9: a companion.parallel strategy; run under torchrun for anything else
+    parallel: str = "none"
     microbatches: int = 4  # pipeline only: micro-batches per batch
     schedule: str = "1f1b"  # pipeline only: "1f1b" or "gpipe"
 
     def __post_init__(self) -> None:
-        for name in ("max_steps", "batch_size", "context_length", "grad_accum_steps", "eval_interval", "eval_iters"):
+        for name in ("max_steps", "batch_size", "context_length", "grad_accum_steps",
+                     "eval_interval", "eval_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
         if not 0 <= self.min_lr <= self.lr:
             raise ValueError(f"need 0 <= min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
-        # A run shorter than its warmup is fine (a quick try: all warmup); a decay set shorter is a mistake.
+        # A run shorter than its warmup is fine (a quick try: all warmup); a decay
+        # set shorter is a mistake.
         if self.lr_decay_steps is not None and self.lr_decay_steps < self.warmup_steps:
-            raise ValueError(f"lr_decay_steps={self.lr_decay_steps} is shorter than warmup_steps={self.warmup_steps}")
+            raise ValueError(f"lr_decay_steps={self.lr_decay_steps} is shorter than "
+                             f"warmup_steps={self.warmup_steps}")
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay} and {self.grad_clip}")
+            raise ValueError(f"weight_decay and grad_clip must be >= 0, got {self.weight_decay} "
+                             f"and {self.grad_clip}")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError(f"betas must lie in [0, 1), got beta1={self.beta1}, beta2={self.beta2}")
+            raise ValueError(
+                f"betas must lie in [0, 1), got beta1={self.beta1}, beta2={self.beta2}"
+            )
         if self.dtype not in ("auto", "float32", "bfloat16"):
             raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.microbatches < 1 or self.schedule not in ("1f1b", "gpipe"):
-            raise ValueError(f"need microbatches >= 1 and schedule '1f1b' or 'gpipe', got {self.microbatches}, {self.schedule!r}")
+            raise ValueError("need microbatches >= 1 and schedule '1f1b' or 'gpipe', got "
+                             f"{self.microbatches}, {self.schedule!r}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {self.val_fraction}")
+            raise ValueError("val_fraction must lie strictly between 0 and 1, got "
+                             f"{self.val_fraction}")
 
     @property
     def decay_steps(self) -> int:
@@ -158,12 +179,14 @@ class TrainConfig:
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, then a half cosine down to min_lr at decay_steps, then flat.
+    """Linear warmup to cfg.lr over warmup_steps, a half cosine to min_lr at decay_steps, then flat.
 
-    Example (lr 1e-3, min_lr 1e-4, warmup 10, decay 110): step 0 -> 1e-4, step 9 -> 1e-3, step 60 -> 5.5e-4.
+    Example (lr 1e-3, min_lr 1e-4, warmup 10, decay 110): step 0 -> 1e-4, step 9 -> 1e-3,
+    step 60 -> 5.5e-4.
     """
     if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps  # step 0 already moves; step warmup-1 reaches lr
+        # step 0 already moves; step warmup-1 reaches lr
+        return cfg.lr * (step + 1) / cfg.warmup_steps
     if step >= cfg.decay_steps:
         return cfg.min_lr
     progress = (step - cfg.warmup_steps) / (cfg.decay_steps - cfg.warmup_steps)  # 0 -> 1
@@ -171,18 +194,27 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay on weight matrices; none on biases, norms and embeddings. Introduced in chapter 7.
+    """AdamW groups: decay on weight matrices; none on biases, norms and embeddings.
 
-    Decay pulls weights toward zero; a norm's scale should stay near 1, a bias has no scale to limit,
-    and an embedding row of a rare token would shrink between its rare updates.
+    Introduced in chapter 7.
+
+    Decay pulls weights toward zero; a norm's scale should stay near 1, a bias has no scale to
+    limit, and an embedding row of a rare token would shrink between its rare updates.
     """
     no_decay: set[int] = set()
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
-            # Class names catch RMSNorm and any other home-made norm; a tied lm_head weight is the embedding's.
-            if name == "bias" or isinstance(module, nn.Embedding) or "Norm" in type(module).__name__ or p.ndim < 2:
+            # Class names catch RMSNorm and any other home-made norm; a tied lm_head
+            # weight is the embedding's.
+            if (
+                name == "bias"
+                or isinstance(module, nn.Embedding)
+                or "Norm" in type(module).__name__
+                or p.ndim < 2
+            ):
                 no_decay.add(id(p))
-    params = [p for p in model.parameters() if p.requires_grad]  # parameters() yields a tied matrix once
+    # parameters() yields a tied matrix once
+    params = [p for p in model.parameters() if p.requires_grad]
     return [
         {"params": [p for p in params if id(p) not in no_decay], "weight_decay": weight_decay},
         {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
@@ -192,19 +224,28 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
     """AdamW over `param_groups`, with the config's betas; the loop sets each group's lr every step.
 
-    The fused implementation (one kernel for all tensors) where PyTorch has it: plain float parameters on CPU
-    or CUDA. Sharded parameters (chapter 9's DTensors) get the default implementation.
+    The fused implementation (one kernel for all tensors) where PyTorch has it: plain float
+    parameters on CPU or CUDA. Sharded parameters (chapter 9's DTensors) get
+    the default implementation.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(params) and all(type(p) is nn.Parameter and p.device.type in ("cpu", "cuda")
-                                 and p.dtype in (torch.float32, torch.bfloat16, torch.float16) for p in params)
-    # For-loop AdamW launches a dozen small ops per tensor: on a small model that is a tenth of a CPU step.
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg), betas=(cfg.beta1, cfg.beta2),
-                             fused=fused)
+    fused = bool(params) and all(
+        type(p) is nn.Parameter
+        and p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        for p in params
+    )
+    # For-loop AdamW launches a dozen small ops per tensor: on a small model that
+    # is a tenth of a CPU step.
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr_at(0, cfg),
+                             betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
 def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast where asked (or on CUDA under "auto"); matmuls run in bf16, reductions stay fp32."""
+    """bfloat16 autocast where asked (or on CUDA under "auto").
+
+    Matmuls run in bf16, reductions stay fp32.
+    """
     if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -213,7 +254,10 @@ def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextMan
 @torch.no_grad()
 def estimate_loss(model: nn.Module, ids: TokenIds, cfg: TrainConfig, device: torch.device | str,
                   seed: int | None = None) -> float:
-    """Mean loss over cfg.eval_iters random batches; the same seed draws the same batches, so evaluations compare."""
+    """Mean loss over cfg.eval_iters random batches.
+
+    The same seed draws the same batches, so evaluations compare.
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -234,19 +278,29 @@ def _model_config(model: nn.Module) -> dict[str, Any] | None:
 
 def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                     history: dict[str, list], batch_generator: torch.Generator,
-                    extra: dict[str, Any] | None = None, weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-    """Everything a run needs to continue exactly: a plain dict for `save_checkpoint`. Introduced in chapter 7.
+                    extra: dict[str, Any] | None = None,
+                    weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Everything a run needs to continue exactly: a plain dict for `save_checkpoint`.
+
+    Introduced in chapter 7.
 
     A parallel run passes `weights` gathered from its ranks; its optimizer state is kept only where
-    every rank holds all of it (none, ddp), so a sharded run's checkpoint holds weights but cannot resume.
+    every rank holds all of it (none, ddp), so a sharded run's checkpoint holds
+    weights but cannot resume.
     """
-    model = getattr(model, "_orig_mod", model)  # torch.compile wraps the module; save the original's names
+    # torch.compile wraps the module; save the original's names
+    model = getattr(model, "_orig_mod", model)
     whole_optimizer = cfg.parallel in ("none", "ddp")
     return {
-        "format_version": FORMAT_VERSION, "model": model.state_dict() if weights is None else weights,
+        "format_version": FORMAT_VERSION,
+        "model": model.state_dict() if weights is None else weights,
         "optimizer": optimizer.state_dict() if whole_optimizer else None,
-        "model_config": _model_config(model), "train_config": cfg.to_dict(), "step": step,
-        "history": {k: list(v) for k, v in history.items()}, "rng": rng_state(batch_generator), **(extra or {}),
+        "model_config": _model_config(model),
+        "train_config": cfg.to_dict(),
+        "step": step,
+        "history": {k: list(v) for k, v in history.items()},
+        "rng": rng_state(batch_generator),
+        **(extra or {}),
     }
 
 
@@ -254,7 +308,8 @@ def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.
                  batch_generator: torch.Generator) -> tuple[int, dict[str, list]]:
     """Load a checkpoint's weights, optimizer and RNG states in place; returns (step, history)."""
     if checkpoint["optimizer"] is None:
-        raise ValueError("this checkpoint holds no optimizer state (a sharded parallel run): it cannot resume exactly")
+        raise ValueError("this checkpoint holds no optimizer state (a sharded parallel run): it "
+                         "cannot resume exactly")
     getattr(model, "_orig_mod", model).load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_state(checkpoint["rng"], batch_generator)
@@ -262,7 +317,10 @@ def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.
 
 
 def _write_logs(out: Path, history: dict[str, list]) -> None:
-    """log.json holds the whole history; log.csv one row per step, with val_loss where an evaluation ran."""
+    """log.json holds the whole history.
+
+    log.csv one row per step, with val_loss where an evaluation ran.
+    """
     (out / "log.json").write_text(json.dumps(history) + "\n")
     val = dict(zip(history["eval_step"], zip(history["eval_train"], history["eval_val"])))
     with open(out / "log.csv", "w", newline="") as f:
@@ -287,35 +345,48 @@ def train(
     extra: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, list]:
-    """Train `model` for cfg.max_steps optimizer steps on random batches of train_ids; returns the history.
+    """Train `model` for cfg.max_steps optimizer steps on random batches of train_ids.
 
-    history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the end)
-    "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With out_dir,
-    each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded checkpoint;
-    `stop_at` ends early as if interrupted (the schedule still runs to max_steps). `extra` goes into
-    every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel (chapter 9) runs it
-    under torchrun, one process per rank, with logs and checkpoints written by rank 0 only.
+    Returns the history.
+
+    history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the
+    end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
+    out_dir, each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded
+    checkpoint; `stop_at` ends early as if interrupted (the schedule still runs to max_steps).
+    `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
+    (chapter 9) runs it under torchrun, one process per rank, with logs and checkpoints written by
+    rank 0 only.
     """
     device = torch.device(device)
     model.to(device)
     model.train()
     cfg_model = getattr(model, "config", None)
-    if cfg_model is not None and getattr(cfg_model, "context_length", cfg.context_length) < cfg.context_length:
-        raise ValueError(f"context_length={cfg.context_length} exceeds the model's {cfg_model.context_length}")
+    if (
+        cfg_model is not None
+        and getattr(cfg_model, "context_length", cfg.context_length) < cfg.context_length
+    ):
+        raise ValueError(f"context_length={cfg.context_length} exceeds the model's "
+                         f"{cfg_model.context_length}")
     if resume is not None and cfg.parallel not in ("none", "ddp"):
-        raise ValueError(f"resume is supported single-process and with parallel='ddp', not {cfg.parallel!r}")
+        raise ValueError("resume is supported single-process and with parallel='ddp', not "
+                         f"{cfg.parallel!r}")
     par, is_main = None, True
     if cfg.parallel != "none":
-        from .parallel import clip_grad_norm, loop, shard_batch  # torch.distributed only when asked for
+        # torch.distributed only when asked for
+        from .parallel import clip_grad_norm, loop, shard_batch
 
         env, par, owned = loop.start(model, cfg, device)
         device, is_main, progress = env.device, env.is_main, progress and env.is_main
-    optimizer = make_optimizer(model if par is None else par.module, cfg)  # a pipeline stage holds its own blocks
-    gen = torch.Generator().manual_seed(cfg.seed)  # the batch sampler's own stream, saved in checkpoints
-    history: dict[str, list] = {"lr": [], "train_loss": [], "eval_step": [], "eval_train": [], "eval_val": [], "elapsed": []}
+    # a pipeline stage holds its own blocks
+    optimizer = make_optimizer(model if par is None else par.module, cfg)
+    # the batch sampler's own stream, saved in checkpoints
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: dict[str, list] = {"lr": [], "train_loss": [], "eval_step": [], "eval_train": [],
+                                "eval_val": [], "elapsed": []}
     step = 0
     if resume is not None:
-        step, history = resume_state(resume, model, optimizer, gen)  # ddp: every rank loads the same state
+        # ddp: every rank loads the same state
+        step, history = resume_state(resume, model, optimizer, gen)
     else:
         torch.manual_seed(cfg.seed)  # dropout masks repeat too
     end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
@@ -339,8 +410,9 @@ def train(
     def checkpoint() -> None:
         if out is None:
             return
+        # full_weights is a collective: every rank calls it
         ckpt = make_checkpoint(model, optimizer, cfg, step, history, gen, extra,
-                               weights=None if par is None else loop.full_weights(par))  # a collective: every rank
+                               weights=None if par is None else loop.full_weights(par))
         if is_main:
             save_checkpoint(out / "ckpt.pt", ckpt)
 
@@ -355,18 +427,22 @@ def train(
         for _ in range(cfg.grad_accum_steps):
             x, y = random_batch(train_ids, cfg.batch_size, cfg.context_length, gen)
             x, y = x.to(device), y.to(device)
-            if par is not None:  # every rank drew the same batch; each runs its share, the loss is the whole batch's
+            # every rank drew the same batch; each runs its share, the loss is the whole batch's
+            if par is not None:
                 with _autocast(device, cfg.dtype):
-                    loss_sum += par.forward_backward(*shard_batch(x, y, env, cfg.parallel), scale=1 / cfg.grad_accum_steps)
+                    loss_sum += par.forward_backward(
+                        *shard_batch(x, y, env, cfg.parallel), scale=1 / cfg.grad_accum_steps
+                    )
                 continue
             with _autocast(device, cfg.dtype):
                 loss = next_token_loss(forward(x), y)
-            # Dividing by the number of micro-batches makes the summed gradients their mean: accumulating
-            # k batches of B gives the gradient of one batch of k*B.
+            # Dividing by the number of micro-batches makes the summed gradients their mean:
+            # accumulating k batches of B gives the gradient of one batch of k*B.
             (loss / cfg.grad_accum_steps).backward()
             loss_sum += loss.item()
         if cfg.grad_clip > 0 and par is not None:
-            clip_grad_norm(par, cfg.grad_clip)  # the norm of the whole gradient, summed across the ranks' parts
+            # the norm of the whole gradient, summed across the ranks' parts
+            clip_grad_norm(par, cfg.grad_clip)
         elif cfg.grad_clip > 0:
             nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -377,10 +453,14 @@ def train(
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             evaluate()
             tok_s = cfg.tokens_per_step * (step - start) / (history["elapsed"][-1] - resumed_at)
-            bar.set_postfix(train=f"{history['eval_train'][-1]:.3f}", val=f"{history['eval_val'][-1]:.3f}",
-                            tok_s=f"{tok_s:,.0f}")
+            bar.set_postfix(train=f"{history['eval_train'][-1]:.3f}",
+                            val=f"{history['eval_val'][-1]:.3f}", tok_s=f"{tok_s:,.0f}")
     bar.close()
-    if out is not None and step < cfg.max_steps and (not history["eval_step"] or history["eval_step"][-1] != step):
+    if (
+        out is not None
+        and step < cfg.max_steps
+        and (not history["eval_step"] or history["eval_step"][-1] != step)
+    ):
         # Stopped early: save where we are, without an evaluation, so a resumed run's history
         # matches an uninterrupted one entry for entry.
         checkpoint()

@@ -1,4 +1,6 @@
-"""The command line behind `python -m companion.train`: presets, typed --key=value overrides, run and resume.
+"""The command line behind `python -m companion.train`: presets, --key=value, run and resume.
+
+The --key=value overrides are typed.
 
 Like nanoGPT's configurator, an override must name an existing field and keep its type, but the
 value is parsed with ast.literal_eval, never exec. Introduced in chapter 7.
@@ -27,29 +29,35 @@ from .utils import get_device
 
 __all__ = ["PRESETS", "parse_overrides", "apply_overrides", "load_corpus", "build_configs", "main"]
 
-# name -> (GPTConfig fields without vocab_size, TrainConfig fields). vocab_size comes from the tokenizer.
+# name -> (GPTConfig fields without vocab_size, TrainConfig fields). vocab_size
+# comes from the tokenizer.
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    # Chapter 7's model: 6 layers of 256 with 8 heads over 256 characters, about 4.8M parameters; on a
-    # GPU, nanoGPT's shakespeare_char schedule. About 19 h on a 2-core CPU: use the cpu preset there.
+    # Chapter 7's model: 6 layers of 256 with 8 heads over 256 characters, about 4.8M parameters; on
+    # a GPU, nanoGPT's shakespeare_char schedule. About 19 h on a 2-core CPU:
+    # use the cpu preset there.
     "shakespeare-char-5m": (
         dict(context_length=256, d_model=256, n_layers=6, n_heads=8, dropout=0.2),
-        dict(max_steps=5000, batch_size=64, context_length=256, lr=1e-3, min_lr=1e-4, warmup_steps=100,
-             eval_interval=250, eval_iters=200),
+        dict(max_steps=5000, batch_size=64, context_length=256, lr=1e-3, min_lr=1e-4,
+             warmup_steps=100, eval_interval=250, eval_iters=200),
     ),
-    # Fastest to nanoGPT's CPU figure (val 1.88) on 2 cores that benchmarks/bench_train.py found: a LLaMA-style
-    # block of 4 x 128 with a narrow SwiGLU (256), lr 3e-3 with beta2 0.95 over a 600-step cosine, batch 16.
+    # Fastest to nanoGPT's CPU figure (val 1.88) on 2 cores that benchmarks/bench_train.py found: a
+    # LLaMA-style block of 4 x 128 with a narrow SwiGLU (256), lr 3e-3 with beta2 0.95 over a
+    # 600-step cosine, batch 16.
     # Evaluations see 15 x 16 x 64 tokens per split, as many as nanoGPT's CPU recipe (20 x 12 x 64).
     "shakespeare-char-cpu": (
-        dict(context_length=64, d_model=128, n_layers=4, n_heads=4, d_ff=256, norm="rmsnorm", mlp="swiglu",
-             pos="rope", bias=False, dropout=0.0),
-        dict(max_steps=600, batch_size=16, context_length=64, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.95,
-             eval_interval=100, eval_iters=15),
+        dict(context_length=64, d_model=128, n_layers=4, n_heads=4, d_ff=256, norm="rmsnorm",
+             mlp="swiglu", pos="rope", bias=False, dropout=0.0),
+        dict(max_steps=600, batch_size=16, context_length=64, lr=3e-3, min_lr=3e-4,
+             warmup_steps=100, beta2=0.95, eval_interval=100, eval_iters=15),
     ),
 }
 
 
 def _accepts(hint: Any, raw: str, value: Any) -> tuple[bool, Any]:
-    """Whether a parsed value fits a type hint (int, float, bool, str, Literal, X | None), and the value to store."""
+    """Whether a parsed value fits a type hint, and the value to store.
+
+    Hints: int, float, bool, str, Literal, X | None.
+    """
     if typing.get_origin(hint) in (Union, types.UnionType):
         for arm in typing.get_args(hint):
             ok, v = _accepts(arm, raw, value)
@@ -66,7 +74,9 @@ def _accepts(hint: Any, raw: str, value: Any) -> tuple[bool, Any]:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool), value
     if hint is float:  # an int is a fine float: --lr=1 means 1.0
-        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else None
+        return isinstance(value, (int, float)) and not isinstance(value, bool), (
+            float(value) if isinstance(value, (int, float)) else None
+        )
     if hint is str:
         return True, raw
     return False, None
@@ -81,7 +91,10 @@ def _describe(hint: Any) -> str:
 
 
 def parse_overrides(args: list[str]) -> dict[str, str]:
-    """['--lr=3e-3', '--compile=True'] -> {'lr': '3e-3', 'compile': 'True'}; anything else is an error."""
+    """['--lr=3e-3', '--compile=True'] -> {'lr': '3e-3', 'compile': 'True'}.
+
+    Anything else is an error.
+    """
     out: dict[str, str] = {}
     for arg in args:
         if not (arg.startswith("--") and "=" in arg):
@@ -91,9 +104,16 @@ def parse_overrides(args: list[str]) -> dict[str, str]:
     return out
 
 
-def apply_overrides(overrides: dict[str, str], train_cfg: dict[str, Any], model_cfg: dict[str, Any] | None) -> None:
-    """Set each override in the TrainConfig fields, the GPTConfig fields, or both (context_length), type-checked."""
-    targets = [(TrainConfig, train_cfg)] + ([(GPTConfig, model_cfg)] if model_cfg is not None else [])
+def apply_overrides(
+    overrides: dict[str, str], train_cfg: dict[str, Any], model_cfg: dict[str, Any] | None
+) -> None:
+    """Set each override, type-checked, in the TrainConfig fields, the GPTConfig fields or both.
+
+    context_length, for one, lives in both.
+    """
+    targets = [(TrainConfig, train_cfg)] + (
+        [(GPTConfig, model_cfg)] if model_cfg is not None else []
+    )
     for key, raw in overrides.items():
         hits = [(cls, d) for cls, d in targets if key in {f.name for f in dataclasses.fields(cls)}]
         if not hits:
@@ -114,13 +134,17 @@ def apply_overrides(overrides: dict[str, str], train_cfg: dict[str, Any], model_
 def load_corpus(dataset: str) -> str:
     """A registered data set's text, or a UTF-8 file's; an empty corpus is an error."""
     path = Path(dataset)
-    text = path.read_text(encoding="utf-8") if path.suffix and path.is_file() else load_text(dataset)
+    text = (
+        path.read_text(encoding="utf-8") if path.suffix and path.is_file() else load_text(dataset)
+    )
     if not text:
         raise ValueError(f"the corpus {dataset} is empty: there is nothing to train on")
     return text
 
 
-def build_configs(preset: str, overrides: dict[str, str], vocab_size: int) -> tuple[GPTConfig, TrainConfig]:
+def build_configs(
+    preset: str, overrides: dict[str, str], vocab_size: int
+) -> tuple[GPTConfig, TrainConfig]:
     """A preset's two configs with overrides applied; unknown presets name the known ones."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
@@ -131,16 +155,33 @@ def build_configs(preset: str, overrides: dict[str, str], vocab_size: int) -> tu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse the command line, train (or resume), print a sample; errors are one line on stderr, exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m companion.train", description=__doc__.splitlines()[0],
-                                     epilog="Any TrainConfig or GPTConfig field can be set as --key=value.")
-    parser.add_argument("--preset", default="shakespeare-char-5m", help=f"one of: {', '.join(PRESETS)}")
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps (overrides the preset)")
-    parser.add_argument("--out", default=None, help="folder for ckpt.pt, log.csv, log.json (default runs/PRESET)")
+    """Parse the command line, train (or resume), print a sample.
+
+    Errors are one line on stderr, exit code 2.
+    """
+    parser = argparse.ArgumentParser(
+        prog="python -m companion.train",
+        description=__doc__.splitlines()[0],
+        epilog="Any TrainConfig or GPTConfig field can be set as --key=value.",
+    )
+    parser.add_argument(
+        "--preset", default="shakespeare-char-5m", help=f"one of: {', '.join(PRESETS)}"
+    )
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda, mps (default: the best available)"
+    )
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="optimizer steps (overrides the preset)"
+    )
+    parser.add_argument(
+        "--out", default=None, help="folder for ckpt.pt, log.csv, log.json (default runs/PRESET)"
+    )
     parser.add_argument("--resume", default=None, help="a ckpt.pt to continue from")
-    parser.add_argument("--parallel", default=None, help="chapter 9, under torchrun: none, ddp, fsdp, pipeline or tp")
-    parser.add_argument("--sample", type=int, default=200, help="characters to sample at the end (0: none)")
+    parser.add_argument("--parallel", default=None,
+                        help="chapter 9, under torchrun: none, ddp, fsdp, pipeline or tp")
+    parser.add_argument(
+        "--sample", type=int, default=200, help="characters to sample at the end (0: none)"
+    )
     args, rest = parser.parse_known_args(argv)
     try:
         overrides = parse_overrides(rest)
@@ -151,15 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.resume is not None:
             ckpt = load_checkpoint(args.resume)
             if ckpt.get("tokenizer", {}).get("kind") != "char" or ckpt.get("model_config") is None:
-                raise ValueError(f"{args.resume} holds no character tokenizer or model config to rebuild the run from")
+                raise ValueError(f"{args.resume} holds no character tokenizer or model config to "
+                                 "rebuild the run from")
             train_d = dict(ckpt["train_config"])
-            apply_overrides(overrides, train_d, None)  # the model is fixed by its weights; the run can change
+            # the model is fixed by its weights; the run can change
+            apply_overrides(overrides, train_d, None)
             model_cfg, train_cfg = GPTConfig.from_dict(ckpt["model_config"]), TrainConfig(**train_d)
             tok = CharTokenizer(ckpt["tokenizer"]["chars"])
             text = load_corpus(train_cfg.dataset)
         else:
             ckpt = None
-            dataset = overrides.get("dataset", PRESETS.get(args.preset, ({}, {}))[1].get("dataset", TrainConfig.dataset))
+            dataset = overrides.get(
+                "dataset", PRESETS.get(args.preset, ({}, {}))[1].get("dataset", TrainConfig.dataset)
+            )
             text = load_corpus(dataset)
             tok = CharTokenizer.from_text(text)
             model_cfg, train_cfg = build_configs(args.preset, overrides, tok.vocab_size)
@@ -169,23 +214,32 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     device = get_device(args.device)
-    out = Path(args.out) if args.out else (Path(args.resume).parent if args.resume else Path("runs") / args.preset)
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(args.resume).parent if args.resume else Path("runs") / args.preset)
+    )
     torch.manual_seed(train_cfg.seed)  # under torchrun, every rank builds the same initial weights
     model = GPT(model_cfg)
     is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's ranks: only rank 0 talks
     if is_main:
-        print(f"{args.preset}: {model.num_params():,} parameters on {device}; {train_cfg.max_steps} steps of "
-              f"{train_cfg.tokens_per_step:,} tokens; writing {out}")
+        print(f"{args.preset}: {model.num_params():,} parameters on {device}; "
+              f"{train_cfg.max_steps} steps of {train_cfg.tokens_per_step:,} tokens; writing {out}")
     extra = {"tokenizer": {"kind": "char", "chars": "".join(tok.itos)}}
-    history = train(model, train_ids, val_ids, train_cfg, device, out_dir=out, resume=ckpt, extra=extra)
+    history = train(
+        model, train_ids, val_ids, train_cfg, device, out_dir=out, resume=ckpt, extra=extra
+    )
     if not is_main:
         return 0
-    if train_cfg.parallel != "none":  # this rank's model may hold only shards: sample from the gathered weights
+    # this rank's model may hold only shards: sample from the gathered weights
+    if train_cfg.parallel != "none":
         model = GPT(model_cfg)
         model.load_state_dict(load_checkpoint(out / "ckpt.pt")["model"])
-    print(f"step {history['eval_step'][-1]}: train {history['eval_train'][-1]:.4f}, val {history['eval_val'][-1]:.4f}")
+    print(f"step {history['eval_step'][-1]}: train {history['eval_train'][-1]:.4f}, val "
+          f"{history['eval_val'][-1]:.4f}")
     if args.sample > 0:
-        from .generate import generate_text  # sampling is chapter 7's other half; loaded only when asked
+        # sampling is chapter 7's other half; loaded only when asked
+        from .generate import generate_text
 
         n = min(args.sample, model_cfg.context_length - 1)
         print(generate_text(model, tok, "\n", max_new_tokens=n, seed=train_cfg.seed))

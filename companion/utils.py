@@ -9,7 +9,10 @@ __all__ = ["set_seed", "get_device", "glue"]
 
 
 def set_seed(seed: int = 1337) -> torch.Generator:
-    """Seed Python and torch so figures and numbers repeat; returns a torch.Generator seeded the same way."""
+    """Seed Python and torch so figures and numbers repeat.
+
+    Returns a torch.Generator seeded the same way.
+    """
     random.seed(seed)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
@@ -27,7 +30,9 @@ def get_device(prefer: str | None = None) -> torch.device:
 
 
 def glue(name: str, value, display: bool = True) -> None:
-    """Store `value` for the book's prose ({glue} roles) when built with Jupyter Book; elsewhere just show it.
+    """Store `value` for the book's prose ({glue} roles) when built with Jupyter Book.
+
+    Elsewhere just show it.
 
     This keeps every number quoted in the text tied to the cell that computed it.
     """

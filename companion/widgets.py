@@ -11,16 +11,22 @@ __all__ = ["attention_explorer", "temperature_sampler", "sampler", "sizing_calcu
            "tokenizer_playground"]
 
 
-def temperature_sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_tokens: int = 200):
+def temperature_sampler(
+    model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_tokens: int = 200
+):
     """A temperature slider and a seed box that resample text from `model` (chapter 1)."""
     import ipywidgets as w
 
-    temperature = w.FloatLogSlider(value=1.0, base=10, min=-1, max=0.7, step=0.05, description="temperature")
+    temperature = w.FloatLogSlider(
+        value=1.0, base=10, min=-1, max=0.7, step=0.05, description="temperature"
+    )
     seed = w.IntText(value=0, description="seed")
     out = w.Output(layout=w.Layout(border="1px solid #ddd", padding="4px"))
 
     def render(*_):
-        text = generate_text(model, tokenizer, prompt, max_new_tokens, temperature.value, seed.value)
+        text = generate_text(
+            model, tokenizer, prompt, max_new_tokens, temperature.value, seed.value
+        )
         out.clear_output(wait=True)
         with out:
             print(f"T = {temperature.value:.2f}\n{text}")
@@ -32,7 +38,9 @@ def temperature_sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\
 
 
 def attention_explorer(weights: list, tokens: list[str]):
-    """Layer, head and query-token sliders over stored attention weights, one (H, T, T) tensor per layer (chapter 5).
+    """Layer, head and query-token sliders over stored attention weights.
+
+    One (H, T, T) tensor per layer (chapter 5).
 
     The heatmap outlines the chosen query row; the line below it lists the keys that row reads most.
     """
@@ -50,7 +58,9 @@ def attention_explorer(weights: list, tokens: list[str]):
     def render(*_):
         row = weights[layer.value][head.value, token.value]
         top = row.topk(min(3, token.value + 1))
-        reads = ", ".join(f"{show_char(tokens[int(i)])!r}@{int(i)} ({float(v):.2f})" for v, i in zip(*top))
+        reads = ", ".join(
+            f"{show_char(tokens[int(i)])!r}@{int(i)} ({float(v):.2f})" for v, i in zip(*top)
+        )
         out.clear_output(wait=True)
         with out:
             fig = plot_attention(weights[layer.value][head.value], tokens, highlight=token.value,
@@ -65,13 +75,18 @@ def attention_explorer(weights: list, tokens: list[str]):
     return w.VBox([w.HBox([layer, head, token]), out])
 
 
-def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_tokens: int = 60, seed: int = 0):
-    """Prompt, temperature, top-k, top-p and length knobs over `generate_text` (chapter 6; top-k 0 and top-p 1 mean off)."""
+def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_tokens: int = 60,
+            seed: int = 0):
+    """Prompt, temperature, top-k, top-p and length knobs over `generate_text` (chapter 6).
+
+    top-k 0 and top-p 1 mean off.
+    """
     import ipywidgets as w
 
     text = w.Text(value=prompt, description="prompt", continuous_update=False)
     temperature = w.FloatSlider(value=0.8, min=0.0, max=2.0, step=0.05, description="temperature")
-    top_k = w.IntSlider(value=0, min=0, max=min(200, getattr(getattr(model, "config", None), "vocab_size", 200)),
+    top_k = w.IntSlider(value=0, min=0,
+                        max=min(200, getattr(getattr(model, "config", None), "vocab_size", 200)),
                         description="top-k")
     top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
     length = w.IntSlider(value=max_new_tokens, min=1, max=400, description="length")
@@ -79,10 +94,13 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
 
     def render(*_):
         k, p = (top_k.value or None), (top_p.value if top_p.value < 1 else None)
-        sample = generate_text(model, tokenizer, text.value or "\n", length.value, temperature.value, seed, k, p)
+        sample = generate_text(
+            model, tokenizer, text.value or "\n", length.value, temperature.value, seed, k, p
+        )
         out.clear_output(wait=True)
         with out:
-            print(f"T = {temperature.value:.2f}, top-k = {k or 'off'}, top-p = {p or 'off'}\n{sample}")
+            print(f"T = {temperature.value:.2f}, top-k = {k or 'off'}, top-p = "
+                  f"{p or 'off'}\n{sample}")
 
     for knob in (text, temperature, top_k, top_p, length):
         knob.observe(render, names="value")
@@ -92,16 +110,23 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
 
 def sizing_calculator(dollars: float = 1e6, gpu: str = "H100-SXM-80GB", mfu: float = 0.4,
                       tokens_per_param: float = 20.0, n_gpus: int = 1024):
-    """Budget, GPU, MFU and tokens-per-parameter knobs -> the compute-optimal model, its data, time and memory (chapter 8)."""
+    """Budget, GPU, MFU and tokens-per-parameter knobs -> the compute-optimal model (chapter 8).
+
+    It shows the model, its data, time and memory.
+    """
     import ipywidgets as w
 
     from .scaling import describe_plan, plan_budget
     from .sizing import GPUS
 
-    budget = w.FloatLogSlider(value=dollars, base=10, min=1, max=8, step=0.1, description="budget $")
+    budget = w.FloatLogSlider(
+        value=dollars, base=10, min=1, max=8, step=0.1, description="budget $"
+    )
     device = w.Dropdown(options=sorted(GPUS), value=gpu, description="GPU")
     util = w.FloatSlider(value=mfu, min=0.05, max=0.7, step=0.05, description="MFU")
-    ratio = w.FloatLogSlider(value=tokens_per_param, base=10, min=0, max=4, step=0.05, description="tokens/param")
+    ratio = w.FloatLogSlider(
+        value=tokens_per_param, base=10, min=0, max=4, step=0.05, description="tokens/param"
+    )
     count = w.IntText(value=n_gpus, description="GPUs")
     out = w.Output(layout=w.Layout(border="1px solid #ddd", padding="4px"))
 

@@ -1,4 +1,7 @@
-"""Shared machinery for the exercise self-checks: run the learner's code, fail with a specific hint."""
+"""Shared machinery for the exercise self-checks.
+
+Run the learner's code, fail with a specific hint.
+"""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -28,7 +31,8 @@ def call(exercise: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
-        fail(exercise, "not implemented yet: replace the `raise NotImplementedError(...)` line with your code.")
+        fail(exercise, "not implemented yet: replace the `raise NotImplementedError(...)` line "
+                       "with your code.")
     except ExerciseFailed:
         raise
     except Exception as err:  # noqa: BLE001 - any crash in learner code becomes a hint
@@ -45,11 +49,14 @@ def as_tensor(exercise: str, value: Any, what: str) -> torch.Tensor:
 
 
 def as_scalar(exercise: str, value: Any, what: str) -> float:
-    """Accept a Python number or a one-element tensor; anything else is a failure that says what came back."""
+    """Accept a Python number or a one-element tensor.
+
+    Anything else is a failure that says what came back.
+    """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
-            fail(exercise, f"{what} should be one number, got a tensor of shape {tuple(value.shape)}; "
-                           "did you forget to average?")
+            fail(exercise, f"{what} should be one number, got a tensor of shape "
+                           f"{tuple(value.shape)}; did you forget to average?")
         return float(value.item())
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)

@@ -1,22 +1,30 @@
-"""Parallel training on torch.distributed: launch a world, wrap a model, check it against one process. Introduced in chapter 9.
+"""Parallel training on torch.distributed.
 
-- launch: `launch(fn, world_size, *args)` (spawned gloo world, per-rank logs), `setup()`/`teardown()` under torchrun.
+Launch a world, wrap a model, check it against one process. Introduced in chapter 9.
+
+- launch: `launch(fn, world_size, *args)` (spawned gloo world, per-rank logs),
+  `setup()`/`teardown()` under torchrun.
 - wrap: `wrap_model(model, strategy, env)` and `shard_batch`, the two hooks a training loop needs.
-- tensor: Megatron's column/row MLP split; pipeline: GPT stages, timings, bubble; comm: what each strategy sends.
-- verify: `verify(strategy)`, also `python -m companion.parallel --strategy ddp --world-size 2 --steps 5`.
+- tensor: Megatron's column/row MLP split; pipeline: GPT stages, timings, bubble; comm:
+  what each strategy sends.
+- verify: `verify(strategy)`, also `python -m companion.parallel --strategy ddp
+  --world-size 2 --steps 5`.
 """
 from .comm import CommRow, bytes_per_step, layout_memory, ring_allreduce_bytes
 from .launch import DistEnv, LaunchResult, free_port, launch, setup, teardown
-from .pipeline import Event, GPTStage, TimedStage, bubble_fraction, measured_bubble, plot_bubble, plot_timeline, stage_layers
+from .pipeline import (Event, GPTStage, TimedStage, bubble_fraction, measured_bubble, plot_bubble,
+                       plot_timeline, stage_layers)
 from .tensor import TensorParallelMLP, apply_tensor_parallel, copy_to_tp, reduce_from_tp, shard_rows
-from .verify import RunSpec, compare_losses, make_batches, pipeline_timings, tiny_config, train_single, train_steps, verify
-from .wrap import STRATEGIES, Parallel, clip_grad_norm, full_state_dict, shard_batch, state_bytes, wrap_model
+from .verify import (RunSpec, compare_losses, make_batches, pipeline_timings, tiny_config,
+                     train_single, train_steps, verify)
+from .wrap import (STRATEGIES, Parallel, clip_grad_norm, full_state_dict, shard_batch, state_bytes,
+                   wrap_model)
 
 __all__ = [
-    "DistEnv", "LaunchResult", "free_port", "launch", "setup", "teardown",
-    "STRATEGIES", "Parallel", "wrap_model", "shard_batch", "clip_grad_norm", "state_bytes", "full_state_dict",
+    "DistEnv", "LaunchResult", "free_port", "launch", "setup", "teardown", "STRATEGIES", "Parallel",
+    "wrap_model", "shard_batch", "clip_grad_norm", "state_bytes", "full_state_dict",
     "TensorParallelMLP", "apply_tensor_parallel", "copy_to_tp", "reduce_from_tp", "shard_rows",
-    "Event", "GPTStage", "TimedStage", "bubble_fraction", "measured_bubble", "plot_bubble", "plot_timeline", "stage_layers",
-    "CommRow", "bytes_per_step", "layout_memory", "ring_allreduce_bytes",
-    "RunSpec", "compare_losses", "make_batches", "pipeline_timings", "tiny_config", "train_single", "train_steps", "verify",
-]
+    "Event", "GPTStage", "TimedStage", "bubble_fraction", "measured_bubble", "plot_bubble",
+    "plot_timeline", "stage_layers", "CommRow", "bytes_per_step", "layout_memory",
+    "ring_allreduce_bytes", "RunSpec", "compare_losses", "make_batches", "pipeline_timings",
+    "tiny_config", "train_single", "train_steps", "verify"]

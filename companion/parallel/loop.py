@@ -1,7 +1,9 @@
-"""Chapter 7's training loop under torch.distributed: the few places where `train` differs. Introduced in chapter 9.
+"""Chapter 7's training loop under torch.distributed: the few places where `train` differs.
 
-`train(..., cfg)` with cfg.parallel != "none" calls these: join the world, wrap the model, evaluate and
-checkpoint collectively. Every rank draws the same global batch from the same seeded generator;
+Introduced in chapter 9.
+
+`train(..., cfg)` with cfg.parallel != "none" calls these: join the world, wrap the model, evaluate
+and checkpoint collectively. Every rank draws the same global batch from the same seeded generator;
 `shard_batch` then hands each rank its share, so the losses match a single-process run.
 """
 from __future__ import annotations
@@ -20,18 +22,26 @@ __all__ = ["start", "finish", "estimate_loss_parallel", "full_weights"]
 
 
 def start(model: nn.Module, cfg: Any, device: torch.device) -> tuple[DistEnv, Parallel, bool]:
-    """Join the world (unless already in one), check the config fits it, wrap the model; returns (env, par, owned)."""
+    """Join the world (unless already in one), check the config fits it, wrap the model.
+
+    Returns (env, par, owned).
+    """
     owned = not dist.is_initialized()
     env = setup("gloo" if device.type == "cpu" else None)
     if env.device.type != device.type:
-        env = DistEnv(env.rank, env.world_size, device)  # an initialised world on another backend: trust the caller
+        # an initialised world on another backend: trust the caller
+        env = DistEnv(env.rank, env.world_size, device)
     if cfg.parallel in ("ddp", "fsdp") and cfg.batch_size % env.world_size:
-        raise ValueError(f"--parallel={cfg.parallel}: world_size={env.world_size} does not divide batch_size={cfg.batch_size}")
+        raise ValueError(f"--parallel={cfg.parallel}: world_size={env.world_size} does not divide "
+                         f"batch_size={cfg.batch_size}")
     if cfg.parallel == "pipeline" and cfg.batch_size % cfg.microbatches:
-        raise ValueError(f"--parallel=pipeline: microbatches={cfg.microbatches} does not divide batch_size={cfg.batch_size}")
+        raise ValueError(f"--parallel=pipeline: microbatches={cfg.microbatches} does not divide "
+                         f"batch_size={cfg.batch_size}")
     if cfg.compile:
         raise ValueError("compile=True is supported single-process only; drop it with --parallel")
-    par = wrap_model(model, cfg.parallel, env, n_microbatches=cfg.microbatches, schedule=cfg.schedule)
+    par = wrap_model(
+        model, cfg.parallel, env, n_microbatches=cfg.microbatches, schedule=cfg.schedule
+    )
     return env, par, owned
 
 
@@ -42,7 +52,9 @@ def finish(owned: bool) -> None:
 
 
 @torch.no_grad()
-def estimate_loss_parallel(par: Parallel, ids: TokenIds, cfg: Any, seed: int | None = None) -> float:
+def estimate_loss_parallel(
+    par: Parallel, ids: TokenIds, cfg: Any, seed: int | None = None
+) -> float:
     """`estimate_loss`'s batches (same seed, same draws), each evaluated by all ranks together."""
     was_training = par.model.training
     par.model.eval()
@@ -70,7 +82,8 @@ def full_weights(par: Parallel) -> dict[str, torch.Tensor]:
                 full[n] = full[known]
     for mod_name, module in par.model.named_modules():
         for name, b in module.named_buffers(recurse=False):
-            # Non-persistent buffers (RoPE's cos/sin tables) are derived from the config: no state dict holds them.
+            # Non-persistent buffers (RoPE's cos/sin tables) are derived from the config:
+            # no state dict holds them.
             if name not in module._non_persistent_buffers_set:
                 full.setdefault(f"{mod_name}.{name}" if mod_name else name, b.detach().cpu())
     return full

@@ -1,7 +1,10 @@
-"""Wrap a companion GPT for one strategy so a training loop runs unchanged: `wrap_model`, `shard_batch`. Introduced in chapter 9.
+"""Wrap a companion GPT for one strategy so a training loop runs unchanged.
 
-Every wrapper offers the same two things: `parameters()` for the optimizer, and `forward_backward(x, y)`,
-which runs the forward and backward passes and returns the loss of the whole global batch (same on every rank).
+`wrap_model`, `shard_batch`. Introduced in chapter 9.
+
+Every wrapper offers the same two things: `parameters()` for the optimizer, and
+`forward_backward(x, y)`, which runs the forward and backward passes and returns the loss of the
+whole global batch (same on every rank).
 """
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from .launch import DistEnv
 from .pipeline import GPTStage, TimedStage
 from .tensor import TensorParallelMLP, apply_tensor_parallel
 
-__all__ = ["STRATEGIES", "Parallel", "wrap_model", "shard_batch", "clip_grad_norm", "state_bytes", "full_state_dict"]
+__all__ = ["STRATEGIES", "Parallel", "wrap_model", "shard_batch", "clip_grad_norm", "state_bytes",
+           "full_state_dict"]
 
 STRATEGIES = ("none", "ddp", "fsdp", "pipeline", "tp")
 
@@ -25,7 +29,10 @@ def lm_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 class Parallel:
-    """A model prepared for one strategy: `module` holds this rank's parameters, `forward_backward` does one pass."""
+    """A model prepared for one strategy.
+
+    `module` holds this rank's parameters, `forward_backward` does one pass.
+    """
 
     def __init__(self, model: nn.Module, module: nn.Module, strategy: str, env: DistEnv):
         self.model, self.module, self.strategy, self.env = model, module, strategy, env
@@ -35,7 +42,9 @@ class Parallel:
         return self.module.parameters()
 
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
-        """Forward and backward on this rank's share of the batch; returns the global batch's mean loss.
+        """Forward and backward on this rank's share of the batch.
+
+        Returns the global batch's mean loss.
 
         scale multiplies the loss before backward (1 / accumulation steps), not the returned value.
         """
@@ -49,18 +58,20 @@ class Parallel:
         """Forward only: the global batch's mean loss, for evaluation (every rank must call it)."""
         loss = lm_loss(self.module(x), y)
         if self.strategy == "fsdp":
-            self.module.reshard()  # the root group stays gathered after a forward (a backward would need it): free it
+            # the root group stays gathered after a forward (a backward would need it): free it
+            self.module.reshard()
         return self._global(loss)
 
     def _global(self, loss: torch.Tensor) -> float:
-        if self.strategy in ("ddp", "fsdp"):  # each rank saw a different slice: average the slices' losses
+        # each rank saw a different slice: average the slices' losses
+        if self.strategy in ("ddp", "fsdp"):
             loss = loss.clone()
             dist.all_reduce(loss, op=dist.ReduceOp.AVG)
         return float(loss)
 
 
 class PipelineParallel(Parallel):
-    """The pipeline wrapper: micro-batches flow through the stages under a GPipe or 1F1B schedule."""
+    """The pipeline wrapper: micro-batches flow through the stages under GPipe or 1F1B."""
 
     def __init__(self, model: nn.Module, env: DistEnv, n_microbatches: int, schedule: str):
         from torch.distributed.pipelining import PipelineStage, Schedule1F1B, ScheduleGPipe
@@ -72,10 +83,13 @@ class PipelineParallel(Parallel):
         stage = TimedStage(GPTStage(model, r, p), r, n_microbatches)
         super().__init__(model, stage, "pipeline", env)
         self.stage = stage
-        # The stage learns what it sends and receives from a trial pass on the first step (TimedStage skips it).
+        # The stage learns what it sends and receives from a trial pass on the first
+        # step (TimedStage skips it).
         self.pipe_stage = PipelineStage(stage, r, p, env.device)
         self.scale = 1.0
-        self.schedule = schedules[schedule](self.pipe_stage, n_microbatches=n_microbatches, loss_fn=self._loss)
+        self.schedule = schedules[schedule](
+            self.pipe_stage, n_microbatches=n_microbatches, loss_fn=self._loss
+        )
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return lm_loss(logits, y) * self.scale
@@ -83,7 +97,8 @@ class PipelineParallel(Parallel):
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
         self.scale = scale
         loss = self._run(self.schedule.step, x, y) / scale
-        self.stage.recording = True  # the first training step began with a trial pass; time the ones after it
+        # the first training step began with a trial pass; time the ones after it
+        self.stage.recording = True
         return loss
 
     @torch.no_grad()
@@ -102,31 +117,39 @@ class PipelineParallel(Parallel):
             step(target=y, losses=losses)
         else:
             step()
-        # Only the last stage sees the loss; it tells the others. The schedule already scaled gradients by 1/m.
+        # Only the last stage sees the loss; it tells the others. The schedule
+        # already scaled gradients by 1/m.
         loss = torch.stack(losses).mean().detach() if last else torch.zeros(())
         dist.broadcast(loss, src=self.env.world_size - 1)
         return float(loss)
 
 
-def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, n_microbatches: int = 4, schedule: str = "1f1b",
-               tp_method: str = "hand") -> Parallel:
-    """Prepare a companion GPT (same initial weights on every rank) for `strategy`; see STRATEGIES."""
+def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, n_microbatches: int = 4,
+               schedule: str = "1f1b", tp_method: str = "hand") -> Parallel:
+    """Prepare a companion GPT (same initial weights on every rank) for `strategy`.
+
+    See STRATEGIES.
+    """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if strategy != "none" and getattr(model.config, "dropout", 0.0) > 0:
-        raise ValueError(f"dropout={model.config.dropout}: each rank would drop different units; use dropout=0 to compare")
+        raise ValueError(f"dropout={model.config.dropout}: each rank would drop different units; "
+                         "use dropout=0 to compare")
     if strategy == "none":
         return Parallel(model, model, "none", env)
     if strategy == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        return Parallel(model, DDP(model, device_ids=None if env.device.type == "cpu" else [env.device]), "ddp", env)
+        return Parallel(model,
+                        DDP(model, device_ids=None if env.device.type == "cpu" else [env.device]),
+                        "ddp", env)
     if strategy == "fsdp":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         mesh = init_device_mesh(env.device.type, (env.world_size,))
-        for block in model.blocks:  # one all-gather per block: only one block's full weights exist at a time
+        # one all-gather per block: only one block's full weights exist at a time
+        for block in model.blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)  # the rest (embeddings, final norm, head) as one group
         return Parallel(model, model, "fsdp", env)
@@ -136,17 +159,25 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, n_microbatches:
     return PipelineParallel(model, env, n_microbatches, schedule)
 
 
-def shard_batch(x: torch.Tensor, y: torch.Tensor, env: DistEnv, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's share of a global batch: a slice of rows for data parallelism, all of it otherwise."""
+def shard_batch(
+    x: torch.Tensor, y: torch.Tensor, env: DistEnv, strategy: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's share of a global batch.
+
+    A slice of rows for data parallelism, all of it otherwise.
+    """
     if strategy in ("ddp", "fsdp"):
         if x.shape[0] % env.world_size:
-            raise ValueError(f"world_size={env.world_size} does not divide the global batch of {x.shape[0]}")
+            raise ValueError(f"world_size={env.world_size} does not divide the global batch of "
+                             f"{x.shape[0]}")
         return x.chunk(env.world_size)[env.rank], y.chunk(env.world_size)[env.rank]
     return x, y
 
 
 def clip_grad_norm(par: Parallel, max_norm: float) -> float:
-    """Scale every gradient so their global norm is at most max_norm; returns the norm before clipping.
+    """Scale every gradient so their global norm is at most max_norm.
+
+    Returns the norm before clipping.
 
     Each rank holds part of the gradient: its FSDP shard, its pipeline stage, its slice of each MLP.
     The squares are summed across the ranks; gradients every rank holds in full are counted once.
@@ -158,7 +189,9 @@ def clip_grad_norm(par: Parallel, max_norm: float) -> float:
     for g in grads:
         placements = getattr(g, "placements", None)
         replicated = placements is not None and all(pl.is_replicate() for pl in placements)
-        is_split = par.strategy in ("fsdp", "pipeline") or (not replicated and (placements is not None or _tp_split(par, g)))
+        is_split = par.strategy in ("fsdp", "pipeline") or (
+            not replicated and (placements is not None or _tp_split(par, g))
+        )
         sq = _local(g).float().pow(2).sum()
         if is_split:
             split += sq
@@ -174,7 +207,10 @@ def clip_grad_norm(par: Parallel, max_norm: float) -> float:
 
 
 def _tp_split(par: Parallel, grad: torch.Tensor) -> bool:
-    """Is this gradient a hand-split MLP slice (as opposed to a replicated weight, or the bias added after the sum)?"""
+    """Is this gradient a hand-split MLP slice?
+
+    Not a replicated weight, nor the bias added after the sum.
+    """
     if not hasattr(par, "_split_grads"):
         par._split_grads = {id(p) for b in par.model.blocks if isinstance(b.mlp, TensorParallelMLP)
                             for n, p in b.mlp.named_parameters() if n != "down_bias"}
@@ -186,17 +222,24 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 
 def state_bytes(params, optimizer: torch.optim.Optimizer | None = None) -> dict[str, int]:
-    """Bytes this rank actually holds for parameters and optimizer state (local shards of DTensors)."""
+    """Bytes this rank holds for parameters and optimizer state (the local shards of DTensors)."""
     param = sum(_local(p).numel() * p.element_size() for p in params)
     optim = 0
     if optimizer is not None:
         for state in optimizer.state.values():
-            optim += sum(_local(v).numel() * v.element_size() for v in state.values() if torch.is_tensor(v) and v.dim())
+            optim += sum(
+                _local(v).numel() * v.element_size()
+                for v in state.values()
+                if torch.is_tensor(v) and v.dim()
+            )
     return {"param": param, "optim": optim}
 
 
 def full_state_dict(par: Parallel) -> dict[str, torch.Tensor]:
-    """Every parameter at full size under its GPT name, on every rank (a collective: all ranks must call it)."""
+    """Every parameter at full size under its GPT name, on every rank.
+
+    A collective: all ranks must call it.
+    """
     if par.strategy == "pipeline":
         mine = {id(p) for p in par.module.parameters()}
         local = {n: p.detach().clone() for n, p in par.model.named_parameters() if id(p) in mine}
