@@ -60,7 +60,8 @@ def check_11_2(verify: Callable[..., tuple[Any, Any]]) -> None:
     # Draft 0 has p/q = 2 > 1: always kept. Draft 2 in row 1: p/q = 0.8/0.5 = 1.6, kept too.
     n, dist = run([0, 2], [0.99, 0.99])
     if n != 2:
-        fail(ex, f"p/q >= 1 for both drafts, so both are accepted whatever u is; you accepted {n}")
+        fail(ex, f"p/q >= 1 for both drafts, so both are accepted whatever u is; you accepted {n} "
+                 "(keep a draft when u < p/q, not q/p)")
     if not torch.allclose(dist, p[2]):
         if torch.allclose(dist, p[1]):
             fail(ex, "after k accepted drafts the next token comes from the target's LAST row, "
@@ -115,7 +116,10 @@ def check_11_3(allocator_cls: type) -> None:
     else:
         fail(ex, "all 4 blocks are taken, so a new sequence's first token must raise RuntimeError")
     call(ex, a.free, "x")
-    again = int(call(ex, a.append, "z")[0])
+    try:
+        again = int(a.append("z")[0])
+    except RuntimeError:
+        again = -1
     if again not in blocks:
         fail(ex, "free(seq) should give its blocks back to the free list for reuse")
     more = int(call(ex, a.append, "y")[0])
