@@ -27,7 +27,7 @@ def absmax_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """
     if w.ndim != 2:
         raise ValueError(f"expected a (out, in) weight matrix, got shape {tuple(w.shape)}")
-    scale = w.abs().amax(dim=1, keepdim=True).float() / 127  # (out, 1): the row's largest maps to 127
+    scale = w.abs().amax(dim=1, keepdim=True).float() / 127  # (out, 1): row max -> 127
     scale = scale.clamp(min=1e-12)  # an all-zero row would divide by zero; its codes are 0 anyway
     q = torch.round(w.float() / scale).clamp(-127, 127).to(torch.int8)  # symmetric: -128 unused
     return q, scale
@@ -66,7 +66,7 @@ def quantize_int4(w: torch.Tensor, group_size: int = 32) -> tuple[torch.Tensor, 
     """
     out_f, in_f = w.shape
     if group_size < 2 or group_size % 2 or in_f % group_size:
-        raise ValueError(f"group_size={group_size} must be even and divide the {in_f} input features")
+        raise ValueError(f"group_size={group_size} must be even and divide in={in_f}")
     g = w.float().view(out_f, in_f // group_size, group_size)  # (out, G, g)
     scale = (g.abs().amax(dim=-1) / 7).clamp(min=1e-12)  # (out, G)
     q = torch.round(g / scale[..., None]).clamp(-8, 7) + 8  # [-8, 7] -> [0, 15]
@@ -84,10 +84,9 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, group_size: int) 
 
 
 class QuantLinear(nn.Module):
-    """A Linear whose weight is int8 (per-row scale) or packed int4 (group scales); float activations.
+    """A Linear with int8 (per-row scale) or packed int4 (group scale) weights; float activations.
 
-    Example: QuantLinear.from_linear(nn.Linear(64, 8), bits=4, group_size=32)(torch.randn(2, 64)).shape
-    -> (2, 8)
+    Example: QuantLinear.from_linear(nn.Linear(64, 8), bits=4)(torch.randn(2, 64)).shape -> (2, 8)
     """
 
     def __init__(self, in_features: int, out_features: int, bits: int, group_size: int,
@@ -137,7 +136,7 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int = 32,
     """A copy of `model` with every nn.Linear (except names ending in `skip`) made a QuantLinear.
 
     The head is skipped by default: when tied it is the embedding matrix, which stays float.
-    Example: quantize(GPT(cfg), bits=4, group_size=32) generates like GPT(cfg), from 1/8 of the bytes.
+    Example: quantize(GPT(cfg), bits=4) generates like GPT(cfg), its blocks ~6x smaller.
     """
     if bits not in (8, 4):
         raise ValueError(f"bits must be 8 or 4, got {bits}")

@@ -1,4 +1,4 @@
-"""Speculative decoding: a small draft proposes k tokens, the target checks them in one forward pass.
+"""Speculative decoding: a small draft proposes k tokens, the target checks them in one pass.
 
 Greedy: keep the drafted tokens while they equal the target's argmax, then take the target's own.
 Sampling: keep token x with probability min(1, p(x) / q(x)); on a rejection draw from
@@ -37,9 +37,9 @@ class SpecStats:
 
 def accept_reject(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor,
                   generator: torch.Generator | None = None) -> tuple[int, int]:
-    """Target probs p (k + 1, V), draft probs q (k, V), drafted tokens (k,) -> (accepted n, next token).
+    """Target probs p (k + 1, V), draft probs q (k, V), drafts (k,) -> (accepted n, next token).
 
-    Token i survives if u < p_i(x_i) / q_i(x_i); the first rejection resamples from max(0, p_i - q_i);
+    Token i survives if u < p_i(x_i) / q_i(x_i); the first rejection draws from max(0, p_i - q_i);
     if all k survive, the next token comes from p_k, the target's distribution after the last draft.
     Example: p == q accepts every draft, so n == k.
     """
@@ -50,7 +50,7 @@ def accept_reject(p: torch.Tensor, q: torch.Tensor, drafted: torch.Tensor,
     u = torch.rand(k, generator=generator)
     for i in range(k):
         x = int(drafted[i])
-        # u < p/q, written as u * q < p so that q = 0 cannot divide (a drafted token has q > 0 anyway)
+        # u < p/q written as u * q < p: no division (a drafted token has q > 0 anyway)
         if u[i] * q[i, x] < p[i, x]:
             continue
         residual = (p[i] - q[i]).clamp(min=0)
@@ -78,7 +78,7 @@ def _rollback(caches: list[KVCache], n: int) -> None:
 
 
 def _feed(model: nn.Module, caches: list[KVCache], seq: torch.Tensor) -> torch.Tensor:
-    """Feed the tokens of seq (1, L) the caches lack; return logits for those positions (1, T, V)."""
+    """Feed the tokens of seq (1, L) the caches lack; return their logits (1, T, V)."""
     if caches[0].pos >= seq.shape[1]:  # nothing new: re-read the last token to get its logits
         _rollback(caches, seq.shape[1] - 1)
     return model(seq[:, caches[0].pos:], caches=caches)
@@ -97,7 +97,7 @@ def speculative_generate(
     top_p: float | None = None,
     stats: SpecStats | None = None,
 ) -> torch.Tensor:
-    """Extend idx (1, T) by max_new_tokens with draft proposals verified by target; k drafts a round.
+    """Extend idx (1, T) by max_new_tokens: the draft proposes k a round, the target verifies.
 
     At temperature 0 the result equals generate(target, idx, max_new_tokens, temperature=0).
     Pass a SpecStats to read the acceptance rate afterwards.
@@ -126,7 +126,7 @@ def speculative_generate(
     greedy = temperature == 0
     seq = idx
     while seq.shape[1] < total:
-        n_draft = min(k, total - seq.shape[1] - 1)  # the round's last token always comes from target
+        n_draft = min(k, total - seq.shape[1] - 1)  # a round's last token is the target's
         ext, q_rows = seq, []
         for _ in range(n_draft):
             logits = _feed(draft, d_caches, ext)[0, -1]  # (V,)
@@ -154,7 +154,7 @@ def speculative_generate(
             n, nxt_tok = accept_reject(p, q, drafted.cpu(), generator)
         new = torch.tensor([[nxt_tok]], device=idx.device)
         seq = torch.cat([seq, drafted[None, :n], new], dim=1)
-        # Both caches keep only what they read of the accepted prefix; the rest is overwritten later.
+        # Both caches keep what they read of the accepted prefix; the rest is overwritten later.
         _rollback(t_caches, seq.shape[1] - 1)
         _rollback(d_caches, seq.shape[1] - 1)
         stats.rounds += 1

@@ -1,4 +1,4 @@
-"""companion.quantize: int8 absmax per row, int4 groups packed two per byte, a model that generates."""
+"""companion.quantize: int8 absmax per row, int4 groups packed two per byte, a working model."""
 from __future__ import annotations
 
 import pytest
@@ -41,7 +41,7 @@ def test_int8_round_trip_error_is_at_most_half_a_step():
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
 def test_int8_matches_torch_per_channel_quantization():
-    """Reference: torch's symmetric per-channel observer and quantize_per_channel, range [-127, 127]."""
+    """Reference: torch's symmetric per-channel observer and quantize_per_channel in [-127, 127]."""
     obs_mod = pytest.importorskip("torch.ao.quantization.observer")
     w = torch.randn(24, 40) * torch.linspace(0.1, 3, 24)[:, None]
     obs = obs_mod.PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, quant_min=-127,

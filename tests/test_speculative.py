@@ -20,7 +20,8 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def tiny(seed: int, vocab: int = 20, layers: int = 3, pos: str = "rope", sharp: float = 20.0) -> GPT:
+def tiny(seed: int, vocab: int = 20, layers: int = 3, pos: str = "rope",
+         sharp: float = 20.0) -> GPT:
     torch.manual_seed(seed)
     cfg = GPTConfig(vocab_size=vocab, context_length=40, d_model=32, n_layers=layers, n_heads=4,
                     n_kv_heads=2, pos=pos, norm="rmsnorm", mlp="swiglu", bias=False,

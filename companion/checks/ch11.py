@@ -1,4 +1,4 @@
-"""Self-checks for chapter 11's exercises: absmax int8, the speculative accept rule, a block table."""
+"""Self-checks for chapter 11's exercises: absmax int8, speculative acceptance, a block table."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -46,7 +46,7 @@ def check_11_1(absmax_quantize: Callable[[torch.Tensor], tuple[Any, Any]]) -> No
 
 
 def check_11_2(verify: Callable[..., tuple[Any, Any]]) -> None:
-    """verify(p (k+1, V), q (k, V), drafted (k,), u (k,)) -> (accepted n, distribution to draw from)."""
+    """verify(p (k+1, V), q (k, V), drafted (k,), u (k,)) -> (accepted n, next distribution)."""
     ex = "11.2"
     p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8], [0.6, 0.2, 0.2]])
     q = torch.tensor([[0.25, 0.25, 0.5], [0.1, 0.4, 0.5]])
@@ -66,15 +66,16 @@ def check_11_2(verify: Callable[..., tuple[Any, Any]]) -> None:
         if torch.allclose(dist, p[1]):
             fail(ex, "after k accepted drafts the next token comes from the target's LAST row, "
                      "p[k], not p[k - 1]")
-        fail(ex, f"with every draft accepted, draw from p[k] = {p[2].tolist()}; got {dist.tolist()}")
+        fail(ex, f"with every draft accepted, draw from p[k] = {p[2].tolist()}; "
+                 f"got {dist.tolist()}")
     # Draft 2 in row 0: p/q = 0.2/0.5 = 0.4. u = 0.3 keeps it, u = 0.5 rejects it.
     n, _ = run([2, 2], [0.3, 0.99])
     if n == 0:
         fail(ex, "u = 0.3 < p/q = 0.4 should accept the draft; do you compare u with q/p?")
     n, dist = run([2, 2], [0.5, 0.1])
     if n != 0:
-        fail(ex, f"u = 0.5 > p/q = 0.4 rejects the first draft; you accepted {n}. Stop at the first "
-                 "rejection: later drafts depend on it")
+        fail(ex, f"u = 0.5 > p/q = 0.4 rejects the first draft; you accepted {n}. Stop at "
+                 "the first rejection: later drafts depend on it")
     want = torch.tensor([0.25, 0.05, 0.0]) / 0.3
     if dist.min() < 0:
         fail(ex, "the residual has negative entries: clamp p - q at zero before normalising")
@@ -99,7 +100,7 @@ def check_11_3(allocator_cls: type) -> None:
     if offsets != [0, 1, 0]:
         fail(ex, f"with block_size 2, tokens 0, 1, 2 sit at offsets 0, 1, 0; got {offsets}")
     if blocks[0] != blocks[1]:
-        fail(ex, "tokens 0 and 1 share the first block: take a new block only when the last is full")
+        fail(ex, "tokens 0 and 1 share the first block: take a new block only when one is full")
     if blocks[2] == blocks[0]:
         fail(ex, "token 2 needs a second block: the first is full")
     y = [int(call(ex, a.append, "y")[0]) for _ in range(3)]
@@ -112,7 +113,8 @@ def check_11_3(allocator_cls: type) -> None:
     except RuntimeError:
         pass
     except NotImplementedError:
-        fail(ex, "not implemented yet: replace the `raise NotImplementedError(...)` line with your code.")
+        fail(ex, "not implemented yet: replace the `raise NotImplementedError(...)` line "
+                 "with your code.")
     else:
         fail(ex, "all 4 blocks are taken, so a new sequence's first token must raise RuntimeError")
     call(ex, a.free, "x")
@@ -125,5 +127,5 @@ def check_11_3(allocator_cls: type) -> None:
     more = int(call(ex, a.append, "y")[0])
     if more != y[-1]:
         fail(ex, "sequence y's fourth token still fits its second block (offset 1)")
-    passed(ex, "tokens fill blocks in order, sequences never share, a full pool raises, freed blocks "
-               "are reused.")
+    passed(ex, "tokens fill blocks in order, sequences never share, a full pool raises, "
+               "freed blocks are reused.")

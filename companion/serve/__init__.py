@@ -1,4 +1,4 @@
-"""Serving: a paged KV cache, a continuous-batching engine, and (with the `serve` extra) an HTTP API.
+"""Serving: a paged KV cache, a continuous-batching engine, and (`serve` extra) an HTTP API.
 
 `python -m companion.serve --checkpoint PATH --port N` starts the OpenAI-compatible server.
 Introduced in chapter 11.

@@ -74,8 +74,9 @@ def parse_completion(raw: bytes, tokenizer: Tokenizer, context_length: int) -> d
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
         raise BadRequest("max_tokens", f"max_tokens must be an integer, got {max_tokens!r}")
     if not 0 <= max_tokens <= room:
-        raise BadRequest("max_tokens", f"max_tokens must lie in [0, {room}] for this {len(ids)}"
-                                       f"-token prompt (context {context_length}), got {max_tokens}")
+        raise BadRequest("max_tokens", f"max_tokens must lie in [0, {room}] for this "
+                                       f"{len(ids)}-token prompt (context {context_length}), "
+                                       f"got {max_tokens}")
     temperature = _number(body, "temperature", 1.0, 0.0, 100.0)
     top_p = _number(body, "top_p", 1.0, 1e-9, 1.0)
     top_k = body.get("top_k")
@@ -85,7 +86,7 @@ def parse_completion(raw: bytes, tokenizer: Tokenizer, context_length: int) -> d
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4
                              or not all(isinstance(s, str) and s for s in stop)):
-        raise BadRequest("stop", f"stop must be a string or a list of up to 4 strings, got {stop!r}")
+        raise BadRequest("stop", f"stop must be a string or up to 4 strings, got {stop!r}")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest("stream", f"stream must be true or false, got {stream!r}")
@@ -103,7 +104,7 @@ def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
 
 
 def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion-gpt") -> FastAPI:
-    """The FastAPI app in front of `engine`; the engine's loop starts with the app, stops with it."""
+    """The FastAPI app in front of `engine`, whose loop starts and stops with the app."""
     thread = threading.Thread(target=engine.run_forever, daemon=True, name="engine")
 
     async def lifespan(app: FastAPI):
@@ -156,7 +157,8 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
                 if hit:
                     engine.cancel(req)
                 if token is None or hit:
-                    yield text[len(sent):], "stop" if hit or req.finish_reason == "stop" else "length"
+                    stopped = hit or req.finish_reason == "stop"
+                    yield text[len(sent):], "stop" if stopped else "length"
                     return
                 # Hold back text that might be the start of a stop string.
                 safe = text[:max(len(sent), len(text) - hold)]

@@ -21,7 +21,7 @@ __all__ = ["load_for_serving", "main"]
 
 def load_for_serving(path: str | Path, bits: int | None = None,
                      group_size: int = 32) -> tuple[nn.Module, CharTokenizer]:
-    """A chapter 7 checkpoint -> (eval model, optionally quantized to 8 or 4 bits; its tokenizer)."""
+    """A chapter 7 checkpoint -> (eval model, quantized to 8 or 4 bits if asked; tokenizer)."""
     ckpt = load_checkpoint(path)
     tok_info, cfg = ckpt.get("tokenizer") or {}, ckpt.get("model_config")
     if tok_info.get("kind") != "char" or cfg is None:

@@ -1,4 +1,4 @@
-"""Continuous batching over a paged KV cache: requests join and leave the running batch between steps.
+"""Continuous batching over a paged KV cache: requests join and leave the batch between steps.
 
 Each step admits waiting requests (prefill, one by one), then decodes one token for every running
 sequence in a single batched forward. Policy "static" admits a new batch only once the whole
@@ -45,7 +45,8 @@ class Request:
     cancelled: bool = False
 
     def __post_init__(self) -> None:
-        self.generator = torch.Generator().manual_seed(self.seed if self.seed is not None else self.id)
+        seed = self.seed if self.seed is not None else self.id
+        self.generator = torch.Generator().manual_seed(seed)
 
     @property
     def done(self) -> bool:
@@ -68,7 +69,7 @@ class Engine:
         self.context_length = model.config.context_length
         self.max_batch, self.policy = max_batch, policy
         per_seq = math.ceil(self.context_length / block_size)
-        # Default: enough blocks for a full batch at full length, so admission never waits on memory.
+        # Default: blocks for a full batch at full length: admission never waits on memory.
         num_blocks = max_batch * per_seq if num_blocks is None else num_blocks
         self.cache = PagedKVCache.for_model(model, block_size, num_blocks)
         self.waiting: list[Request] = []
@@ -90,7 +91,8 @@ class Engine:
             raise ValueError(f"max_new_tokens must be >= 0, got {request.max_new_tokens}")
         if n > self.context_length:
             raise ValueError(f"prompt {len(request.prompt)} + max_new_tokens "
-                             f"{request.max_new_tokens} = {n} exceeds the context {self.context_length}")
+                             f"{request.max_new_tokens} = {n} exceeds the context "
+                             f"{self.context_length}")
         if self._need(request) > self.cache.allocator.num_blocks:
             raise ValueError(f"request needs {self._need(request)} KV blocks; the pool has "
                              f"{self.cache.allocator.num_blocks}")
@@ -235,7 +237,8 @@ class Engine:
     def generate(self, prompts: list[list[int]], max_new_tokens: int | list[int],
                  temperature: float = 0.0, seed: int = 0) -> list[list[int]]:
         """Run prompts to completion and return each one's new tokens (greedy by default)."""
-        lengths = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        many = isinstance(max_new_tokens, list)
+        lengths = max_new_tokens if many else [max_new_tokens] * len(prompts)
         reqs = [self.submit(Request(list(p), n, temperature, seed=seed + i))
                 for i, (p, n) in enumerate(zip(prompts, lengths))]
         while self.has_work:

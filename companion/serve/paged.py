@@ -16,7 +16,7 @@ __all__ = ["BlockAllocator", "PagedKVCache"]
 class BlockAllocator:
     """Hands out block ids from a free list and takes them back.
 
-    Example: a = BlockAllocator(2); a.allocate() -> 0; a.allocate() -> 1; a.free([0]); a.num_free -> 1
+    Example: a = BlockAllocator(2); a.allocate() -> 0; a.free([0]); a.num_free -> 2
     """
 
     def __init__(self, num_blocks: int):
@@ -125,7 +125,7 @@ class PagedKVCache:
         self.lengths[seq_id] = start + T
 
     def reserve_step(self, seq_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Make room for one more token in each sequence; return its (block, offset) per sequence."""
+        """Make room for one more token in each sequence; return (block, offset) per sequence."""
         blocks, offsets = [], []
         for s in seq_ids:
             pos = self.lengths[s]
@@ -146,8 +146,8 @@ class PagedKVCache:
         """Every sequence's keys and values, padded: (N, H_kv, S_max, D) each."""
         width = max(len(self.tables[s]) for s in seq_ids)
         # Pad short tables with block 0: the padded keys are masked out by the caller.
-        table = torch.tensor([self.tables[s] + [0] * (width - len(self.tables[s])) for s in seq_ids],
-                             device=self.k.device)  # (N, width)
+        rows = [self.tables[s] + [0] * (width - len(self.tables[s])) for s in seq_ids]
+        table = torch.tensor(rows, device=self.k.device)  # (N, width)
         N, L = table.shape[0], width * self.block_size
         k = self.k[layer][table]  # (N, width, H_kv, bs, D)
         v = self.v[layer][table]
