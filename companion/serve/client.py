@@ -4,6 +4,7 @@ Talks only to the URL it is given; the course uses 127.0.0.1. Chapter 11.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -75,6 +76,7 @@ class ServerProcess:
 
     def __enter__(self) -> ServerProcess:
         self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        atexit.register(self.__exit__)  # never leave a server behind, even if the caller fails
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:  # bounded: the server is up, or it died, or time ran out
             if self.proc.poll() is not None:
