@@ -181,7 +181,7 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
         async for new, fin in tokens():
             text, finish = text + new, fin or finish
         body = chunk(text, finish)
-        n_out = len(req.output)
+        n_out = len(tokenizer.encode(text)) if text else 0  # what was returned, not what ran
         body["usage"] = {"prompt_tokens": len(s["ids"]), "completion_tokens": n_out,
                          "total_tokens": len(s["ids"]) + n_out}
         return body
