@@ -138,3 +138,11 @@ def test_sampled_requests_repeat_for_a_seed():
 def test_submit_rejects_what_cannot_run(request_, match):
     with pytest.raises(ValueError, match=match):
         Engine(tiny()).submit(request_)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_engine_serves_a_quantized_model_like_generate(bits):
+    from companion.quantize import quantize
+
+    qmodel = quantize(tiny(), bits=bits, group_size=16)
+    assert Engine(qmodel, max_batch=3, block_size=4).generate(PROMPTS, LENGTHS) == reference(qmodel)
