@@ -1,0 +1,148 @@
+"""The paged KV cache and the continuous-batching engine: block bookkeeping, and outputs equal to
+unbatched greedy generation whatever joins or leaves the batch."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from companion.generate import generate
+from companion.model import GPT, GPTConfig
+from companion.serve import BlockAllocator, Engine, PagedKVCache, Request
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread; on a busy 2-core machine OpenMP's waits cost 15x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(pos: str = "rope", n_kv_heads: int = 2) -> GPT:
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=23, context_length=48, d_model=32, n_layers=2, n_heads=4,
+                    n_kv_heads=n_kv_heads, pos=pos, norm="rmsnorm", mlp="swiglu", bias=False)
+    model = GPT(cfg).double().eval()  # float64: batched and unbatched sums agree to ~1e-16
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [2] * 20, [7], [3, 9, 1, 22, 5]]
+LENGTHS = [10, 3, 20, 15, 1]
+
+
+def reference(model, prompts=PROMPTS, lengths=LENGTHS):
+    return [generate(model, torch.tensor([p]), n, temperature=0)[0, len(p):].tolist()
+            for p, n in zip(prompts, lengths)]
+
+
+def test_allocator_hands_out_and_takes_back():
+    a = BlockAllocator(3)
+    got = [a.allocate() for _ in range(3)]
+    assert sorted(got) == [0, 1, 2] and a.num_free == 0
+    with pytest.raises(RuntimeError, match="out of KV blocks"):
+        a.allocate()
+    a.free([got[1]])
+    assert a.num_free == 1 and a.allocate() == got[1]
+    with pytest.raises(ValueError, match="not allocated"):
+        a.free([got[1], got[1]])
+
+
+def test_block_table_grows_one_block_per_block_size_tokens():
+    """block_size 4: 9 tokens fill blocks for tokens 0-3, 4-7 and 8: three blocks."""
+    cache = PagedKVCache(1, 1, 2, block_size=4, num_blocks=8)
+    cache.add_sequence(0)
+    k = torch.arange(9.0).view(1, 9, 1).expand(1, 9, 2)  # (H_kv, T, D): token t holds t
+    cache.write_prefill(0, [k], [k])
+    assert len(cache.tables[0]) == 3 and cache.lengths[0] == 9
+    keys, _ = cache.gather(0, [0])
+    assert keys[0, 0, :9, 0].tolist() == list(range(9))
+    cache.free_sequence(0)
+    assert cache.allocator.num_free == 8
+
+
+@pytest.mark.parametrize("pos", ["rope", "learned", "sinusoidal"])
+@pytest.mark.parametrize("max_batch, block_size", [(1, 16), (2, 4), (8, 3)])
+def test_continuous_batching_equals_unbatched_greedy(pos, max_batch, block_size):
+    model = tiny(pos)
+    engine = Engine(model, max_batch=max_batch, block_size=block_size)
+    assert engine.generate(PROMPTS, LENGTHS) == reference(model)
+    assert engine.cache.allocator.num_free == engine.cache.allocator.num_blocks  # all returned
+
+
+def test_static_batching_equals_unbatched_greedy_and_takes_more_steps():
+    model = tiny()
+    static = Engine(model, max_batch=2, policy="static")
+    cont = Engine(model, max_batch=2)
+    assert static.generate(PROMPTS, LENGTHS) == reference(model)
+    cont.generate(PROMPTS, LENGTHS)
+    assert static.steps > cont.steps
+
+
+def test_requests_joining_mid_run_match_unbatched():
+    model = tiny(n_kv_heads=4)
+    engine = Engine(model, max_batch=3, block_size=4)
+    first = [engine.submit(Request(p, n)) for p, n in zip(PROMPTS[:2], LENGTHS[:2])]
+    for _ in range(4):
+        engine.step()
+    later = [engine.submit(Request(p, n)) for p, n in zip(PROMPTS[2:], LENGTHS[2:])]
+    while engine.has_work:
+        engine.step()
+    assert [r.output for r in first + later] == reference(model)
+    assert all(r.finish_reason == "length" for r in first + later)
+
+
+def test_paging_holds_less_than_max_length_preallocation():
+    model = tiny()
+    engine = Engine(model, max_batch=5, block_size=4)
+    engine.generate(PROMPTS, LENGTHS)
+    prealloc = 5 * engine.cache.blocks_for(model.config.context_length)
+    assert engine.cache.peak_blocks < prealloc / 2
+
+
+def test_small_pool_makes_requests_wait_not_fail():
+    model = tiny()
+    engine = Engine(model, max_batch=4, block_size=4, num_blocks=11)  # room for ~1-2 requests
+    assert engine.generate(PROMPTS, LENGTHS) == reference(model)
+    assert engine.cache.peak_blocks <= 11
+
+
+def test_stop_ids_and_cancel_finish_early():
+    model = tiny()
+    ref = reference(model, PROMPTS[:1], [10])[0]
+    engine = Engine(model)
+    r = engine.submit(Request(PROMPTS[0], 10, stop_ids=(ref[2],)))
+    c = engine.submit(Request(PROMPTS[1], 10))
+    engine.step()
+    engine.cancel(c)
+    while engine.has_work:
+        engine.step()
+    assert r.output == ref[:ref.index(ref[2]) + 1] and r.finish_reason == "stop"
+    assert c.finish_reason == "cancelled"
+
+
+def test_sampled_requests_repeat_for_a_seed():
+    model = tiny()
+    runs = [Engine(model, max_batch=3).generate(PROMPTS, LENGTHS, temperature=1.0, seed=5)
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("request_, match", [
+    (Request([1] * 40, 20), "exceeds the context"),
+    (Request([], 3), "at least one token"),
+    (Request([1], -1), "max_new_tokens must be >= 0"),
+])
+def test_submit_rejects_what_cannot_run(request_, match):
+    with pytest.raises(ValueError, match=match):
+        Engine(tiny()).submit(request_)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_engine_serves_a_quantized_model_like_generate(bits):
+    from companion.quantize import quantize
+
+    qmodel = quantize(tiny(), bits=bits, group_size=16)
+    assert Engine(qmodel, max_batch=3, block_size=4).generate(PROMPTS, LENGTHS) == reference(qmodel)
