@@ -1,11 +1,12 @@
 """Cleaning steps for crawled pages, each a small function, and the pipeline that chains them.
 Introduced in chapter 2.
 
-Order (as in FineWeb): HTML to text, repair and normalize, language, quality rules, toxicity,
+Order (loosely modelled on FineWeb's): HTML to text, repair and normalize, language, quality rules, toxicity,
 exact and near-duplicate removal, then PII masking on what is left.
 """
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections import Counter
@@ -14,10 +15,11 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 from .crawl import BLOCKLIST
+from .langid import load_profiles
 from .dedup import _check_docs, exact_dedup, near_dedup
 
 __all__ = ["STEPS", "STOPWORDS", "GopherConfig", "PipelineResult", "html_to_text", "fix_mojibake", "normalize_text",
-           "language_scores", "detect_language", "quality_reason", "mask_pii", "toxicity_score", "clean_corpus"]
+           "language_scores", "detect_language", "english_margin", "quality_reason", "mask_pii", "toxicity_score", "clean_corpus"]
 
 STEPS = ("extract", "language", "quality", "toxicity", "exact_dedup", "near_dedup", "pii")
 
@@ -132,14 +134,22 @@ def language_scores(text: str) -> dict[str, float]:
     return {lang: sum(w in sw for w in words) / max(len(words), 1) for lang, sw in STOPWORDS.items()}
 
 
-def detect_language(text: str, min_score: float = 0.1) -> str:
-    """The language whose stop words are most frequent, or "unknown" below `min_score`.
+def detect_language(text: str) -> str:
+    """The language whose character n-gram profile fits best, or "unknown" (see langid.py).
 
-    Example: detect_language("the cat and the dog") -> "en"
+    Example: detect_language("the cat sat on the mat and looked at the dog") -> "en"
     """
-    scores = language_scores(text)
-    best = max(scores, key=scores.get)
-    return best if scores[best] >= min_score else "unknown"
+    return load_profiles().detect(text)
+
+
+def english_margin(text: str) -> float:
+    """English's mean log-probability minus the best other language's: > 0 means English wins.
+
+    nan for a text without letters. Example: english_margin("the cat and the hat") > 0 -> True
+    """
+    s = load_profiles().scores(text)
+    other = max(v for k, v in s.items() if k != "en")
+    return s["en"] - other if other > -math.inf else math.nan
 
 
 # ---- Gopher quality rules (Rae et al. 2021, appendix A) -----------------------------------------
@@ -151,7 +161,7 @@ class GopherConfig:
     max_words: int = 100_000
     min_mean_word_len: float = 3.0
     max_mean_word_len: float = 10.0
-    max_symbol_ratio: float = 0.1  # ("#" + "..." + "…") per word
+    max_symbol_ratio: float = 0.1  # "#" per word, and separately ellipses ("..." or "…") per word
     max_bullet_lines: float = 0.9
     max_ellipsis_lines: float = 0.3
     min_alpha_words: float = 0.8  # words with at least one letter
@@ -186,9 +196,10 @@ def quality_reason(text: str, config: GopherConfig = GopherConfig()) -> str | No
     mean = sum(map(len, words)) / n
     if not c.min_mean_word_len <= mean <= c.max_mean_word_len:
         return f"mean word length {mean:.1f} outside [{c.min_mean_word_len}, {c.max_mean_word_len}]"
-    symbols = (text.count("#") + text.count("...") + text.count("…")) / n
-    if symbols > c.max_symbol_ratio:
-        return f"symbol-to-word ratio {symbols:.2f} > {c.max_symbol_ratio}"
+    # Gopher caps '#' and ellipses separately, each at 0.1 per word.
+    for name, count in (("'#'", text.count("#")), ("ellipsis", text.count("...") + text.count("…"))):
+        if count / n > c.max_symbol_ratio:
+            return f"symbol-to-word ratio for {name} {count / n:.2f} > {c.max_symbol_ratio}"
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     bullets = sum(ln.startswith(_BULLETS) for ln in lines) / len(lines)
     if bullets > c.max_bullet_lines:
@@ -259,8 +270,13 @@ class PipelineResult:
 
 
 def clean_corpus(pages: Sequence[str], *, gopher: GopherConfig = GopherConfig(), max_toxicity: float = 0.02,
-                 threshold: float = 0.8, num_perm: int = 128, progress: bool = True) -> PipelineResult:
+                 threshold: float = 0.8, num_perm: int = 128, language_slack: float = 0.1,
+                 progress: bool = True) -> PipelineResult:
     """Run every step of chapter 2 over raw HTML pages. Introduced in chapter 2.
+
+    A page leaves at the language step when it is not detected as English *and* English scores more
+    than `language_slack` below the winner: a product list that looks a little Dutch stays for the
+    quality rules to judge.
 
     Example: clean_corpus(htmls).remaining -> {"input": 2000, "extract": 2000, "language": 1900, ..., "pii": 1284}
     """
@@ -282,7 +298,7 @@ def clean_corpus(pages: Sequence[str], *, gopher: GopherConfig = GopherConfig(),
         texts[i] = text
         if not text:
             drop(i, "extract", "no text")
-        elif (lang := detect_language(text)) != "en":
+        elif (lang := detect_language(text)) != "en" and english_margin(text) < -language_slack:
             drop(i, "language", f"language {lang}")
         elif why := quality_reason(text, gopher):
             drop(i, "quality", why)
