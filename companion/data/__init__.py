@@ -5,7 +5,7 @@ from .clean import (STEPS, GopherConfig, PipelineResult, clean_corpus, detect_la
 from .langid import NgramLanguageID, char_ngrams, eval_sentences, load_profiles, precision_recall, train_profiles
 from .crawl import BLOCKLIST, DEFECTS, STEP_TARGETS, CrawlDoc, evaluate, make_crawl
 from .dedup import (candidate_probability, estimate_jaccard, exact_dedup, jaccard, lsh_candidate_pairs, lsh_params,
-                    minhash_signatures, near_dedup, shingles)
+                    minhash_signatures, near_dedup, shingles, union_find_clusters)
 from .registry import REGISTRY, ChecksumError, DataError, DataFile, DataUnavailableError, cache_dir, fetch
 from .shards import FORMAT_VERSION, Shard, read_shard, sha256_text, shard_dtype, write_shard
 
@@ -17,7 +17,7 @@ __all__ = [
     "language_scores", "mask_pii", "normalize_text", "quality_reason", "toxicity_score",
     "NgramLanguageID", "char_ngrams", "eval_sentences", "load_profiles", "precision_recall", "train_profiles",
     "candidate_probability", "estimate_jaccard", "exact_dedup", "jaccard", "lsh_candidate_pairs", "lsh_params",
-    "minhash_signatures", "near_dedup", "shingles",
+    "minhash_signatures", "near_dedup", "shingles", "union_find_clusters",
 ]
 
 

@@ -18,7 +18,8 @@ from itertools import combinations
 import numpy as np
 
 __all__ = ["normalize_for_hash", "exact_dedup", "shingles", "jaccard", "minhash_permutations", "minhash_signatures",
-           "estimate_jaccard", "candidate_probability", "lsh_params", "lsh_candidate_pairs", "near_dedup"]
+           "estimate_jaccard", "candidate_probability", "lsh_params", "lsh_candidate_pairs", "union_find_clusters",
+           "near_dedup"]
 
 _MAX32 = np.uint32(0xFFFFFFFF)  # the value of an empty signature: no shingle has been seen
 
@@ -190,6 +191,31 @@ def lsh_candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> set[tu
             if len(g) > 1:
                 pairs.update(combinations(g.tolist(), 2))  # g is sorted, so i < j
     return pairs
+
+
+def union_find_clusters(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
+    """The cluster of each of n items joined by `pairs`, named by its smallest member.
+
+    Union-find with path halving; each union hangs the larger root under the smaller, so the label
+    of a cluster is its first document. Example: union_find_clusters(4, [(2, 3), (1, 2)]) -> [0, 1, 1, 1]
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]  # path halving: the next find is shorter
+            x = parent[x]
+        return x
+
+    for i, j in pairs:
+        if not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"pair ({i}, {j}) names an item outside 0..{n - 1}")
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return [find(i) for i in range(n)]
 
 
 def near_dedup(docs: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 5,

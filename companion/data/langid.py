@@ -29,6 +29,7 @@ __all__ = ["LANGUAGES", "char_ngrams", "NgramLanguageID", "train_profiles", "loa
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "nl", "ca", "gl", "pl")
 PROFILE_PATH = Path(__file__).with_name("lang_profiles.json.gz")
+SYSTEM_LOCALE = Path("/usr/share/locale")  # Debian/Ubuntu's gettext catalogs, used when present
 # Catalogs whose language code maps to one of ours; regional variants fold into the language.
 _LANG_OF = {"en_GB": "en", "pt_BR": "pt", "pt_PT": "pt", "de_DE": "de", "fr_FR": "fr", "es_CO": "es"}
 _PACKAGES = ("sphinx", "sphinxcontrib", "sphinx_book_theme", "sphinx_togglebutton",
@@ -133,7 +134,11 @@ def train_profiles(texts: dict[str, Iterable[str]], n_max: int = 4, top_k: int =
     """
     if not texts:
         raise ValueError("texts is empty: pass at least one language with text")
-    counts = {lang: sum((char_ngrams(t, n_max) for t in ts), Counter()) for lang, ts in texts.items()}
+    counts: dict[str, Counter] = {}
+    for lang, ts in texts.items():
+        counts[lang] = Counter()
+        for t in ts:
+            counts[lang].update(char_ngrams(t, n_max))  # update in place: sum() would copy each time
     for lang, c in counts.items():
         if not c:
             raise ValueError(f"language {lang!r} has no letters to learn from")
@@ -203,8 +208,11 @@ def eval_sentences(min_words: int = 8, roots: Iterable[Path] | None = None) -> l
 
     Example: eval_sentences()[0] -> ("ca", "...") ; languages outside LANGUAGES are kept, as negatives.
     """
-    return [(lang, text) for lang, text, source in catalog_entries(roots)
-            if catalog_split(source) == "eval" and len(_LETTERS.findall(text)) >= min_words]
+    entries = catalog_entries(roots)
+    train = {text for _, text, source in entries if catalog_split(source) == "train"}
+    # A translation shared by two messages (e.g. "Foo" and "Foo:") may sit on both sides: drop it.
+    return [(lang, text) for lang, text, source in entries if catalog_split(source) == "eval"
+            and text not in train and len(_LETTERS.findall(text)) >= min_words]
 
 
 def precision_recall(truth: list[str], pred: list[str], languages: Iterable[str]) -> list[dict]:
@@ -226,20 +234,46 @@ def precision_recall(truth: list[str], pred: list[str], languages: Iterable[str]
     return rows
 
 
-def build_profiles(path: Path = PROFILE_PATH, roots: Iterable[Path] | None = None) -> NgramLanguageID:
-    """Train on the catalogs' training half in LANGUAGES and write the gzipped JSON profile.
+def system_catalog_texts(root: Path = SYSTEM_LOCALE, cap: int = 200_000) -> dict[str, list[str]]:
+    """Up to `cap` characters per language from the operating system's gettext catalogs (coreutils,
+    tar, apt, ...): human translations from another domain than Sphinx's. English is their msgids."""
+    texts: dict[str, list[str]] = defaultdict(list)
+    size: Counter = Counter()
+    codes = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    for code in (c for c in codes if _LANG_OF.get(c, c) in LANGUAGES):
+        lang = _LANG_OF.get(code, code)
+        for mo in sorted((root / code / "LC_MESSAGES").glob("*.mo")):
+            try:
+                with open(mo, "rb") as f:
+                    catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001
+            except (OSError, LookupError, ValueError, IndexError):
+                continue  # a catalog with a legacy encoding or a malformed header: skip it
+            for key, value in sorted((k, v) for k, v in catalog.items() if isinstance(k, str) and k):
+                for tl, t in (("en", key), (lang, value)):
+                    if tl in LANGUAGES and size[tl] < cap and len(_LETTERS.findall(t)) >= 3:
+                        texts[tl].append(t)
+                        size[tl] += len(t)
+    return texts
 
-    `min_score` is calibrated inside the training half: train on one part of it, and take the 1st
-    percentile of the best scores of the other part's sentences of 8 or more words.
+
+def build_profiles(path: Path = PROFILE_PATH, roots: Iterable[Path] | None = None,
+                   system: Path | None = SYSTEM_LOCALE) -> NgramLanguageID:
+    """Train on the Sphinx catalogs' training half (plus, where present, the system's catalogs) in
+    LANGUAGES and write the gzipped JSON profile.
+
+    `min_score` is calibrated inside the training half: train without a quarter of it, and take
+    the 1st percentile of the best scores of that quarter's sentences of 8 or more words.
     """
     texts: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for lang, text, source in catalog_entries(roots):
         if lang in LANGUAGES and catalog_split(source) == "train":
             texts[lang].append((text, source))
-    probe = train_profiles({lang: [t for t, s in texts[lang] if not _probe(s)] for lang in LANGUAGES})
+    extra = system_catalog_texts(system) if system is not None else {}
+    probe = train_profiles({lang: [t for t, s in texts[lang] if not _probe(s)] + extra.get(lang, [])
+                            for lang in LANGUAGES})
     held = [t for ts in texts.values() for t, s in ts if _probe(s) and len(_LETTERS.findall(t)) >= 8]
     best = [max(probe.scores(t).values()) for t in held]
-    model = train_profiles({lang: [t for t, _ in texts[lang]] for lang in LANGUAGES})
+    model = train_profiles({lang: [t for t, _ in texts[lang]] + extra.get(lang, []) for lang in LANGUAGES})
     model.min_score = round(float(np.percentile(best, 1)), 2)
     with gzip.GzipFile(path, "wb", mtime=0) as f:  # mtime=0: the same input gives the same bytes
         f.write(json.dumps(model.to_json(), ensure_ascii=False, separators=(",", ":")).encode())
