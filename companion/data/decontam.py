@@ -5,6 +5,7 @@ Brown et al. (2020, appendix C) flag an evaluation example as "dirty" when any o
 (lower-cased words, punctuation dropped) also occurs in the training data. We index the training
 13-grams by a 64-bit hash, so the index costs 8 bytes per n-gram rather than the n-gram's text.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,11 +25,13 @@ def word_ngrams(text: str, n: int = 13) -> list[tuple[str, ...]]:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     words = _WORD.findall(text.lower())
-    return [tuple(words[i: i + n]) for i in range(len(words) - n + 1)]
+    return [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
 
 
 def _key(gram: tuple[str, ...]) -> int:
-    return int.from_bytes(hashlib.blake2b(" ".join(gram).encode("utf-8"), digest_size=8).digest(), "little")
+    return int.from_bytes(
+        hashlib.blake2b(" ".join(gram).encode("utf-8"), digest_size=8).digest(), "little"
+    )
 
 
 def ngram_index(docs: Iterable[str], n: int = 13) -> set[int]:
@@ -36,8 +39,9 @@ def ngram_index(docs: Iterable[str], n: int = 13) -> set[int]:
     return {_key(g) for d in docs for g in word_ngrams(d, n)}
 
 
-def overlap_report(train_docs: Sequence[str] | set[int], eval_docs: Sequence[str],
-                   n: int = 13) -> list[dict]:
+def overlap_report(
+    train_docs: Sequence[str] | set[int], eval_docs: Sequence[str], n: int = 13
+) -> list[dict]:
     """For each evaluation text: its n-grams, how many occur in training, and whether it is dirty.
 
     `train_docs` may be a prebuilt `ngram_index`. An evaluation text shorter than n words has no
@@ -50,6 +54,13 @@ def overlap_report(train_docs: Sequence[str] | set[int], eval_docs: Sequence[str
     for i, text in enumerate(eval_docs):
         grams = word_ngrams(text, n)
         shared = sum(_key(g) in index for g in grams)
-        rows.append({"index": i, "ngrams": len(grams), "shared": shared,
-                     "fraction": shared / len(grams) if grams else 0.0, "dirty": shared > 0})
+        rows.append(
+            {
+                "index": i,
+                "ngrams": len(grams),
+                "shared": shared,
+                "fraction": shared / len(grams) if grams else 0.0,
+                "dirty": shared > 0,
+            }
+        )
     return rows

@@ -7,6 +7,7 @@ the gettext catalogs (.mo files) that Sphinx and its extensions install; the oth
 hash of the English source string, is the evaluation set, so no evaluated sentence (and no
 translation of it) was seen in training. Rebuild with `python -m companion.data.langid`.
 """
+
 from __future__ import annotations
 
 import gettext
@@ -24,18 +25,41 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LANGUAGES", "char_ngrams", "NgramLanguageID", "train_profiles", "load_profiles",
-           "catalog_entries", "catalog_split", "eval_sentences", "precision_recall", "build_profiles"]
+__all__ = [
+    "LANGUAGES",
+    "char_ngrams",
+    "NgramLanguageID",
+    "train_profiles",
+    "load_profiles",
+    "catalog_entries",
+    "catalog_split",
+    "eval_sentences",
+    "precision_recall",
+    "build_profiles",
+]
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "nl", "ca", "gl", "pl")
 PROFILE_PATH = Path(__file__).with_name("lang_profiles.json.gz")
 SYSTEM_LOCALE = Path("/usr/share/locale")  # Debian/Ubuntu's gettext catalogs, used when present
 # Catalogs whose language code maps to one of ours; regional variants fold into the language.
-_LANG_OF = {"en_GB": "en", "pt_BR": "pt", "pt_PT": "pt", "de_DE": "de", "fr_FR": "fr", "es_CO": "es"}
-_PACKAGES = ("sphinx", "sphinxcontrib", "sphinx_book_theme", "sphinx_togglebutton",
-             "pydata_sphinx_theme")
+_LANG_OF = {
+    "en_GB": "en",
+    "pt_BR": "pt",
+    "pt_PT": "pt",
+    "de_DE": "de",
+    "fr_FR": "fr",
+    "es_CO": "es",
+}
+_PACKAGES = (
+    "sphinx",
+    "sphinxcontrib",
+    "sphinx_book_theme",
+    "sphinx_togglebutton",
+    "pydata_sphinx_theme",
+)
 _LETTERS = re.compile(r"[^\W\d_]+")
-# Placeholders and markup, then code-like tokens (option_names, paths, -flags, a.b): not the language.
+# Placeholders and markup, then code-like tokens (option_names, paths, -flags, a.b):
+# not the language.
 _MARKUP = re.compile(r"%\(\w+\)[sd]|%[sdr]|\{[^}]*\}|<[^>]+>|&\w+;|`[^`]*`")
 _CODE = re.compile(r"[_=/\\@$]|^-+\w|\w\.\w")
 
@@ -60,7 +84,7 @@ def char_ngrams(text: str, n_max: int = 4) -> Counter:
     for word in _clean(text).split():
         w = f" {word} "
         for n in range(1, n_max + 1):
-            counts.update(w[i: i + n] for i in range(len(w) - n + 1))
+            counts.update(w[i : i + n] for i in range(len(w) - n + 1))
     return counts
 
 
@@ -82,11 +106,11 @@ class NgramLanguageID:
         self._words: dict[str, tuple[np.ndarray, int]] = {}  # word -> (summed log-probs, n-grams)
 
     def _word(self, word: str) -> tuple[np.ndarray, int]:
-        """A word's n-grams scored once and cached: words repeat, so a page costs ~one lookup each."""
+        """A word's n-grams scored once and cached: words repeat, so a page costs ~a lookup each."""
         hit = self._words.get(word)
         if hit is None:
             w = f" {word} "
-            grams = [w[i: i + n] for n in range(1, self.n_max + 1) for i in range(len(w) - n + 1)]
+            grams = [w[i : i + n] for n in range(1, self.n_max + 1) for i in range(len(w) - n + 1)]
             rows = [self.index[g] for g in grams if g in self.index]
             vec = self.logp[rows].sum(axis=0) + self.floor * (len(grams) - len(rows))
             hit = self._words[word] = (vec, len(grams))
@@ -115,19 +139,30 @@ class NgramLanguageID:
 
     def to_json(self) -> dict:
         grams = sorted(self.index, key=self.index.get)
-        return {"languages": list(self.languages), "n_max": self.n_max, "min_score": self.min_score,
-                "floor": [round(f, 3) for f in self.floor.tolist()], "ngrams": grams,
-                "logp": np.round(self.logp, 3).tolist()}
+        return {
+            "languages": list(self.languages),
+            "n_max": self.n_max,
+            "min_score": self.min_score,
+            "floor": [round(f, 3) for f in self.floor.tolist()],
+            "ngrams": grams,
+            "logp": np.round(self.logp, 3).tolist(),
+        }
 
     @classmethod
     def from_json(cls, d: dict) -> NgramLanguageID:
-        return cls(tuple(d["languages"]), {g: i for i, g in enumerate(d["ngrams"])},
-                   np.asarray(d["logp"], dtype=float), np.asarray(d["floor"], dtype=float),
-                   int(d["n_max"]), float(d["min_score"]))
+        return cls(
+            tuple(d["languages"]),
+            {g: i for i, g in enumerate(d["ngrams"])},
+            np.asarray(d["logp"], dtype=float),
+            np.asarray(d["floor"], dtype=float),
+            int(d["n_max"]),
+            float(d["min_score"]),
+        )
 
 
-def train_profiles(texts: dict[str, Iterable[str]], n_max: int = 4, top_k: int = 4000,
-                   alpha: float = 0.5) -> NgramLanguageID:
+def train_profiles(
+    texts: dict[str, Iterable[str]], n_max: int = 4, top_k: int = 4000, alpha: float = 0.5
+) -> NgramLanguageID:
     """Naive Bayes over char n-grams: keep each language's `top_k` n-grams, add-alpha smoothed.
 
     Example: train_profiles({"en": ["the cat"], "fr": ["le chat"]}).detect("the hat") -> "en"
@@ -138,7 +173,9 @@ def train_profiles(texts: dict[str, Iterable[str]], n_max: int = 4, top_k: int =
     for lang, ts in texts.items():
         counts[lang] = Counter()
         for t in ts:
-            counts[lang].update(char_ngrams(t, n_max))  # update in place: sum() would copy each time
+            counts[lang].update(
+                char_ngrams(t, n_max)
+            )  # update in place: sum() would copy each time
     for lang, c in counts.items():
         if not c:
             raise ValueError(f"language {lang!r} has no letters to learn from")
@@ -162,7 +199,7 @@ def load_profiles(path: str | None = None) -> NgramLanguageID:
         return NgramLanguageID.from_json(json.load(f))
 
 
-# ---- Real text: the human translations shipped with Sphinx ----------------------------------------
+# ---- Real text: the human translations shipped with Sphinx -------------------------------------
 def _site_packages() -> list[Path]:
     import sphinx  # the catalogs live beside Sphinx; ImportError says plainly what is missing
 
@@ -173,7 +210,8 @@ def catalog_entries(roots: Iterable[Path] | None = None) -> list[tuple[str, str,
     """(language, text, English source) for every translated message in the installed catalogs.
 
     English text is the source string itself (msgid), listed once. Sorted, so the list is
-    reproducible for a given set of installed packages. Example: ("fr", "Index du module", "Module Index").
+    reproducible for a given set of installed packages.
+    Example: ("fr", "Index du module", "Module Index").
     """
     out: set[tuple[str, str, str]] = set()
     for root in roots or _site_packages():
@@ -194,7 +232,8 @@ def catalog_entries(roots: Iterable[Path] | None = None) -> list[tuple[str, str,
 
 def catalog_split(source: str) -> str:
     """'train' or 'eval' by a hash of the English source: all translations of one message share a
-    side, so no evaluated sentence or translation of it is trained on. Example: catalog_split("x")."""
+    side, so no evaluated sentence or translation of it is trained on. Example: catalog_split("x").
+    """
     return "eval" if hashlib.sha1(source.encode("utf-8")).digest()[0] % 2 == 0 else "train"
 
 
@@ -203,16 +242,23 @@ def _probe(source: str) -> bool:
     return hashlib.sha1(source.encode("utf-8")).digest()[1] % 4 == 0
 
 
-def eval_sentences(min_words: int = 8, roots: Iterable[Path] | None = None) -> list[tuple[str, str]]:
-    """(language code, sentence) from the evaluation half, every catalog language, >= min_words words.
+def eval_sentences(
+    min_words: int = 8, roots: Iterable[Path] | None = None
+) -> list[tuple[str, str]]:
+    """(language code, sentence) of the evaluation half, any catalog language, >= min_words words.
 
-    Example: eval_sentences()[0] -> ("ca", "...") ; languages outside LANGUAGES are kept, as negatives.
+    Example: eval_sentences()[0] -> ("ar", "..."); languages outside LANGUAGES stay, as negatives.
     """
     entries = catalog_entries(roots)
     train = {text for _, text, source in entries if catalog_split(source) == "train"}
     # A translation shared by two messages (e.g. "Foo" and "Foo:") may sit on both sides: drop it.
-    return [(lang, text) for lang, text, source in entries if catalog_split(source) == "eval"
-            and text not in train and len(_LETTERS.findall(text)) >= min_words]
+    return [
+        (lang, text)
+        for lang, text, source in entries
+        if catalog_split(source) == "eval"
+        and text not in train
+        and len(_LETTERS.findall(text)) >= min_words
+    ]
 
 
 def precision_recall(truth: list[str], pred: list[str], languages: Iterable[str]) -> list[dict]:
@@ -228,15 +274,24 @@ def precision_recall(truth: list[str], pred: list[str], languages: Iterable[str]
         tp = sum(t == lang and p == lang for t, p in zip(truth, pred))
         fp = sum(t != lang and p == lang for t, p in zip(truth, pred))
         fn = sum(t == lang and p != lang for t, p in zip(truth, pred))
-        rows.append({"lang": lang, "tp": tp, "fp": fp, "fn": fn, "support": tp + fn,
-                     "precision": tp / (tp + fp) if tp + fp else 1.0,
-                     "recall": tp / (tp + fn) if tp + fn else 1.0})
+        rows.append(
+            {
+                "lang": lang,
+                "tp": tp,
+                "fp": fp,
+                "fn": fn,
+                "support": tp + fn,
+                "precision": tp / (tp + fp) if tp + fp else 1.0,
+                "recall": tp / (tp + fn) if tp + fn else 1.0,
+            }
+        )
     return rows
 
 
 def system_catalog_texts(root: Path = SYSTEM_LOCALE, cap: int = 200_000) -> dict[str, list[str]]:
     """Up to `cap` characters per language from the operating system's gettext catalogs (coreutils,
-    tar, apt, ...): human translations from another domain than Sphinx's. English is their msgids."""
+    tar, apt, ...): human translations from another domain than Sphinx's. English is their msgids.
+    """
     texts: dict[str, list[str]] = defaultdict(list)
     size: Counter = Counter()
     codes = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
@@ -248,7 +303,9 @@ def system_catalog_texts(root: Path = SYSTEM_LOCALE, cap: int = 200_000) -> dict
                     catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001
             except (OSError, LookupError, ValueError, IndexError):
                 continue  # a catalog with a legacy encoding or a malformed header: skip it
-            for key, value in sorted((k, v) for k, v in catalog.items() if isinstance(k, str) and k):
+            for key, value in sorted(
+                (k, v) for k, v in catalog.items() if isinstance(k, str) and k
+            ):
                 for tl, t in (("en", key), (lang, value)):
                     if tl in LANGUAGES and size[tl] < cap and len(_LETTERS.findall(t)) >= 3:
                         texts[tl].append(t)
@@ -256,8 +313,11 @@ def system_catalog_texts(root: Path = SYSTEM_LOCALE, cap: int = 200_000) -> dict
     return texts
 
 
-def build_profiles(path: Path = PROFILE_PATH, roots: Iterable[Path] | None = None,
-                   system: Path | None = SYSTEM_LOCALE) -> NgramLanguageID:
+def build_profiles(
+    path: Path = PROFILE_PATH,
+    roots: Iterable[Path] | None = None,
+    system: Path | None = SYSTEM_LOCALE,
+) -> NgramLanguageID:
     """Train on the Sphinx catalogs' training half (plus, where present, the system's catalogs) in
     LANGUAGES and write the gzipped JSON profile.
 
@@ -269,11 +329,19 @@ def build_profiles(path: Path = PROFILE_PATH, roots: Iterable[Path] | None = Non
         if lang in LANGUAGES and catalog_split(source) == "train":
             texts[lang].append((text, source))
     extra = system_catalog_texts(system) if system is not None else {}
-    probe = train_profiles({lang: [t for t, s in texts[lang] if not _probe(s)] + extra.get(lang, [])
-                            for lang in LANGUAGES})
-    held = [t for ts in texts.values() for t, s in ts if _probe(s) and len(_LETTERS.findall(t)) >= 8]
+    probe = train_profiles(
+        {
+            lang: [t for t, s in texts[lang] if not _probe(s)] + extra.get(lang, [])
+            for lang in LANGUAGES
+        }
+    )
+    held = [
+        t for ts in texts.values() for t, s in ts if _probe(s) and len(_LETTERS.findall(t)) >= 8
+    ]
     best = [max(probe.scores(t).values()) for t in held]
-    model = train_profiles({lang: [t for t, _ in texts[lang]] + extra.get(lang, []) for lang in LANGUAGES})
+    model = train_profiles(
+        {lang: [t for t, _ in texts[lang]] + extra.get(lang, []) for lang in LANGUAGES}
+    )
     model.min_score = round(float(np.percentile(best, 1)), 2)
     with gzip.GzipFile(path, "wb", mtime=0) as f:  # mtime=0: the same input gives the same bytes
         f.write(json.dumps(model.to_json(), ensure_ascii=False, separators=(",", ":")).encode())
@@ -283,5 +351,8 @@ def build_profiles(path: Path = PROFILE_PATH, roots: Iterable[Path] | None = Non
 
 if __name__ == "__main__":
     m = build_profiles()
-    print(f"wrote {PROFILE_PATH} ({PROFILE_PATH.stat().st_size:,} bytes): {len(m.index):,} n-grams, "
-          f"languages {', '.join(m.languages)}", file=sys.stderr)
+    print(
+        f"wrote {PROFILE_PATH} ({PROFILE_PATH.stat().st_size:,} bytes): {len(m.index):,} n-grams, "
+        f"languages {', '.join(m.languages)}",
+        file=sys.stderr,
+    )

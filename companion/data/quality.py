@@ -5,6 +5,7 @@ fastText (Joulin et al. 2017) represents a text by the mean of the embeddings of
 word bigrams (and, for subwords, character n-grams), each hashed into a fixed number of buckets,
 then applies a linear classifier. Here the mean and its gradient are np.bincount over bucket ids.
 """
+
 from __future__ import annotations
 
 import re
@@ -20,8 +21,9 @@ __all__ = ["hashed_features", "FastTextClassifier", "train_fasttext", "binary_sc
 _WORD = re.compile(r"\w+|[^\w\s]")  # words, and each punctuation mark or symbol on its own
 
 
-def hashed_features(text: str, buckets: int = 1 << 16, word_ngrams: int = 2,
-                    char_n: tuple[int, int] = (3, 5)) -> list[int]:
+def hashed_features(
+    text: str, buckets: int = 1 << 16, word_ngrams: int = 2, char_n: tuple[int, int] = (3, 5)
+) -> list[int]:
     """Bucket ids of the words, word n-grams up to `word_ngrams`, and char n-grams of each word.
 
     crc32 is fixed across runs and machines (Python's hash() is salted per process).
@@ -30,8 +32,11 @@ def hashed_features(text: str, buckets: int = 1 << 16, word_ngrams: int = 2,
     if buckets < 1:
         raise ValueError(f"buckets must be >= 1, got {buckets}")
     words = _WORD.findall(text.lower())
-    feats = [f"w:{' '.join(words[i: i + k])}" for k in range(1, word_ngrams + 1)
-             for i in range(len(words) - k + 1)]
+    feats = [
+        f"w:{' '.join(words[i: i + k])}"
+        for k in range(1, word_ngrams + 1)
+        for i in range(len(words) - k + 1)
+    ]
     lo, hi = char_n
     for w in set(words):
         w = f"<{w}>"
@@ -40,7 +45,7 @@ def hashed_features(text: str, buckets: int = 1 << 16, word_ngrams: int = 2,
 
 
 def _bags(feats: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Flat bucket ids, the text each belongs to, and weight 1/len(text): a sparse mean, as arrays."""
+    """Flat bucket ids, the text each belongs to, and weight 1/len(text): a sparse mean."""
     feats = [f or [0] for f in feats]  # an empty text: one feature, bucket 0
     sizes = np.fromiter(map(len, feats), dtype=np.int64, count=len(feats))
     ids = np.fromiter((i for f in feats for i in f), dtype=np.int64, count=int(sizes.sum()))
@@ -53,8 +58,8 @@ class FastTextClassifier:
     """Class logits = a linear layer applied to the mean of a text's hashed n-gram one-hot vectors.
 
     Row k of `weight` is bucket k's contribution to each class. fastText puts a dim-d embedding
-    before the linear layer (a rank-d factorisation of this matrix); with 2 classes the matrix itself
-    is small (buckets x 2), so we train it directly, with the gradient written out by hand.
+    before the linear layer (a rank-d factorisation of this matrix); with 2 classes the matrix
+    itself is small (buckets x 2), so we train it directly, with the gradient written by hand.
     """
 
     weight: np.ndarray  # (buckets, C)
@@ -65,8 +70,10 @@ class FastTextClassifier:
         return self.weight.shape[0]
 
     def _logits(self, ids: np.ndarray, doc: np.ndarray, w: np.ndarray, n: int) -> np.ndarray:
-        cols = [np.bincount(doc, weights=w * self.weight[ids, c], minlength=n)
-                for c in range(self.weight.shape[1])]
+        cols = [
+            np.bincount(doc, weights=w * self.weight[ids, c], minlength=n)
+            for c in range(self.weight.shape[1])
+        ]
         return np.stack(cols, axis=1) + self.bias  # (N, C)
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -76,10 +83,18 @@ class FastTextClassifier:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def train_fasttext(texts: Sequence[str], labels: Sequence[int], *, epochs: int = 10,
-                   buckets: int = 1 << 16, lr: float = 0.1, batch_size: int = 128,
-                   seed: int = 0) -> FastTextClassifier:
-    """Train a FastTextClassifier: softmax cross-entropy, minibatch Adam; seconds for 1,000s of pages.
+def train_fasttext(
+    texts: Sequence[str],
+    labels: Sequence[int],
+    *,
+    epochs: int = 10,
+    buckets: int = 1 << 16,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> FastTextClassifier:
+    """Train a FastTextClassifier: softmax cross-entropy, minibatch Adam; seconds for 1,000s of
+    pages.
 
     Example: train_fasttext(["good text", "### $$$"] * 50, [1, 0] * 50).predict_proba(["### ###"])
     """
@@ -100,14 +115,24 @@ def train_fasttext(texts: Sequence[str], labels: Sequence[int], *, epochs: int =
     for _ in range(epochs):
         order = rng.permutation(len(texts))
         for start in range(0, len(texts), batch_size):
-            batch = order[start: start + batch_size]
+            batch = order[start : start + batch_size]
             ids, doc, w = _bags([feats[i] for i in batch])
             logits = model._logits(ids, doc, w, len(batch))
             p = np.exp(logits - logits.max(axis=1, keepdims=True))
             p /= p.sum(axis=1, keepdims=True)
-            g = (p - np.eye(n_classes)[y[batch]]) / len(batch)  # d(mean loss)/d(logits): softmax - onehot
-            grads = [np.stack([np.bincount(ids, weights=w * g[doc, c], minlength=buckets)
-                               for c in range(n_classes)], axis=1), g.sum(axis=0)]
+            g = (p - np.eye(n_classes)[y[batch]]) / len(
+                batch
+            )  # d(mean loss)/d(logits): softmax - onehot
+            grads = [
+                np.stack(
+                    [
+                        np.bincount(ids, weights=w * g[doc, c], minlength=buckets)
+                        for c in range(n_classes)
+                    ],
+                    axis=1,
+                ),
+                g.sum(axis=0),
+            ]
             step += 1
             for param, grad, a, v in zip(params, grads, m1, m2):  # Adam, with bias correction
                 a *= 0.9
@@ -130,7 +155,12 @@ def binary_scores(truth: Sequence[bool], pred: Sequence[bool]) -> dict:
     fp = sum(not t and bool(p) for t, p in zip(truth, pred))
     fn = sum(bool(t) and not p for t, p in zip(truth, pred))
     tn = len(truth) - tp - fp - fn
-    return {"tp": tp, "fp": fp, "fn": fn, "tn": tn,
-            "precision": tp / (tp + fp) if tp + fp else 1.0,
-            "recall": tp / (tp + fn) if tp + fn else 1.0,
-            "accuracy": (tp + tn) / len(truth) if truth else 1.0}
+    return {
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+        "precision": tp / (tp + fp) if tp + fp else 1.0,
+        "recall": tp / (tp + fn) if tp + fn else 1.0,
+        "accuracy": (tp + tn) / len(truth) if truth else 1.0,
+    }
