@@ -298,8 +298,8 @@ def clean_corpus(pages: Sequence[str], *, gopher: GopherConfig = GopherConfig(),
         texts[i] = text
         if not text:
             drop(i, "extract", "no text")
-        elif (lang := detect_language(text)) != "en" and english_margin(text) < -language_slack:
-            drop(i, "language", f"language {lang}")
+        elif english_margin(text) < -language_slack:  # nan (a text without letters) is kept
+            drop(i, "language", f"language {detect_language(text)}")
         elif why := quality_reason(text, gopher):
             drop(i, "quality", why)
         elif (tox := toxicity_score(text)) > max_toxicity:
