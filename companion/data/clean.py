@@ -117,13 +117,17 @@ def normalize_text(text: str) -> str:
 
 # ---- Language ----------------------------------------------------------------------------------
 STOPWORDS = {  # the most frequent function words per language; rare in the others
-    "en": set("the and to of a i you my that in is not it with me be your his this but he have for as so will "
+    "en": set("the and to of a i you my that in is not it with me be your his this but he have for "
+              "as so will "
               "what thou thy thee him her we our are do no shall by all".split()),
-    "fr": set("le la les de des du un une et est dans pour que qui sur pas plus avec nous vous il elle ce "
+    "fr": set("le la les de des du un une et est dans pour que qui sur pas plus avec nous vous il "
+              "elle ce "
               "cette sont mais comme au aux".split()),
-    "de": set("der die das und ist nicht ein eine zu den mit von sich auch auf dem wir sie es im für aber "
+    "de": set("der die das und ist nicht ein eine zu den mit von sich auch auf dem wir sie es im "
+              "für aber "
               "nach wie noch".split()),
-    "es": set("el la los las de del y que en un una es por para con no se su al lo como pero más muy".split()),
+    "es": set("el la los las de del y que en un una es por para con no se su al lo como pero más "
+              "muy".split()),
 }
 _WORD = re.compile(r"[^\W\d_]+")
 
@@ -171,14 +175,16 @@ class GopherConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_words <= self.max_words:
-            raise ValueError(f"need 0 <= min_words <= max_words, got {self.min_words} and {self.max_words}")
+            raise ValueError(f"need 0 <= min_words <= max_words, got {self.min_words} and "
+                             f"{self.max_words}")
         if not 0 < self.min_mean_word_len <= self.max_mean_word_len:
             raise ValueError(f"need 0 < min_mean_word_len <= max_mean_word_len, got "
                              f"{self.min_mean_word_len} and {self.max_mean_word_len}")
         for name in ("max_symbol_ratio", "max_bullet_lines", "max_ellipsis_lines", "min_alpha_words",
                      "max_dup_lines", "max_top_bigram"):
             if not 0 <= getattr(self, name) <= 1:
-                raise ValueError(f"{name} is a fraction and must lie in [0, 1], got {getattr(self, name)}")
+                raise ValueError(f"{name} is a fraction and must lie in [0, 1], got "
+                                 f"{getattr(self, name)}")
 
 
 _GOPHER_STOPWORDS = {"the", "be", "to", "of", "and", "that", "have", "with"}
@@ -230,7 +236,8 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _PII = (
     ("ip", re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)"), "[IP]"),
     ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}"), "[EMAIL]"),
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{2,4})[ .-]\d{3,4}[ .-]\d{3,4}(?!\w)"), "[PHONE]"),
+    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{2,4})[ .-]\d{3,4}[ "
+                         r".-]\d{3,4}(?!\w)"), "[PHONE]"),
 )
 
 

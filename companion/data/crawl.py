@@ -24,12 +24,17 @@ _MIX = {"exact_dup": 0.08, "near_dup": 0.10, "spam": 0.04, "low_quality": 0.06, 
 BLOCKLIST = frozenset({"idiot", "idiots", "moron", "morons", "stupid", "loser", "losers", "dumb", "pathetic",
                        "jerk", "jerks", "imbecile", "nitwit", "dimwit", "scumbag", "trash", "garbage", "clown"})
 _INSULTS = ["you are a total idiot and a pathetic loser", "what a stupid, dumb take, you moron",
-            "only an imbecile or a nitwit would post this garbage", "this author is a clown and a jerk",
-            "what a load of trash, you dimwit", "go away, scumbag, nobody wants your stupid opinions"]
+            "only an imbecile or a nitwit would post this garbage", "this author is a clown and a "
+                                                                    "jerk",
+            "what a load of trash, you dimwit", "go away, scumbag, nobody wants your stupid "
+                                                "opinions"]
 _WORDS = {  # common words per language, for pages that are not English (generated, so no network needed)
-    "fr": "le la les de des du un une et est dans pour que qui sur pas plus avec nous vous il elle ce cette "
-          "sont mais comme tout bien faire temps jour maison homme femme monde petit grand nouveau ville".split(),
-    "de": "der die das und ist nicht ein eine zu den mit von sich auch auf dem wir sie es im für aber "
+    "fr": "le la les de des du un une et est dans pour que qui sur pas plus avec nous vous il elle "
+          "ce cette "
+          "sont mais comme tout bien faire temps jour maison homme femme monde petit grand nouveau "
+          "ville".split(),
+    "de": "der die das und ist nicht ein eine zu den mit von sich auch auf dem wir sie es im für "
+          "aber "
           "nach wie noch haus zeit mann frau welt klein groß neu stadt heute immer".split(),
     "es": "el la los las de del y que en un una es por para con no se su al lo como pero más muy "
           "casa tiempo hombre mujer mundo pequeño grande nuevo ciudad hoy siempre".split(),
@@ -104,18 +109,25 @@ def _page(rng: random.Random, site: str, title: str, body: list[str]) -> str:
     """Wrap the main text (title + paragraphs) in one of three realistic templates."""
     esc = html_lib.escape
     paras = "\n".join(f"    <p>{esc(p, quote=False)}</p>" for p in body)
-    head = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)} | {site}</title>\n"
+    head = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)} "
+            f"| {site}</title>\n"
             "<style>body { font-family: serif; } .cookie-banner { position: fixed; }</style>\n"
-            "<script>var _q = []; if (a < b && b > c) { document.write('<p>tracking pixel</p>'); }</script>"
+            "<script>var _q = []; if (a < b && b > c) { document.write('<p>tracking pixel</p>'); "
+            "}</script>"
             "</head>\n<body>\n")
-    nav = ("<nav class=\"menu\"><ul><li><a href=\"/\">Home</a></li><li><a href=\"/archive\">Archive</a></li>"
+    nav = ("<nav class=\"menu\"><ul><li><a href=\"/\">Home</a></li><li><a "
+           "href=\"/archive\">Archive</a></li>"
            "<li><a href=\"/about\">About us</a></li></ul></nav>\n")
-    cookie = ("<div class=\"cookie-banner\" id=\"cookie-consent\"><p>We use cookies to improve your experience. "
+    cookie = ("<div class=\"cookie-banner\" id=\"cookie-consent\"><p>We use cookies to improve "
+              "your experience. "
               "<button>Accept all</button> <button>Settings</button></p></div>\n")
-    aside = ("<aside class=\"sidebar\"><h3>Popular posts</h3><ul><li><a href=\"/p/1\">Ten sonnets you missed</a></li>"
+    aside = ("<aside class=\"sidebar\"><h3>Popular posts</h3><ul><li><a href=\"/p/1\">Ten sonnets "
+             "you missed</a></li>"
              "<li><a href=\"/p/2\">Subscribe to our newsletter</a></li></ul></aside>\n")
-    footer = (f"<footer><p>&copy; 2024 {site}. All rights reserved.</p><p><a href=\"/privacy\">Privacy</a> &middot; "
-              "<a href=\"/terms\">Terms</a></p></footer>\n<script src=\"/analytics.js\"></script>\n</body></html>\n")
+    footer = (f"<footer><p>&copy; 2024 {site}. All rights reserved.</p><p><a "
+              f"href=\"/privacy\">Privacy</a> &middot; "
+              "<a href=\"/terms\">Terms</a></p></footer>\n<script "
+              "src=\"/analytics.js\"></script>\n</body></html>\n")
     style = rng.randrange(3)
     if style == 0:
         main = f"<main><article>\n    <h1>{esc(title)}</h1>\n{paras}\n</article></main>\n"
@@ -136,11 +148,14 @@ def _pii(rng: random.Random) -> tuple[str, list[str]]:
     """A contact paragraph holding 1-3 planted e-mails, phone numbers and IPs."""
     email = f"{rng.choice(_FIRST)}.{rng.choice(_LAST)}{rng.randint(1, 99)}@{rng.choice(['example.org', 'mail.example.com'])}"
     d = [rng.randint(0, 9) for _ in range(10)]
-    phone = rng.choice([f"+1 555-{d[0]}{d[1]}{d[2]}-{d[3]}{d[4]}{d[5]}{d[6]}", f"(555) {d[0]}{d[1]}{d[2]}-{d[3]}{d[4]}{d[5]}{d[6]}",
-                        f"555.{d[0]}{d[1]}{d[2]}.{d[3]}{d[4]}{d[5]}{d[6]}", f"+44 20 7946 {d[0]}{d[1]}{d[2]}{d[3]}"])
+    phone = rng.choice([f"+1 555-{d[0]}{d[1]}{d[2]}-{d[3]}{d[4]}{d[5]}{d[6]}", f"(555) "
+                                                                               f"{d[0]}{d[1]}{d[2]}-{d[3]}{d[4]}{d[5]}{d[6]}",
+                        f"555.{d[0]}{d[1]}{d[2]}.{d[3]}{d[4]}{d[5]}{d[6]}", f"+44 20 7946 "
+                                                                            f"{d[0]}{d[1]}{d[2]}{d[3]}"])
     ip = ".".join(str(rng.randint(1, 254)) for _ in range(4))
     items = rng.sample([("mail", email), ("phone", phone), ("ip", ip)], rng.randint(1, 3))
-    parts = {"mail": f"write to {email}", "phone": f"call {phone}", "ip": f"our server at {ip} logs each visit"}
+    parts = {"mail": f"write to {email}", "phone": f"call {phone}", "ip": f"our server at {ip} "
+                                                                          f"logs each visit"}
     return "For tickets " + ", or ".join(parts[k] for k, _ in items) + ".", [v for _, v in items]
 
 
@@ -161,7 +176,8 @@ def _spam(rng: random.Random, kind: str) -> list[str]:
     if kind == "keywords":
         line = f"Buy cheap {kw[0]} online, the best {kw[0]} deals and {kw[1]} for sale, cheap {kw[0]} now"
         return [line] * rng.randint(6, 10)
-    return [f"- {kw[0].title()} model {rng.randint(100, 999)}-{c}: ${rng.randint(1, 99)}.99, SKU {rng.randint(1000, 9999)}, in stock"
+    return [f"- {kw[0].title()} model {rng.randint(100, 999)}-{c}: ${rng.randint(1, 99)}.99, SKU "
+            f"{rng.randint(1000, 9999)}, in stock"
             for c in "ABCDEFGHJKLMN"[: rng.randint(8, 13)]]
 
 
@@ -214,7 +230,8 @@ def make_crawl(n_docs: int = 2000, seed: int = 0, text: str | None = None) -> li
     rng.shuffle(kinds)
     needed = sum(k not in ("spam", "non_english") for k in kinds)
     if len(pool) < needed:
-        raise ValueError(f"the text yields {len(pool)} passages, fewer than the {needed} pages needed; lower n_docs")
+        raise ValueError(f"the text yields {len(pool)} passages, fewer than the {needed} pages "
+                         f"needed; lower n_docs")
     # Base pages: (sort key, title, paragraphs, defect, detail, pii, intended text or None).
     pages, clean_ids = [], []
     passage = iter(pool)

@@ -96,7 +96,8 @@ _TOKEN = re.compile(r"\w+")
 def shingles(text: str, n: int = 5) -> set[str]:
     """The set of word n-grams of lower-cased text, punctuation dropped; a text shorter than n is one shingle.
 
-    Example: shingles("To be, or not to be", 3) -> {"to be or", "be or not", "or not to", "not to be"}
+    Example: shingles("To be, or not to be", 3) -> {"to be or", "be or not", "or not to", "not to "
+                                                                                          "be"}
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
