@@ -1,10 +1,11 @@
-"""Duplicate removal: exact (a hash of normalized text) and near (MinHash signatures + LSH bands, from scratch).
+"""Duplicate removal: exact (a hash of normalized text) and near (MinHash signatures + LSH bands,
+from scratch), and union-find clusters of candidate pairs.
 Introduced in chapter 2.
 
-The MinHash follows datasketch's default "affine32" scheme bit for bit (SHA-1 -> 32 bits, a MurmurHash3
-finalizer, then h -> a*h + b mod 2**32 with datasketch's seeded a and b), so the tests can check that our
-signatures and LSH candidate pairs are exactly datasketch's. The permutations run on the whole corpus at
-once in numpy, which is what makes it fast.
+The MinHash follows datasketch's default "affine32" scheme bit for bit (SHA-1 -> 32 bits, a
+MurmurHash3 finalizer, then h -> a*h + b mod 2**32 with datasketch's seeded a and b), so the tests
+can check that our signatures and LSH candidate pairs are exactly datasketch's. The permutations
+run on the whole corpus at once in numpy, which is what makes it fast.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ _TOKEN = re.compile(r"\w+")
 
 
 def shingles(text: str, n: int = 5) -> set[str]:
-    """The set of word n-grams of lower-cased text, punctuation dropped; a text shorter than n is one shingle.
+    """The set of word n-grams of lower-cased text, punctuation dropped; a text shorter than n is
+    one shingle.
 
     Example: shingles("To be, or not to be", 3) -> {"to be or", "be or not", "or not to", "not to "
                                                                                           "be"}
@@ -108,14 +110,17 @@ def shingles(text: str, n: int = 5) -> set[str]:
 
 
 def jaccard(a: Iterable, b: Iterable) -> float:
-    """|A ∩ B| / |A ∪ B|, and 1.0 for two empty sets. Example: jaccard({1, 2, 3}, {2, 3, 4}) -> 0.5"""
+    """|A ∩ B| / |A ∪ B|, and 1.0 for two empty sets.
+
+    Example: jaccard({1, 2, 3}, {2, 3, 4}) -> 0.5
+    """
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
 # ---- MinHash -----------------------------------------------------------------------------------
 def minhash_permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The (a, b) of num_perm affine maps h -> a*h + b mod 2**32, drawn as datasketch draws them (odd a)."""
+    """The (a, b) of num_perm maps h -> a*h + b mod 2**32, drawn as datasketch does (odd a)."""
     gen = np.random.RandomState(seed)
     a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
@@ -123,7 +128,7 @@ def minhash_permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's finalizer: spreads the bits so that similar inputs get unrelated hashes (wraps mod 2**32)."""
+    """MurmurHash3's finalizer: similar inputs get unrelated hashes (wraps mod 2**32)."""
     h = h ^ (h >> np.uint32(16))
     h = h * np.uint32(0x85EBCA6B)
     h = h ^ (h >> np.uint32(13))
@@ -136,8 +141,8 @@ def minhash_signatures(
 ) -> np.ndarray:
     """A (N, num_perm) uint32 array: row i is the MinHash signature of sets[i].
 
-    Each shingle is hashed once for the whole corpus; then every permutation of every shingle is one numpy
-    expression, and np.minimum.reduceat takes the minimum per document.
+    Each shingle is hashed once for the whole corpus; then every permutation of every shingle is
+    one numpy expression, and np.minimum.reduceat takes the minimum per document.
     Example: minhash_signatures([{"a b"}, {"a b"}], 4) -> two equal rows.
     """
     cache: dict[str, int] = {}
@@ -170,7 +175,7 @@ def minhash_signatures(
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    """The share of positions where two signatures agree: an unbiased estimate of Jaccard similarity."""
+    """The share of positions where two signatures agree: an unbiased estimate of Jaccard."""
     if sig_a.shape != sig_b.shape:
         raise ValueError(f"signatures differ in length: {sig_a.shape} vs {sig_b.shape}")
     return float(np.mean(sig_a == sig_b))
@@ -183,8 +188,9 @@ def candidate_probability(s: float | np.ndarray, bands: int, rows: int) -> float
 
 
 def lsh_params(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[int, int]:
-    """(bands, rows) with bands*rows <= num_perm: the most rows (fewest chance candidates) that still
-    make pairs at `threshold` candidates with probability >= `recall`. Example: lsh_params(0.8, 128) -> (21, 6)
+    """(bands, rows) with bands*rows <= num_perm: the most rows (fewest chance candidates) that
+    still make pairs at `threshold` candidates with probability >= `recall`.
+    Example: lsh_params(0.8, 128) -> (21, 6)
     """
     _check_params(threshold, num_perm)
     if not 0 < recall < 1:
@@ -250,7 +256,8 @@ def union_find_clusters(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
 def near_dedup(
     docs: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 1
 ) -> list[int]:
-    """Indices to keep: a document goes if an earlier kept one has Jaccard >= threshold on word n-grams.
+    """Indices to keep: a document goes if an earlier kept one has Jaccard >= threshold on word
+    n-grams.
 
     LSH proposes candidate pairs from MinHash bands; each candidate is then verified with its exact
     Jaccard, so LSH's chance collisions never remove a document. Example: near_dedup(["a b c d e f",
