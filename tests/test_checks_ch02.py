@@ -5,32 +5,46 @@ import re
 
 import pytest
 
-from companion.checks import ExerciseFailed, check_2_1, check_2_2, check_2_3
+from companion.checks import ExerciseFailed, check_2_1, check_2_2, check_2_3, check_2_4, check_2_5
 from checkhelpers import stub, fails_with
-from companion.data import jaccard, lsh_params, shingles
+import numpy as np
 
-STOP = {"the", "be", "to", "of", "and", "that", "have", "with"}
+from companion.data import jaccard, lsh_candidate_pairs, lsh_params, shingles, union_find_clusters
+from companion.data.decontam import overlap_report
 
 
-# --- 2.1 enough_stop_words -------------------------------------------------------------------------
+# --- 2.1 c4_rejects ---------------------------------------------------------------------------------
 
-def enough_stop_words(text, min_count=2):
-    return len(STOP & {w.strip(".,;:!?'\"").lower() for w in text.split()}) >= min_count
+TERMINAL = (".", "!", "?", '"', "\u201d")
+
+
+def c4_rejects(text, terminal=TERMINAL, min_words=5, strip=True, js=True, page_rules=True, lines_needed=3):
+    if page_rules and ("{" in text or "lorem ipsum" in text.lower()):
+        return True
+    lines = [ln.strip() if strip else ln for ln in text.splitlines()]
+    kept = [ln for ln in lines if ln.endswith(terminal) and len(ln.split()) >= min_words
+            and (not js or "javascript" not in ln.lower())]
+    return len(kept) < lines_needed
 
 
 def test_check_2_1_passes_on_a_correct_answer(capsys):
-    check_2_1(enough_stop_words)
-    assert "passed" in capsys.readouterr().out
+    check_2_1(c4_rejects)
+    out = capsys.readouterr().out
+    assert "passed" in out and "precision" in out and "recall" in out
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda t, m=2: len(STOP & {w.strip(".,;:!?'\"") for w in t.split()}) >= m, "lower-case"),  # case-sensitive
-    (lambda t, m=2: sum(w.strip(".,;:!?'\"").lower() in STOP for w in t.split()) >= m, "distinct"),  # occurrences
-    (lambda t, m=2: len(STOP & {w.lower() for w in t.split()}) >= m, "strip punctuation"),
-    (lambda t, m=2: sum(s in t.lower() for s in STOP) >= m, "whole words"),  # substrings
-    (lambda t, m=2: len(STOP & {w.strip(".,;:!?'\"").lower() for w in t.split()}) >= 2, "min_count"),
-    (lambda t, m=2: None, "forget to return"),
+    (lambda t: c4_rejects(t, terminal=(".", "!", "?")), "closing quotation"),
+    (lambda t: c4_rejects(t, min_words=1), "at least 5 words"),
+    (lambda t: c4_rejects(t, js=False), "JavaScript"),
+    (lambda t: c4_rejects(t, page_rules=False), "curly bracket"),
+    (lambda t: c4_rejects(t, strip=False), "Strip each line"),
+    (lambda t: c4_rejects(t, terminal=("",)), "terminal punctuation"),  # every line "ends" in ""
+    (lambda t: c4_rejects(t, lines_needed=5), "expect False"),
+    (lambda t: c4_rejects(t, min_words=6), "on crawl page"),
+    (lambda t: not c4_rejects(t), "expect False"),  # True and False swapped
+    (lambda t: None, "forget to return"),
 ])
 def test_check_2_1_rejects_mistakes(wrong, fragment):
     fails_with(check_2_1, wrong, fragment)
@@ -131,3 +145,114 @@ def test_check_2_3_passes_on_a_correct_answer(capsys):
 ])
 def test_check_2_3_rejects_mistakes(wrong, fragment):
     fails_with(check_2_3, wrong, fragment)
+
+
+# --- 2.4 lsh_clusters ------------------------------------------------------------------------------
+
+def lsh_clusters(sig, bands, rows):
+    return union_find_clusters(len(sig), lsh_candidate_pairs(sig, bands, rows))
+
+
+def direct_pairs_only(sig, bands, rows):  # no union-find: the smallest direct partner, no chains
+    labels = list(range(len(sig)))
+    for i, j in lsh_candidate_pairs(sig, bands, rows):
+        labels[j] = min(labels[j], i)
+    return labels
+
+
+def per_value_buckets(sig, bands, rows):  # one bucket per single value, not per whole band
+    pairs = {(i, j) for i in range(len(sig)) for j in range(i + 1, len(sig))
+             if any(sig[i, c] == sig[j, c] for c in range(bands * rows))}
+    return union_find_clusters(len(sig), pairs)
+
+
+def largest_label(sig, bands, rows):  # clusters right, named by the largest member
+    labels = lsh_clusters(sig, bands, rows)
+    top = {}
+    for i, lab in enumerate(labels):
+        top[lab] = i
+    return [top[lab] for lab in labels]
+
+
+def overlapping_bands(sig, bands, rows):  # band k starts at column k, not k * rows
+    n = len(sig)
+    pairs = set()
+    for k in range(bands):
+        keys = {}
+        for d in range(n):
+            keys.setdefault(sig[d, k:k + rows].tobytes(), []).append(d)
+        for docs in keys.values():
+            pairs.update((a, b) for x, a in enumerate(docs) for b in docs[x + 1:])
+    return union_find_clusters(n, pairs)
+
+
+def test_check_2_4_passes_on_a_correct_answer(capsys):
+    check_2_4(lsh_clusters)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (direct_pairs_only, "chains"),
+    (per_value_buckets, "whole band"),
+    (largest_label, "smallest member"),
+    (overlapping_bands, "k*rows"),
+    (lambda sig, b, r: lsh_clusters(sig, b, r)[:-1], "one label per document"),
+    (lambda sig, b, r: None, "forget to return"),
+])
+def test_check_2_4_rejects_mistakes(wrong, fragment):
+    fails_with(check_2_4, wrong, fragment)
+
+
+# --- 2.5 dirty_items -------------------------------------------------------------------------------
+
+def _ngrams13(text, n, lower=True, drop_last=False):
+    words = re.findall(r"\w+", text.lower() if lower else text)
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + (0 if drop_last else 1))}
+
+
+def dirty_items(train, evals, n=13):
+    return [r["index"] for r in overlap_report(train, evals, n) if r["dirty"]]
+
+
+def make_dirty(lower=True, drop_last_eval=False, drop_last_train=False, short_is_gram=False, bag=False):
+    def fn(train, evals, n=13):
+        seen = set()
+        for t in train:
+            seen |= _ngrams13(t, n, lower, drop_last_train)
+        words_seen = {w for t in train for w in re.findall(r"\w+", t.lower())}
+        out = []
+        for i, t in enumerate(evals):
+            g = _ngrams13(t, n, lower, drop_last_eval)
+            words = re.findall(r"\w+", t.lower())
+            if short_is_gram and len(words) < n:
+                g = {tuple(words)}
+                if set(words) <= words_seen and words:
+                    out.append(i)
+                    continue
+            if bag:
+                if len(words) >= n and sum(w in words_seen for w in words) >= n:
+                    out.append(i)
+                continue
+            if g & seen:
+                out.append(i)
+        return out
+    return fn
+
+
+def test_check_2_5_passes_on_a_correct_answer(capsys):
+    check_2_5(dirty_items)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (make_dirty(lower=False), "lower-cased"),
+    (make_dirty(short_is_gram=True), "shorter than n"),
+    (make_dirty(bag=True), "consecutive"),
+    (make_dirty(drop_last_eval=True), "last n-gram of the evaluation"),
+    (make_dirty(drop_last_train=True), "the last included"),
+    (lambda tr, ev, n=13: None, "forget to return"),
+])
+def test_check_2_5_rejects_mistakes(wrong, fragment):
+    fails_with(check_2_5, wrong, fragment)

@@ -172,3 +172,35 @@ def test_bad_num_perm_and_bands():
         near_dedup(["a b c"], threshold="0.8")
     with pytest.raises(ValueError, match="bands"):
         lsh_candidate_pairs(np.zeros((3, 8), dtype=np.uint32), 3, 3)
+
+
+# --- union-find clustering of candidate pairs --------------------------------------------------------
+
+from companion.data import union_find_clusters  # noqa: E402
+
+
+def test_union_find_hand_worked():
+    # 0 alone; 1-2-3 chained through (2, 3) then (1, 2); 4-5.
+    assert union_find_clusters(6, [(2, 3), (1, 2), (5, 4)]) == [0, 1, 1, 1, 4, 4]
+    assert union_find_clusters(0, []) == []
+    with pytest.raises(ValueError, match="outside"):
+        union_find_clusters(2, [(0, 2)])
+
+
+def test_union_find_matches_connected_components_by_search():
+    import random
+    rng = random.Random(0)
+    n = 60
+    pairs = [(rng.randrange(n), rng.randrange(n)) for _ in range(40)]
+    labels = union_find_clusters(n, pairs)
+    adj = {i: set() for i in range(n)}
+    for i, j in pairs:
+        adj[i].add(j)
+        adj[j].add(i)
+    for start in range(n):  # each component by depth-first search: one label, its smallest member
+        seen, stack = {start}, [start]
+        while stack:
+            for k in adj[stack.pop()] - seen:
+                seen.add(k)
+                stack.append(k)
+        assert {labels[k] for k in seen} == {min(seen)}

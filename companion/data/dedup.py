@@ -1,11 +1,13 @@
-"""Duplicate removal: exact (a hash of normalized text) and near (MinHash signatures + LSH bands, from scratch).
+"""Duplicate removal: exact (a hash of normalized text) and near (MinHash signatures + LSH bands,
+from scratch), and union-find clusters of candidate pairs.
 Introduced in chapter 2.
 
-The MinHash follows datasketch's default "affine32" scheme bit for bit (SHA-1 -> 32 bits, a MurmurHash3
-finalizer, then h -> a*h + b mod 2**32 with datasketch's seeded a and b), so the tests can check that our
-signatures and LSH candidate pairs are exactly datasketch's. The permutations run on the whole corpus at
-once in numpy, which is what makes it fast.
+The MinHash follows datasketch's default "affine32" scheme bit for bit (SHA-1 -> 32 bits, a
+MurmurHash3 finalizer, then h -> a*h + b mod 2**32 with datasketch's seeded a and b), so the tests
+can check that our signatures and LSH candidate pairs are exactly datasketch's. The permutations
+run on the whole corpus at once in numpy, which is what makes it fast.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +19,20 @@ from itertools import combinations
 
 import numpy as np
 
-__all__ = ["normalize_for_hash", "exact_dedup", "shingles", "jaccard", "minhash_permutations", "minhash_signatures",
-           "estimate_jaccard", "candidate_probability", "lsh_params", "lsh_candidate_pairs", "near_dedup"]
+__all__ = [
+    "normalize_for_hash",
+    "exact_dedup",
+    "shingles",
+    "jaccard",
+    "minhash_permutations",
+    "minhash_signatures",
+    "estimate_jaccard",
+    "candidate_probability",
+    "lsh_params",
+    "lsh_candidate_pairs",
+    "union_find_clusters",
+    "near_dedup",
+]
 
 _MAX32 = np.uint32(0xFFFFFFFF)  # the value of an empty signature: no shingle has been seen
 
@@ -38,11 +52,15 @@ def _check_params(threshold: float, num_perm: int) -> None:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold must be a number, got {type(threshold).__name__}")
     if not 0 < threshold < 1:
-        raise ValueError(f"threshold is a Jaccard similarity and must lie strictly in (0, 1), got {threshold}")
+        raise ValueError(
+            f"threshold is a Jaccard similarity and must lie strictly in (0, 1), got {threshold}"
+        )
     if isinstance(num_perm, bool) or not isinstance(num_perm, int):
         raise TypeError(f"num_perm must be an int, got {type(num_perm).__name__}")
     if num_perm < 2:
-        raise ValueError(f"num_perm must be at least 2 (LSH needs two bands of one row), got {num_perm}")
+        raise ValueError(
+            f"num_perm must be at least 2 (LSH needs two bands of one row), got {num_perm}"
+        )
 
 
 # ---- Exact duplicates --------------------------------------------------------------------------
@@ -63,7 +81,9 @@ def exact_dedup(docs: Sequence[str]) -> list[int]:
     seen: set[bytes] = set()
     keep = []
     for i, d in enumerate(docs):
-        key = hashlib.sha256(normalize_for_hash(d).encode("utf-8")).digest()  # 32 bytes, not the whole text
+        key = hashlib.sha256(
+            normalize_for_hash(d).encode("utf-8")
+        ).digest()  # 32 bytes, not the whole text
         if key not in seen:
             seen.add(key)
             keep.append(i)
@@ -75,27 +95,32 @@ _TOKEN = re.compile(r"\w+")
 
 
 def shingles(text: str, n: int = 5) -> set[str]:
-    """The set of word n-grams of lower-cased text, punctuation dropped; a text shorter than n is one shingle.
+    """The set of word n-grams of lower-cased text, punctuation dropped; a text shorter than n is
+    one shingle.
 
-    Example: shingles("To be, or not to be", 3) -> {"to be or", "be or not", "or not to", "not to be"}
+    Example: shingles("To be, or not to be", 3) -> {"to be or", "be or not", "or not to", "not to "
+                                                                                          "be"}
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     words = _TOKEN.findall(text.lower())
     if len(words) < n:
         return {" ".join(words)} if words else set()
-    return {" ".join(words[i: i + n]) for i in range(len(words) - n + 1)}
+    return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def jaccard(a: Iterable, b: Iterable) -> float:
-    """|A ∩ B| / |A ∪ B|, and 1.0 for two empty sets. Example: jaccard({1, 2, 3}, {2, 3, 4}) -> 0.5"""
+    """|A ∩ B| / |A ∪ B|, and 1.0 for two empty sets.
+
+    Example: jaccard({1, 2, 3}, {2, 3, 4}) -> 0.5
+    """
     a, b = set(a), set(b)
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
 # ---- MinHash -----------------------------------------------------------------------------------
 def minhash_permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """The (a, b) of num_perm affine maps h -> a*h + b mod 2**32, drawn as datasketch draws them (odd a)."""
+    """The (a, b) of num_perm maps h -> a*h + b mod 2**32, drawn as datasketch does (odd a)."""
     gen = np.random.RandomState(seed)
     a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
     b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
@@ -103,7 +128,7 @@ def minhash_permutations(num_perm: int = 128, seed: int = 1) -> tuple[np.ndarray
 
 
 def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's finalizer: spreads the bits so that similar inputs get unrelated hashes (wraps mod 2**32)."""
+    """MurmurHash3's finalizer: similar inputs get unrelated hashes (wraps mod 2**32)."""
     h = h ^ (h >> np.uint32(16))
     h = h * np.uint32(0x85EBCA6B)
     h = h ^ (h >> np.uint32(13))
@@ -111,12 +136,13 @@ def _fmix32(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint32(16))
 
 
-def minhash_signatures(sets: Sequence[Iterable[str]], num_perm: int = 128, seed: int = 1,
-                       chunk_rows: int = 1 << 15) -> np.ndarray:
+def minhash_signatures(
+    sets: Sequence[Iterable[str]], num_perm: int = 128, seed: int = 1, chunk_rows: int = 1 << 15
+) -> np.ndarray:
     """A (N, num_perm) uint32 array: row i is the MinHash signature of sets[i].
 
-    Each shingle is hashed once for the whole corpus; then every permutation of every shingle is one numpy
-    expression, and np.minimum.reduceat takes the minimum per document.
+    Each shingle is hashed once for the whole corpus; then every permutation of every shingle is
+    one numpy expression, and np.minimum.reduceat takes the minimum per document.
     Example: minhash_signatures([{"a b"}, {"a b"}], 4) -> two equal rows.
     """
     cache: dict[str, int] = {}
@@ -127,13 +153,17 @@ def minhash_signatures(sets: Sequence[Iterable[str]], num_perm: int = 128, seed:
         lengths.append(len(row))
     # SHA-1's first 4 bytes, little-endian: datasketch's sha1_hash32.
     digests = b"".join(hashlib.sha1(x.encode("utf-8")).digest()[:4] for x in cache)
-    hashes = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))[np.asarray(ids, dtype=np.int64)]
+    hashes = _fmix32(np.frombuffer(digests, dtype="<u4").astype(np.uint32))[
+        np.asarray(ids, dtype=np.int64)
+    ]
     a, b = minhash_permutations(num_perm, seed)
     out = np.full((len(lengths), num_perm), _MAX32, dtype=np.uint32)
     ends = np.cumsum(lengths)
     starts = ends - np.asarray(lengths)
     doc = 0
-    while doc < len(lengths):  # chunks of whole documents, at most ~chunk_rows shingles each, bound memory
+    while doc < len(
+        lengths
+    ):  # chunks of whole documents, at most ~chunk_rows shingles each, bound memory
         last = max(doc + 1, int(np.searchsorted(ends, starts[doc] + chunk_rows, side="right")))
         lo, hi = starts[doc], ends[last - 1]
         if hi > lo:
@@ -145,7 +175,7 @@ def minhash_signatures(sets: Sequence[Iterable[str]], num_perm: int = 128, seed:
 
 
 def estimate_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
-    """The share of positions where two signatures agree: an unbiased estimate of Jaccard similarity."""
+    """The share of positions where two signatures agree: an unbiased estimate of Jaccard."""
     if sig_a.shape != sig_b.shape:
         raise ValueError(f"signatures differ in length: {sig_a.shape} vs {sig_b.shape}")
     return float(np.mean(sig_a == sig_b))
@@ -158,8 +188,9 @@ def candidate_probability(s: float | np.ndarray, bands: int, rows: int) -> float
 
 
 def lsh_params(threshold: float, num_perm: int, recall: float = 0.995) -> tuple[int, int]:
-    """(bands, rows) with bands*rows <= num_perm: the most rows (fewest chance candidates) that still
-    make pairs at `threshold` candidates with probability >= `recall`. Example: lsh_params(0.8, 128) -> (21, 6)
+    """(bands, rows) with bands*rows <= num_perm: the most rows (fewest chance candidates) that
+    still make pairs at `threshold` candidates with probability >= `recall`.
+    Example: lsh_params(0.8, 128) -> (21, 6)
     """
     _check_params(threshold, num_perm)
     if not 0 < recall < 1:
@@ -176,11 +207,15 @@ def lsh_candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> set[tu
     """Pairs (i, j), i < j, whose signatures agree on every row of at least one band."""
     n, p = signatures.shape
     if bands < 1 or rows < 1 or bands * rows > p:
-        raise ValueError(f"bands*rows = {bands}*{rows} = {bands * rows} must lie in [1, num_perm={p}]")
+        raise ValueError(
+            f"bands*rows = {bands}*{rows} = {bands * rows} must lie in [1, num_perm={p}]"
+        )
     pairs: set[tuple[int, int]] = set()
     for k in range(bands):
-        band = np.ascontiguousarray(signatures[:, k * rows: (k + 1) * rows])
-        keys = band.view(np.dtype((np.void, band.dtype.itemsize * rows))).ravel()  # one bucket key per row
+        band = np.ascontiguousarray(signatures[:, k * rows : (k + 1) * rows])
+        keys = band.view(
+            np.dtype((np.void, band.dtype.itemsize * rows))
+        ).ravel()  # one bucket key per row
         _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         if counts.max() < 2:
             continue
@@ -192,9 +227,37 @@ def lsh_candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> set[tu
     return pairs
 
 
-def near_dedup(docs: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 5,
-               seed: int = 1) -> list[int]:
-    """Indices to keep: a document goes if an earlier kept one has Jaccard >= threshold on word n-grams.
+def union_find_clusters(n: int, pairs: Iterable[tuple[int, int]]) -> list[int]:
+    """The cluster of each of n items joined by `pairs`, named by its smallest member.
+
+    Union-find with path halving; each union hangs the larger root under the smaller, so the label
+    of a cluster is its first document.
+    Example: union_find_clusters(4, [(2, 3), (1, 2)]) -> [0, 1, 1, 1]
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    parent = list(range(n))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]  # path halving: the next find is shorter
+            x = parent[x]
+        return x
+
+    for i, j in pairs:
+        if not (0 <= i < n and 0 <= j < n):
+            raise ValueError(f"pair ({i}, {j}) names an item outside 0..{n - 1}")
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return [find(i) for i in range(n)]
+
+
+def near_dedup(
+    docs: Sequence[str], threshold: float = 0.8, num_perm: int = 128, ngram: int = 5, seed: int = 1
+) -> list[int]:
+    """Indices to keep: a document goes if an earlier kept one has Jaccard >= threshold on word
+    n-grams.
 
     LSH proposes candidate pairs from MinHash bands; each candidate is then verified with its exact
     Jaccard, so LSH's chance collisions never remove a document. Example: near_dedup(["a b c d e f",

@@ -1,0 +1,107 @@
+"""Character n-gram language ID: hand-worked n-grams, the shipped profile, and real held-out text."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from companion.data import (NgramLanguageID, char_ngrams, detect_language, english_margin, eval_sentences,
+                            load_profiles, precision_recall, train_profiles)
+from companion.data.langid import LANGUAGES, PROFILE_PATH, _clean, catalog_entries, catalog_split
+
+
+def test_char_ngrams_hand_worked():
+    # " ab " -> 1-grams " ", "a", "b", " "; 2-grams " a", "ab", "b ".
+    assert char_ngrams("Ab!", 2) == {" ": 2, "a": 1, "b": 1, " a": 1, "ab": 1, "b ": 1}
+    with pytest.raises(ValueError, match="n_max"):
+        char_ngrams("x", 0)
+
+
+def test_clean_drops_placeholders_and_code_tokens():
+    assert _clean("Set html_theme to %(name)s in conf.py, see -A or `x`!") == "set to in see or"
+
+
+def test_tiny_model_separates_two_languages_and_round_trips_json():
+    m = train_profiles({"en": ["the cat and the dog with the hat"], "fr": ["le chat et le chien avec les"]})
+    assert m.detect("the hat and the cat", min_letters=1) == "en"
+    assert m.detect("le chien et les chats", min_letters=1) == "fr"
+    again = NgramLanguageID.from_json(m.to_json())
+    assert again.detect("the hat and the cat", min_letters=1) == "en"
+    with pytest.raises(ValueError, match="no letters"):
+        train_profiles({"en": ["the"], "xx": ["123"]})
+
+
+def test_shipped_profile_is_package_data_and_knows_six_languages():
+    assert PROFILE_PATH.exists() and PROFILE_PATH.stat().st_size < 300_000
+    m = load_profiles()
+    assert set(("en", "fr", "de", "es", "it", "pt")) <= set(m.languages)
+    assert math.isfinite(m.min_score)
+
+
+@pytest.mark.parametrize("text, lang", [
+    ("The quick brown fox jumps over the lazy dog while the farmer watches", "en"),
+    ("Le renard brun saute par-dessus le chien paresseux pendant que le fermier regarde", "fr"),
+    ("Der schnelle braune Fuchs springt über den faulen Hund, während der Bauer zusieht", "de"),
+    ("El rápido zorro marrón salta sobre el perro perezoso mientras el granjero mira", "es"),
+    ("La volpe marrone veloce salta sopra il cane pigro mentre il contadino guarda", "it"),
+    ("A raposa marrom rápida pula sobre o cão preguiçoso enquanto o fazendeiro observa", "pt"),
+    ("#### 1234 >>>", "unknown"),
+])
+def test_detect_language_on_hand_written_sentences(text, lang):
+    assert detect_language(text) == lang
+
+
+def test_english_margin_sign():
+    assert english_margin("the cat sat on the mat and looked at the dog") > 0
+    assert english_margin("le chat est assis sur le tapis et regarde le chien") < 0
+    assert math.isnan(english_margin("1234 5678"))
+
+
+def test_catalog_split_keeps_translations_of_one_message_together():
+    entries = catalog_entries()
+    assert len(entries) > 5000
+    for lang, text, source in entries[:2000]:
+        assert catalog_split(source) in ("train", "eval")
+    sides = {}
+    for _, _, source in entries:
+        sides.setdefault(source, set()).add(catalog_split(source))
+    assert all(len(s) == 1 for s in sides.values())
+    assert 0.4 < sum(catalog_split(s) == "eval" for s in sides) / len(sides) < 0.6
+
+
+@pytest.fixture(scope="module")
+def held_out():
+    return eval_sentences(min_words=8)
+
+
+def test_held_out_sentences_were_not_trained_on(held_out):
+    train = {t for lang, t, s in catalog_entries() if catalog_split(s) == "train"}
+    assert held_out and not train & {t for _, t in held_out}
+
+
+def test_six_languages_meet_precision_and_recall_on_real_held_out_text(held_out):
+    m = load_profiles()
+    truth = [lang for lang, _ in held_out]
+    pred = [m.detect(t) for _, t in held_out]
+    rows = {r["lang"]: r for r in precision_recall(truth, pred, LANGUAGES)}
+    for lang in ("en", "fr", "es", "pt"):  # >100 held-out sentences each
+        assert rows[lang]["support"] >= 100 and rows[lang]["recall"] >= 0.95, rows[lang]
+        assert rows[lang]["precision"] >= 0.9, rows[lang]
+    for lang in ("de", "it"):  # only a handful of long sentences are translated
+        assert rows[lang]["support"] >= 3 and rows[lang]["recall"] == 1.0, rows[lang]
+
+
+def test_agrees_with_langid_py_on_most_held_out_sentences(held_out):
+    langid = pytest.importorskip("langid")
+    m = load_profiles()
+    six = [(lang, t) for lang, t in held_out if lang in ("en", "fr", "de", "es", "it", "pt")]
+    ours = [m.detect(t) for _, t in six]
+    ref = [langid.classify(t)[0] for _, t in six]
+    assert sum(a == b for a, b in zip(ours, ref)) / len(six) >= 0.9
+
+
+def test_precision_recall_hand_worked_and_rejects_mismatch():
+    rows = precision_recall(["en", "fr", "en"], ["en", "en", "de"], ["en"])
+    assert rows == [{"lang": "en", "tp": 1, "fp": 1, "fn": 1, "support": 2, "precision": 0.5, "recall": 0.5}]
+    with pytest.raises(ValueError, match="labels"):
+        precision_recall(["en"], [], ["en"])
