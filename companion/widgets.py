@@ -7,8 +7,8 @@ from torch import nn
 from .generate import generate_text
 from .tokenizer import Tokenizer
 
-__all__ = ["attention_explorer", "temperature_sampler", "sampler", "sizing_calculator", "merge_stepper",
-           "tokenizer_playground"]
+__all__ = ["attention_explorer", "temperature_sampler", "sampler", "sizing_calculator",
+           "merge_stepper", "tokenizer_playground"]
 
 
 def temperature_sampler(

@@ -55,8 +55,7 @@ def test_a_long_todo_wraps_to_the_page_and_raises_the_whole_message():
     assert str(info.value) == todo.strip()
 
 
-def test_the_retired_hint_marker_is_refused(monkeypatch):
-    monkeypatch.setattr(notebooks, "RETIRED", True)
+def test_the_retired_hint_marker_is_refused():
     with pytest.raises(ValueError, match="HINT"):
         notebooks.split_solution("### BEGIN SOLUTION\n# HINT: x = 1\nx = 1\n### END SOLUTION")
 
@@ -90,7 +89,7 @@ def test_hints_are_folded_and_never_hold_a_line_of_the_solution(src: Path):
         assert hints, f"{src.name}, '{title}': add a :::{{hint}} block below the exercise"
         fragment = CODE_FRAGMENT.search(hints)
         assert not fragment, f"{src.name}, '{title}': a hint names code (`{fragment.group(0)}`)"
-        todos = " ".join(m.group(1) for m in re.finditer(r"# (?:TODO|HINT):(.*)", section))
+        todos = " ".join(m.group(1) for m in re.finditer(r"# TODO:(.*)", section))
         hints, todos = re.sub(r"\s+", "", hints), re.sub(r"\s+", "", todos)
         for region in regions:
             for line in region.splitlines():

@@ -35,8 +35,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
-TODO = re.compile(r"^\s*# (?:TODO|HINT):\s?(.*)$")
-RETIRED = False  # set once every source says TODO
+TODO = re.compile(r"^\s*# TODO:\s?(.*)$")
 # The old name put hints in the stub's error message, where the reader sees them first.
 OLD_HINT = re.compile(r"^\s*# HINT:")
 HINT_BLOCK = re.compile(r"^:::\{hint\}[ \t]*(.*?)\n(.*?)^:::[ \t]*$", re.M | re.S)
@@ -89,7 +88,7 @@ def split_solution(source: str) -> tuple[str, str, bool]:
     todos: list[str] = []
     indent = ""
     for line in source.splitlines():
-        if OLD_HINT.match(line) and RETIRED:
+        if OLD_HINT.match(line):
             raise ValueError("`# HINT:` is retired: say what to write with `# TODO:` and put the"
                              f" idea in a :::{{hint}} block below the exercise, in:\n{source}")
         if m := BEGIN.match(line):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-__all__ = ["DataFile", "REGISTRY", "DataError", "ChecksumError", "DataUnavailableError", "fetch", "cache_dir"]
+__all__ = ["DataFile", "REGISTRY", "DataError", "ChecksumError", "DataUnavailableError", "fetch",
+           "cache_dir"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,8 @@ REGISTRY: dict[str, DataFile] = {
     for f in [
         DataFile(
             "tinyshakespeare",
-            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+            "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
+            "tinyshakespeare/input.txt",
             "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
             "tinyshakespeare.txt",
             1115394,
@@ -94,7 +96,7 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def cache_dir() -> Path:
-    """The user cache: $COMPANION_CACHE_DIR, else $XDG_CACHE_HOME/llm-course, else ~/.cache/llm-course."""
+    """The user cache: $COMPANION_CACHE_DIR, $XDG_CACHE_HOME/llm-course, or ~/.cache/llm-course."""
     if env := os.environ.get("COMPANION_CACHE_DIR"):
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -112,7 +114,7 @@ def _checksum_error(entry: DataFile, path: Path | str, actual: str, fix: str) ->
 
 
 def _download(entry: DataFile, dest: Path, timeout: float = 60.0) -> None:
-    """Download to a temp file beside `dest`, verify it, then rename: a broken download leaves nothing behind."""
+    """Download to a temp file beside `dest`, verify, then rename: a broken download leaves nothing."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)
@@ -143,7 +145,8 @@ def fetch(name: str, *, offline: bool | None = None) -> Path:
     the download. Example: fetch("tinyshakespeare") -> Path('.../tinyshakespeare.txt').
     """
     if name not in REGISTRY:
-        raise KeyError(f"unknown data file {name!r}; registered names: {', '.join(sorted(REGISTRY))}")
+        raise KeyError(f"unknown data file {name!r}; "
+                       f"registered names: {', '.join(sorted(REGISTRY))}")
     entry = REGISTRY[name]
     if offline is None:
         offline = os.environ.get("COMPANION_OFFLINE", "") not in ("", "0")
@@ -164,7 +167,7 @@ def fetch(name: str, *, offline: bool | None = None) -> Path:
     if cached.is_file():
         if sha256_of(cached) == entry.sha256:
             return cached
-        # The cache holds only verified files, so a bad one was damaged on disk: drop it and refetch.
+        # The cache holds only verified files, so a bad one was damaged on disk: drop it, refetch.
         cached.unlink()
 
     if offline:
@@ -173,7 +176,8 @@ def fetch(name: str, *, offline: bool | None = None) -> Path:
             f"  looked in  $COMPANION_DATA_DIR ({mirror or 'unset'}) and {cached.parent}\n"
             f"  file       {entry.filename} (sha256 {entry.sha256})\n"
             f"  source URL {entry.url}\n"
-            f"Fix: set COMPANION_DATA_DIR to a folder that holds {entry.filename}, or allow downloads."
+            f"Fix: set COMPANION_DATA_DIR to a folder that holds {entry.filename}, "
+            "or allow downloads."
         )
     try:
         _download(entry, cached)

@@ -1,4 +1,4 @@
-"""Token shards: `NAME.bin` holds raw little-endian token ids, `NAME.json` beside it says how to read them.
+"""Token shards: `NAME.bin` holds raw little-endian token ids; `NAME.json` says how to read them.
 
 The .bin is uint16 when every id fits (vocab_size <= 65,535) and uint32 otherwise; there is
 no header, so any language can read it with one call (numpy: np.fromfile(path, "<u2")).
@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["FORMAT_VERSION", "Shard", "as_token_array", "read_shard", "sha256_text", "shard_dtype", "write_shard",
-           "write_text_shard"]
+__all__ = ["FORMAT_VERSION", "Shard", "as_token_array", "read_shard", "sha256_text", "shard_dtype",
+           "write_shard", "write_text_shard"]
 
 FORMAT_VERSION = 1
 # JSON name -> numpy dtype. Always little-endian, whatever the machine's own byte order.
@@ -40,14 +40,14 @@ def sha256_text(text: str) -> str:
 
 
 def shard_dtype(vocab_size: int) -> str:
-    """The .bin dtype name for a vocabulary: shard_dtype(50_257) -> "uint16", shard_dtype(100_277) -> "uint32"."""
+    """The .bin dtype for a vocabulary: shard_dtype(50_257) -> "uint16", (100_277) -> "uint32"."""
     if not 1 <= vocab_size <= 2**32:
         raise ValueError(f"vocab_size must lie in [1, 2**32], got {vocab_size}")
     return "uint16" if vocab_size <= _UINT16_MAX_VOCAB else "uint32"
 
 
 def _paths(path: str | Path) -> tuple[Path, Path]:
-    """("x", "x.bin" or "x.json") -> (x.bin, x.json); other dots stay part of the name ("tiny.gpt2")."""
+    """("x", "x.bin" or "x.json") -> (x.bin, x.json); other dots stay in the name ("tiny.gpt2")."""
     path = Path(path)
     if path.suffix in (".bin", ".json"):
         path = path.with_suffix("")
@@ -55,13 +55,15 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def as_token_array(ids: "Iterable[int] | np.ndarray | Shard") -> np.ndarray:
-    """Any 1-D integer sequence (list, range, iterator, ndarray, memmap, CPU tensor, Shard) as a numpy array.
+    """Any 1-D integer sequence (list, range, iterator, ndarray, memmap, tensor, Shard) as an array.
 
-    Arrays, memmaps, CPU tensors and shards are viewed, not copied. Example: as_token_array([1, 2]) -> array([1, 2])
+    Arrays, memmaps, CPU tensors and shards are viewed, not copied.
+    Example: as_token_array([1, 2]) -> array([1, 2])
     """
     if isinstance(ids, Shard):
         ids = ids.tokens
-    if hasattr(ids, "detach") and hasattr(ids, "numpy"):  # a torch.Tensor, without importing torch here
+    # A torch.Tensor, recognised without importing torch here.
+    if hasattr(ids, "detach") and hasattr(ids, "numpy"):
         ids = ids.detach().cpu().numpy()
     if isinstance(ids, Iterator):
         return np.fromiter(ids, dtype=np.int64)
@@ -76,7 +78,7 @@ def as_token_array(ids: "Iterable[int] | np.ndarray | Shard") -> np.ndarray:
 
 
 def _atomic_write(dest: Path, write) -> None:
-    """Write via a temp file beside `dest`, fsync, then rename: `dest` is either old or whole, never partial."""
+    """Write via a temp file beside `dest`, fsync, then rename: `dest` is old or whole, never partial."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -98,15 +100,16 @@ def write_shard(
 ) -> Path:
     """Write ids to PATH.bin and their description to PATH.json; returns the .bin path.
 
-    Example: write_shard("tiny", [5, 7], tokenizer="gpt2", vocab_size=50257, source_sha256=sha256_text(text))
-    writes tiny.bin (4 bytes: 05 00 07 00) and tiny.json. Introduced in chapter 2.
+    Example: write_shard("tiny", [5, 7], tokenizer="gpt2", vocab_size=50257,
+    source_sha256=sha256_text(text)) writes tiny.bin (4 bytes: 05 00 07 00) and tiny.json. Introduced in chapter 2.
     """
     bin_path, json_path = _paths(path)
     dtype = shard_dtype(vocab_size)
     if not isinstance(tokenizer, str) or not tokenizer:
         raise ValueError(f"tokenizer must be a non-empty name such as 'gpt2', got {tokenizer!r}")
     if not (isinstance(source_sha256, str) and re.fullmatch(r"[0-9a-f]{64}", source_sha256)):
-        raise ValueError(f"source_sha256 must be 64 lowercase hex digits (sha256_text), got {source_sha256!r:.70}")
+        raise ValueError("source_sha256 must be 64 lowercase hex digits (sha256_text), "
+                         f"got {source_sha256!r:.70}")
     arr = as_token_array(ids)
     if arr.size == 0:
         raise ValueError(f"{bin_path.name}: a shard needs at least one token, got none")
@@ -139,7 +142,10 @@ def write_shard(
 
 @dataclass(frozen=True)
 class Shard:
-    """A shard on disk: `tokens` is a read-only memmap of its ids, `meta` its JSON. Introduced in chapter 3."""
+    """A shard on disk: `tokens` is a read-only memmap of its ids, `meta` its JSON.
+
+    Introduced in chapter 3.
+    """
 
     path: Path
     tokens: np.memmap = field(repr=False)
@@ -166,10 +172,12 @@ def _read_meta(json_path: Path) -> dict[str, Any]:
         raise ValueError(f"{json_path} lacks the field(s) {', '.join(missing)}")
     if meta["format_version"] != FORMAT_VERSION:
         raise ValueError(
-            f"{json_path}: format_version {meta['format_version']!r} is unknown; this code reads {FORMAT_VERSION}"
+            f"{json_path}: format_version {meta['format_version']!r} is unknown; "
+            f"this code reads {FORMAT_VERSION}"
         )
     if meta["dtype"] not in _DTYPES:
-        raise ValueError(f"{json_path}: dtype {meta['dtype']!r} is unknown; expected one of {', '.join(_DTYPES)}")
+        raise ValueError(f"{json_path}: dtype {meta['dtype']!r} is unknown; "
+                         f"expected one of {', '.join(_DTYPES)}")
     for key in ("vocab_size", "num_tokens"):
         if not isinstance(meta[key], int) or isinstance(meta[key], bool) or meta[key] < 1:
             raise ValueError(f"{json_path}: {key} must be a positive integer, got {meta[key]!r}")
@@ -195,8 +203,9 @@ def read_shard(path: str | Path) -> Shard:
     actual = bin_path.stat().st_size
     if actual != expected:
         raise ValueError(
-            f"{bin_path} holds {actual:,} bytes, but {json_path.name} promises {meta['num_tokens']:,} "
-            f"{meta['dtype']} tokens = {expected:,} bytes; the file is truncated or from another shard"
+            f"{bin_path} holds {actual:,} bytes, but {json_path.name} promises "
+            f"{meta['num_tokens']:,} {meta['dtype']} tokens = {expected:,} bytes; "
+            "the file is truncated or from another shard"
         )
     tokens = np.memmap(bin_path, dtype=dtype, mode="r", shape=(meta["num_tokens"],))
     return Shard(path=bin_path, tokens=tokens, meta=meta)
