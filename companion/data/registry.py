@@ -114,7 +114,7 @@ def _checksum_error(entry: DataFile, path: Path | str, actual: str, fix: str) ->
 
 
 def _download(entry: DataFile, dest: Path, timeout: float = 60.0) -> None:
-    """Download to a temp file beside `dest`, verify, then rename: a broken download leaves nothing."""
+    """Download to a temp file beside `dest`, verify, rename: a broken download leaves nothing."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     tmp = Path(tmp_name)

@@ -78,7 +78,7 @@ def as_token_array(ids: "Iterable[int] | np.ndarray | Shard") -> np.ndarray:
 
 
 def _atomic_write(dest: Path, write) -> None:
-    """Write via a temp file beside `dest`, fsync, then rename: `dest` is old or whole, never partial."""
+    """Write via a temp file beside `dest`, fsync, rename: `dest` is old or whole, never partial."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -101,7 +101,8 @@ def write_shard(
     """Write ids to PATH.bin and their description to PATH.json; returns the .bin path.
 
     Example: write_shard("tiny", [5, 7], tokenizer="gpt2", vocab_size=50257,
-    source_sha256=sha256_text(text)) writes tiny.bin (4 bytes: 05 00 07 00) and tiny.json. Introduced in chapter 2.
+    source_sha256=sha256_text(text)) writes tiny.bin (4 bytes: 05 00 07 00) and tiny.json.
+    Introduced in chapter 2.
     """
     bin_path, json_path = _paths(path)
     dtype = shard_dtype(vocab_size)
