@@ -46,7 +46,7 @@ SETUP = '''\
 import sys
 
 if "google.colab" in sys.modules:
-    !pip install -q "llm-course-companion @ git+{url}"
+    !pip install -q "llm-course-companion @ git+{url}"{extra}
     from companion.data import fetch
 
     for name in {data!r}:
@@ -58,8 +58,12 @@ def repository_url() -> str:
     return config["repository"]["url"].rstrip("/")
 
 
-def setup_cell(data: list[str]) -> nbformat.NotebookNode:
-    cell = nbformat.v4.new_code_cell(SETUP.format(url=repository_url(), data=data))
+def setup_cell(meta: dict) -> nbformat.NotebookNode:
+    """The Colab cell, from the source's `companion:` front matter (`data`, and `pip` extras)."""
+    data = meta.get("data", ["tinyshakespeare"])
+    # Packages a page needs beyond the companion, e.g. Sphinx for its human-translated catalogs.
+    extra = "".join(f'\n    !pip install -q "{pkg}"' for pkg in meta.get("pip", []))
+    cell = nbformat.v4.new_code_cell(SETUP.format(url=repository_url(), data=data, extra=extra))
     cell.metadata = {"tags": ["colab-setup", "remove-cell"]}
     return cell
 
@@ -145,10 +149,9 @@ def clean(nb: nbformat.NotebookNode, stem: str) -> nbformat.NotebookNode:
 
 def exercise_pair(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:
     nb = jupytext.read(src)
-    data = nb.metadata.get("companion", {}).get("data", ["tinyshakespeare"])
-    nb.metadata.pop("companion", None)
+    meta = nb.metadata.pop("companion", {})
     ex, sol = copy.deepcopy(nb), copy.deepcopy(nb)
-    ex.cells, sol.cells = [setup_cell(data)], [setup_cell(data)]
+    ex.cells, sol.cells = [setup_cell(meta)], [setup_cell(meta)]
     for cell in nb.cells:
         tags = cell.metadata.get("tags", [])
         if "solution-only" in tags:
@@ -174,8 +177,7 @@ def exercise_pair(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNo
 
 def chapter_notebook(src: Path) -> nbformat.NotebookNode:
     nb = jupytext.read(src)
-    data = nb.metadata.pop("companion", {}).get("data", ["tinyshakespeare"])
-    nb.cells.insert(0, setup_cell(data))
+    nb.cells.insert(0, setup_cell(nb.metadata.pop("companion", {})))
     return clean(nb, src.stem)
 
 
