@@ -24,7 +24,12 @@ ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ["solutions/01_language_models.ipynb"]
 
 
+# The fresh environment must not see a checkout through PYTHONPATH.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+
+
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    kw.setdefault("env", CLEAN_ENV)
     done = subprocess.run(cmd, capture_output=True, text=True, **kw)
     assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done
@@ -60,7 +65,7 @@ def installed(tmp_path_factory) -> Path:
     spec = re.search(r'pip install -q "([^"]+) @ git\+[^"]+"', setup)
     assert spec, "the Colab set-up cell no longer installs the companion from git"
     _run([str(py), "-m", "pip", "install", "-q", "--no-index", "--no-build-isolation",
-          f"{spec.group(1)} @ git+file://{snap}"], env={**os.environ, "PIP_CONSTRAINT": ""})
+          f"{spec.group(1)} @ git+file://{snap}"], env={**CLEAN_ENV, "PIP_CONSTRAINT": ""})
     where = _run([str(py), "-c", "import companion; print(companion.__file__)"], cwd=tmp).stdout
     assert str(site) in where, f"companion was imported from {where}, not the fresh install"
     return py
@@ -76,6 +81,6 @@ def test_colab_setup_installs_the_companion_and_a_solutions_notebook_runs_outsid
     script.write_text("import matplotlib\nmatplotlib.use('Agg')\n"
                       + "\n".join(to_python("".join(src)) for src in cells))
     done = _run([str(installed), str(script)], cwd=tmp_path,
-                env={**os.environ, "PYTHONPATH": "", "MPLBACKEND": "Agg",
+                env={**CLEAN_ENV, "MPLBACKEND": "Agg",
                      "COMPANION_OFFLINE": "1"}, timeout=600)
     assert done.stdout.count("PASS") >= 3, done.stdout[-2000:]
