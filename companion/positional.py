@@ -217,8 +217,8 @@ def check_rope_scaling(scaling: Mapping[str, Any] | None) -> None:
         if missing:
             raise ValueError(f"llama3 rope_scaling needs {missing}")
         if not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]:
-            raise ValueError("llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor, got "
-                             f"{scaling['low_freq_factor']} and {scaling['high_freq_factor']}")
+            raise ValueError("llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor, "
+                             f"got {scaling['low_freq_factor']} and {scaling['high_freq_factor']}")
 
 
 def scaled_rope_frequencies(

@@ -375,7 +375,8 @@ def test_explicit_positions_equal_rotating_each_token_at_its_own_position():
     for t, m in enumerate(positions.tolist()):
         assert torch.allclose(got[:, :, t], rope(x[:, :, t:t + 1], start_pos=m)[:, :, 0])
     # start_pos offsets explicit positions, as the learned table's forward does
-    assert torch.allclose(rope(x, start_pos=3, positions=positions), rope(x, positions=positions + 3))
+    shifted = rope(x, positions=positions + 3)
+    assert torch.allclose(rope(x, start_pos=3, positions=positions), shifted)
 
 
 def test_explicit_positions_per_sequence_rows():
