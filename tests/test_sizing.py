@@ -69,6 +69,14 @@ def test_counts_and_flops_follow_head_dim():
     assert extra == 3 * (2 * dn + 2 * 2 * 32 * (8 * 16 - 64))
 
 
+def test_named_swiglu_rules_reproduce_the_published_widths():
+    from companion.model import swiglu_width
+    assert PRESETS["llama2-7b"].d_ff == swiglu_width(4096, "llama") == 11008
+    assert PRESETS["llama3-8b"].d_ff == swiglu_width(4096, "llama3") == 14336
+    assert PRESETS["llama3-70b"].d_ff == swiglu_width(8192, "llama3") == 28672
+    assert swiglu_width(4096, "cs336") == 10944  # the 64-multiple rule misses LLaMA's 11,008
+
+
 def test_preset_returns_a_copy():
     c = preset("gpt2", dropout=0.1)
     assert c.dropout == 0.1 and PRESETS["gpt2"].dropout == 0.0
