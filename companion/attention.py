@@ -150,7 +150,8 @@ class KVCache:
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention.
 
-    n_kv_heads < n_heads makes it grouped-query (GQA), 1 multi-query (MQA).
+    n_kv_heads < n_heads makes it grouped-query (GQA), 1 multi-query (MQA). head_dim (default
+    d_model // n_heads) may differ from it; q_norm and k_norm act on each head's (..., D) slice.
 
     Example: MultiHeadAttention(64, 8, 2)(torch.randn(1, 5, 64)).shape ->
     (1, 5, 64). Introduced in chapter 5.
@@ -167,20 +168,30 @@ class MultiHeadAttention(nn.Module):
         causal: bool = True,
         rope: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         use_sdpa: bool = False,
+        head_dim: int | None = None,
+        q_norm: nn.Module | None = None,
+        k_norm: nn.Module | None = None,
     ):
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
         if n_heads < 1 or n_kv_heads < 1:
             raise ValueError(f"n_heads and n_kv_heads must be positive, got n_heads={n_heads}, "
                              f"n_kv_heads={n_kv_heads}")
-        if d_model % n_heads:
+        if head_dim is None and d_model % n_heads:
             raise ValueError(f"n_heads={n_heads} does not divide d_model={d_model}")
+        if head_dim is not None and head_dim < 1:
+            raise ValueError(f"head_dim must be positive, got {head_dim}")
         if n_heads % n_kv_heads:
             raise ValueError(f"n_kv_heads={n_kv_heads} does not divide n_heads={n_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
         self.d_model, self.n_heads, self.n_kv_heads = d_model, n_heads, n_kv_heads
-        self.d_head = d_model // n_heads
+        # Usually d_model // n_heads, but Qwen3 and Gemma pick it freely: q has n_heads * d_head
+        # columns whatever d_model is, and o_proj maps them back.
+        self.d_head = d_model // n_heads if head_dim is None else head_dim
+        # QK-norm (Qwen3; OLMo 2 normalises the whole projection instead): an RMSNorm over each
+        # head's D dimensions of q and k, before RoPE, so no logit q·k can grow without bound.
+        self.q_norm, self.k_norm = q_norm, k_norm
         self.dropout, self.causal, self.rope, self.use_sdpa = dropout, causal, rope, use_sdpa
         # Separate projections, named as in Llama checkpoints, so chapter 6
         # can copy weights one to one.
@@ -211,6 +222,10 @@ class MultiHeadAttention(nn.Module):
         # (B, T, H_kv*D) -> (B, H_kv, T, D)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
 
+        if self.q_norm is not None:
+            q = self.q_norm(q)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
         start = 0 if cache is None else cache.pos  # absolute position of x's first token
         if self.rope is not None:
             # Rotate before caching: a cached key keeps the rotation of the

@@ -1,6 +1,7 @@
 """Sampling from a language model.
 
-Temperature is introduced in chapter 1; top-k, top-p and the KV cache in chapter 7.
+Temperature is introduced in chapter 1, the KV cache in chapter 5, top-k and top-p in chapter 6;
+chapter 7 generates from trained models.
 
 A model is anything that maps token ids (B, T) to logits (B, T, V). Models with `make_caches`
 (companion.model.GPT) are decoded with a KV cache: the prompt is read once (prefill), then each step
@@ -48,7 +49,7 @@ def check_sampling(
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
     """Keep exactly the k largest logits per row (ties broken by position); the rest become -inf.
 
-    Chapter 7.
+    Chapter 6.
 
     Example: top_k_filter(torch.tensor([1., 3., 2.]), 2) -> [-inf, 3., 2.]
     """
@@ -66,11 +67,15 @@ def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
 def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filter: keep the smallest set of most likely tokens whose probability reaches p.
 
-    The rest -inf. Chapter 7.
+    The rest -inf. Chapter 6.
 
     Example: probabilities [0.5, 0.3, 0.2] with p = 0.7 keep the first two (0.5 < 0.7 <= 0.8).
     """
     check_sampling(top_p=p)
+    if p >= 1.0:
+        # p = 1 keeps everything. Said outright because float32 cumulative sums can reach 1.0
+        # before the last token, which the test below would then drop.
+        return logits
     probs, order = logits.float().softmax(dim=-1).sort(dim=-1, descending=True)
     # A token stays if the mass strictly before it is still short of p: the first token always
     # stays, and the token that carries the total past p stays too.

@@ -1,4 +1,4 @@
-"""Hugging Face interop: GPT-2 and Llama checkpoints into companion.model.GPT.
+"""Hugging Face interop: GPT-2, Llama (2 and 3.x) and Qwen3 checkpoints into companion.model.GPT.
 
 Introduced in chapter 6.
 
@@ -25,33 +25,56 @@ _GPT2_ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "g
 
 
 def _model_type(hf_config: Mapping[str, Any]) -> str:
-    """'gpt2' or 'llama', from the config's model_type."""
+    """'gpt2', 'llama' or 'qwen3', from the config's model_type."""
     kind = hf_config.get("model_type")
-    if kind not in ("gpt2", "llama"):
-        raise ValueError(f"only GPT-2 and Llama checkpoints are supported, got model_type={kind!r}")
+    if kind not in ("gpt2", "llama", "qwen3"):
+        raise ValueError("only GPT-2, Llama and Qwen3 checkpoints are supported, got "
+                         f"model_type={kind!r}")
     return kind
 
 
-def _rope_theta(hf_config: Mapping[str, Any]) -> float:
-    """Llama's RoPE base; transformers 5 moved it into `rope_parameters`.
+# Hugging Face rope types we reproduce, and the keys GPTConfig.rope_scaling keeps for each.
+_ROPE_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+             "attention_factor", "mscale", "mscale_all_dim", "truncate"),
+}
 
-    Older versions keep `rope_theta`.
+
+def _rope(hf_config: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """RoPE's base and GPTConfig.rope_scaling from a Llama or Qwen3 config.
+
+    transformers 5 keeps both in `rope_parameters`; older versions use `rope_theta` and
+    `rope_scaling` (whose type was once spelled `type`).
     """
-    params = hf_config.get("rope_parameters") or {}
-    scaling = hf_config.get("rope_scaling") or {}
-    kind = params.get("rope_type", scaling.get("rope_type", scaling.get("type", "default")))
-    if kind != "default":
-        raise ValueError(f"RoPE scaling {kind!r} is not supported: only plain RoPE ('default')")
-    return float(params.get("rope_theta", hf_config.get("rope_theta", 10000.0)))
+    params = dict(hf_config.get("rope_parameters") or {})
+    scaling = {**(hf_config.get("rope_scaling") or {}), **params}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    theta = float(params.get("rope_theta", hf_config.get("rope_theta", 10000.0)))
+    if scaling.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError("partial rotary embeddings are not supported, got partial_rotary_factor="
+                         f"{scaling['partial_rotary_factor']}")
+    if kind == "default":
+        return theta, None
+    if kind not in _ROPE_KEYS:
+        raise ValueError(f"RoPE scaling {kind!r} is not supported; supported: 'default', "
+                         f"{', '.join(map(repr, _ROPE_KEYS))}")
+    if kind != "linear":
+        # Hugging Face falls back to the context length when the original one is not given.
+        scaling.setdefault("original_max_position_embeddings", hf_config["max_position_embeddings"])
+    kept = {k: scaling[k] for k in _ROPE_KEYS[kind] if scaling.get(k) is not None}
+    return theta, {"rope_type": kind, **kept}
 
 
 def config_from_hf(hf_config: Mapping[str, Any], dropout: float = 0.0) -> GPTConfig:
-    """The GPTConfig that reproduces a Hugging Face GPT-2 or Llama config.
+    """The GPTConfig that reproduces a Hugging Face GPT-2, Llama or Qwen3 config.
 
     The config comes in dict form, e.g. config.to_dict().
     """
     c = hf_config
-    if _model_type(c) == "gpt2":
+    kind = _model_type(c)
+    if kind == "gpt2":
         act = c.get("activation_function", "gelu_new")
         if act not in _GPT2_ACTIVATIONS:
             raise ValueError(f"GPT-2 activation {act!r} is not supported; supported: "
@@ -65,20 +88,28 @@ def config_from_hf(hf_config: Mapping[str, Any], dropout: float = 0.0) -> GPTCon
             tie_embeddings=c.get("tie_word_embeddings", True), dropout=dropout,
             norm_eps=c.get("layer_norm_epsilon", 1e-5))
     if c.get("hidden_act", "silu") != "silu":
-        raise ValueError(f"Llama activation {c['hidden_act']!r} is not supported: SwiGLU uses silu")
-    if bool(c.get("attention_bias", False)) != bool(c.get("mlp_bias", False)):
+        raise ValueError(f"{kind} activation {c['hidden_act']!r} is not supported: SwiGLU uses "
+                         "silu")
+    # Qwen3's attention_bias covers q, k, v and o only; its MLP never has biases.
+    mlp_bias = c.get("mlp_bias", False) if kind == "llama" else False
+    if bool(c.get("attention_bias", False)) != bool(mlp_bias):
         raise ValueError("GPTConfig has one bias flag: attention_bias and mlp_bias must agree")
+    if kind == "qwen3" and (c.get("use_sliding_window")
+                            or "sliding_attention" in (c.get("layer_types") or ())):
+        raise ValueError("Qwen3 with sliding-window layers is not supported")
     d, H = c["hidden_size"], c["num_attention_heads"]
-    if c.get("head_dim") not in (None, d // H):
-        raise ValueError(f"head_dim={c['head_dim']} differs from "
-                         f"hidden_size/num_attention_heads={d // H}")
+    theta, scaling = _rope(c)
+    head_dim = c.get("head_dim")
     return GPTConfig(
         vocab_size=c["vocab_size"], context_length=c["max_position_embeddings"], d_model=d,
         n_layers=c["num_hidden_layers"], n_heads=H, n_kv_heads=c.get("num_key_value_heads") or H,
         d_ff=c["intermediate_size"], norm="rmsnorm", mlp="swiglu", pos="rope",
-        rope_theta=_rope_theta(c), bias=bool(c.get("attention_bias", False)),
+        rope_theta=theta, rope_scaling=scaling, bias=bool(c.get("attention_bias", False)),
         tie_embeddings=c.get("tie_word_embeddings", False), dropout=dropout,
-        norm_eps=c.get("rms_norm_eps", 1e-6))
+        norm_eps=c.get("rms_norm_eps", 1e-6),
+        # None when it is d_model // n_heads, so a Llama 2 config stays as it always was
+        head_dim=None if head_dim in (None, d // H) and d % H == 0 else head_dim,
+        qk_norm=kind == "qwen3")
 
 
 def _gpt2_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
@@ -113,7 +144,7 @@ def _gpt2_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, 
 
 
 def _llama_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
-    """Rename Llama's tensors.
+    """Rename Llama's (and Qwen3's) tensors.
 
     Its q/k/v/o and gate/up/down already have our names and (out, in) layout.
     """
@@ -135,19 +166,23 @@ def _llama_state(sd: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str,
         h, b = f"layers.{i}.", f"blocks.{i}."
         for s in suffixes:
             out[b + s.replace("self_attn.", "attn.")] = sd.pop(h + s)
+        if config.qk_norm:  # Qwen3: one (D,) RMSNorm scale each for queries and keys
+            for n in ("q_norm", "k_norm"):
+                out[b + f"attn.{n}.weight"] = sd.pop(h + f"self_attn.{n}.weight")
         out[b + "attn_norm.weight"] = sd.pop(h + "input_layernorm.weight")
         out[b + "mlp_norm.weight"] = sd.pop(h + "post_attention_layernorm.weight")
     head = sd.pop("lm_head.weight", None)
     out["lm_head.weight"] = out["tok_emb.weight"] if config.tie_embeddings or head is None else head
     if sd:
-        raise ValueError(f"unexpected Llama tensors: {sorted(sd)[:5]}")
+        raise ValueError(f"unexpected {'Qwen3' if config.qk_norm else 'Llama'} tensors: "
+                         f"{sorted(sd)[:5]}")
     return out
 
 
 def from_hf(
     state_dict: Mapping[str, torch.Tensor], hf_config: Mapping[str, Any], dropout: float = 0.0
 ) -> GPT:
-    """A companion GPT (float32, eval mode) with a Hugging Face GPT-2 or Llama state dict's weights.
+    """A companion GPT (float32, eval mode) with a Hugging Face GPT-2, Llama or Qwen3 state dict.
 
     Example: from_hf(hf.state_dict(), hf.config.to_dict())(idx) matches
     hf(idx).logits to float32 tolerance.

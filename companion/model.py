@@ -14,14 +14,44 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
-from .positional import LearnedPositionalEmbedding, RotaryEmbedding, SinusoidalPositionalEncoding
+from .positional import (
+    LearnedPositionalEmbedding,
+    RotaryEmbedding,
+    SinusoidalPositionalEncoding,
+    check_rope_scaling,
+)
 
 __all__ = ["GPTConfig", "RMSNorm", "MLP", "SwiGLU", "Block", "GPT", "count_params", "make_norm",
-           "make_mlp"]
+           "make_mlp", "swiglu_width", "SWIGLU_WIDTH_RULES"]
 
 Norm = Literal["layernorm", "rmsnorm"]
 Mlp = Literal["gelu", "gelu_exact", "relu", "swiglu"]
 Pos = Literal["learned", "sinusoidal", "rope"]
+
+# SwiGLU's hidden width from d_model, each rule named after the source that uses it:
+# (multiplier of 8/3*d, multiple to round up to). 8/3 keeps the three matrices at the two-layer
+# MLP's 8*d^2 parameters.
+SWIGLU_WIDTH_RULES: dict[str, tuple[float | None, int]] = {
+    "cs336": (None, 64),      # Stanford CS336's assignment: 8/3*d rounded up to a multiple of 64
+    "llama": (None, 256),     # LLaMA 1 and 2 (Meta's code, multiple_of=256): 11,008 at d = 4096
+    "llama3": (1.3, 1024),    # Llama 3 (ffn_dim_multiplier=1.3, multiple_of=1024): 14,336 at 4096
+}
+
+
+def swiglu_width(d_model: int, rule: str = "cs336") -> int:
+    """SwiGLU's d_ff by a named rule (SWIGLU_WIDTH_RULES).
+
+    Example: swiglu_width(4096, "llama") -> 11008; swiglu_width(4096, "llama3") -> 14336.
+    """
+    if rule not in SWIGLU_WIDTH_RULES:
+        raise ValueError(f"d_ff_rule must be one of {tuple(SWIGLU_WIDTH_RULES)}, got {rule!r}")
+    multiplier, multiple = SWIGLU_WIDTH_RULES[rule]
+    if rule == "cs336":
+        return multiple * math.ceil(8 * d_model / 3 / multiple)
+    hidden = int(2 * (4 * d_model) / 3)  # Meta's FeedForward: int() truncates before rounding up
+    if multiplier is not None:
+        hidden = int(multiplier * hidden)
+    return multiple * ((hidden + multiple - 1) // multiple)
 
 
 @dataclass
@@ -29,7 +59,12 @@ class GPTConfig:
     """Every architecture choice of a decoder-only transformer, validated on construction.
 
     `n_kv_heads=None` means n_heads (plain multi-head attention); `d_ff=None` means 4*d_model
-    for a two-layer MLP and 8/3*d_model rounded up to a multiple of 64 for SwiGLU (LLaMA's rule).
+    for a two-layer MLP and, for SwiGLU, `swiglu_width(d_model, d_ff_rule)`: by default CS336's
+    8/3*d_model rounded up to a multiple of 64 ("llama" and "llama3" give Meta's widths).
+    `head_dim=None` means d_model // n_heads; set, it may differ (Qwen3: 128 at d_model 1024 with
+    16 heads). `qk_norm` adds an RMSNorm on each head's queries and keys (Qwen3). `rope_scaling`
+    is a Hugging Face-style dict, e.g. {"rope_type": "llama3", "factor": 8.0, ...} (see
+    positional.scaled_rope_frequencies).
     `mlp`: "gelu" is GPT-2's tanh-approximated GELU, "gelu_exact" the erf form (PyTorch's nn.GELU
     and nanoGPT's), "relu" plain ReLU, "swiglu" LLaMA's gated unit.
     """
@@ -49,6 +84,10 @@ class GPTConfig:
     tie_embeddings: bool = True
     dropout: float = 0.0
     norm_eps: float = 1e-5
+    head_dim: int | None = None
+    qk_norm: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    d_ff_rule: str = "cs336"
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -57,18 +96,25 @@ class GPTConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        if self.d_ff_rule not in SWIGLU_WIDTH_RULES:
+            raise ValueError(f"d_ff_rule must be one of {tuple(SWIGLU_WIDTH_RULES)}, got "
+                             f"{self.d_ff_rule!r}")
         if self.d_ff is None:
             self.d_ff = (
                 4 * self.d_model
                 if self.mlp != "swiglu"
-                else 64 * math.ceil(8 * self.d_model / 3 / 64)
+                else swiglu_width(self.d_model, self.d_ff_rule)
             )
         for name in ("n_kv_heads", "d_ff"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.d_model % self.n_heads:
-            raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model}")
+        hd = self.head_dim
+        if hd is not None and (not isinstance(hd, int) or isinstance(hd, bool) or hd < 1):
+            raise ValueError(f"head_dim must be a positive int or None, got {hd!r}")
+        if hd is None and self.d_model % self.n_heads:
+            raise ValueError(f"n_heads={self.n_heads} does not divide d_model={self.d_model} "
+                             "(set head_dim to choose the head width yourself)")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}")
         choices = {"norm": ("layernorm", "rmsnorm"),
@@ -88,11 +134,16 @@ class GPTConfig:
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and "
                              f"{self.norm_eps}")
+        if self.rope_scaling is not None:
+            if self.pos != "rope":
+                raise ValueError(f"rope_scaling needs pos='rope', got pos={self.pos!r}")
+            check_rope_scaling(self.rope_scaling)
+            self.rope_scaling = dict(self.rope_scaling)  # our own copy: the caller's may change
 
     @property
     def d_head(self) -> int:
-        """Width of one attention head: d_model // n_heads."""
-        return self.d_model // self.n_heads
+        """Width of one attention head: head_dim if set, else d_model // n_heads."""
+        return self.d_model // self.n_heads if self.head_dim is None else self.head_dim
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-Python form, safe to store in a `weights_only` checkpoint."""
@@ -134,15 +185,17 @@ def count_params(config: GPTConfig) -> dict[str, int]:
     Introduced in chapter 6.
 
     Parts: tok_emb, pos_emb, attn, mlp, norm
-    (all layers' norms plus the final one), lm_head (0 when tied).
+    (all layers' norms plus the final one; QK-norm's scales count as attn), lm_head (0 when tied).
     "non_embedding" is total minus tok_emb, pos_emb and lm_head: the N of
     scaling laws (Kaplan et al.).
     Example: count_params(GPTConfig.gpt2())["total"] -> 124439808 (GPT-2 small).
     """
     c = config
     d, b, D = c.d_model, int(c.bias), c.d_head
+    qw = c.n_heads * D  # width of Q: d_model unless head_dim is set apart from it
     kv = c.n_kv_heads * D  # width of K and of V: smaller than d_model under GQA
-    attn = (d * d + b * d) * 2 + (d * kv + b * kv) * 2  # q and o, then k and v
+    attn = (d * qw + b * qw) + (qw * d + b * d) + (d * kv + b * kv) * 2  # q, o, then k and v
+    attn += 2 * D if c.qk_norm else 0  # QK-norm's two (D,) scales live inside attention
     n_in = 2 if c.mlp == "swiglu" else 1  # SwiGLU has two input projections: gate and up
     mlp = n_in * (d * c.d_ff + b * c.d_ff) + c.d_ff * d + b * d
     norm = d + (b * d if c.norm == "layernorm" else 0)  # RMSNorm has a scale, never a shift
@@ -260,11 +313,15 @@ class Block(nn.Module):
         # Each block owns its rotary tables (non-persistent buffers), so a pipeline stage of
         # blocks is self-contained.
         rope = (
-            RotaryEmbedding(c.d_head, c.context_length, c.rope_theta) if c.pos == "rope" else None
+            RotaryEmbedding(c.d_head, c.context_length, c.rope_theta, c.rope_scaling)
+            if c.pos == "rope" else None
         )
         self.attn_norm = make_norm(c)
+        qk = dict(q_norm=RMSNorm(c.d_head, c.norm_eps),
+                  k_norm=RMSNorm(c.d_head, c.norm_eps)) if c.qk_norm else {}
         self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.n_kv_heads, dropout=c.dropout,
-                                       bias=c.bias, rope=rope, use_sdpa=use_sdpa)
+                                       bias=c.bias, rope=rope, use_sdpa=use_sdpa,
+                                       head_dim=c.head_dim, **qk)
         self.mlp_norm = make_norm(c)
         self.mlp = make_mlp(c)
         self.drop = nn.Dropout(c.dropout)
@@ -338,16 +395,16 @@ class GPT(nn.Module):
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted from the tensors (shared ones once).
 
-        non_embedding drops tok_emb, pos_emb, lm_head.
+        non_embedding drops tok_emb, pos_emb, lm_head: each tensor once, by identity, so a head
+        tied by hand (or untied) counts as it really is, whatever the config says.
         """
-        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied matrix once
-        if non_embedding:
-            total -= self.tok_emb.weight.numel()
-            if isinstance(self.pos_emb, LearnedPositionalEmbedding):
-                total -= self.pos_emb.embedding.weight.numel()
-            if not self.config.tie_embeddings:
-                total -= self.lm_head.weight.numel()
-        return total
+        if not non_embedding:
+            return sum(p.numel() for p in self.parameters())  # yields a tied matrix once
+        embeddings = [self.tok_emb.weight, self.lm_head.weight]
+        if isinstance(self.pos_emb, LearnedPositionalEmbedding):
+            embeddings.append(self.pos_emb.embedding.weight)
+        skip = {id(t) for t in embeddings}
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
     def make_caches(self, batch_size: int, max_len: int | None = None,
                     dtype: torch.dtype | None = None,

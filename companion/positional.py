@@ -4,6 +4,9 @@ A learned table, fixed sinusoids, and rotary embeddings (RoPE).
 """
 from __future__ import annotations
 
+import math
+from typing import Any, Mapping
+
 import torch
 from torch import nn
 
@@ -16,6 +19,9 @@ __all__ = [
     "apply_rope",
     "apply_rope_complex",
     "RotaryEmbedding",
+    "ROPE_SCALING_TYPES",
+    "check_rope_scaling",
+    "scaled_rope_frequencies",
 ]
 
 
@@ -174,34 +180,158 @@ def apply_rope_complex(x: torch.Tensor, start_pos: int = 0, theta: float = 10000
     return out.transpose(-1, -2).flatten(-2).to(x.dtype)  # (..., T, 2, D/2) -> (..., T, D)
 
 
+# --- RoPE scaling: a model trained at L positions, run at factor * L -----------------------------
+
+# Hugging Face's rope_type names; "ntk" (static NTK-aware) is ours: HF only ships its dynamic form.
+ROPE_SCALING_TYPES = ("linear", "ntk", "yarn", "llama3")
+_ROPE_SCALING_KEYS = {
+    "linear": {"factor"},
+    "ntk": {"factor"},
+    "yarn": {"factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+             "attention_factor", "mscale", "mscale_all_dim", "truncate"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+
+
+def check_rope_scaling(scaling: Mapping[str, Any] | None) -> None:
+    """Raise ValueError unless scaling is None or a known HF-style rope_scaling dict.
+
+    Example: check_rope_scaling({"rope_type": "linear", "factor": 4.0}) passes.
+    """
+    if scaling is None:
+        return
+    if not isinstance(scaling, Mapping):
+        raise ValueError(f"rope_scaling must be a dict or None, got {type(scaling).__name__}")
+    kind = scaling.get("rope_type")
+    if kind not in ROPE_SCALING_TYPES:
+        raise ValueError(f"rope_scaling's rope_type must be one of {ROPE_SCALING_TYPES}, got "
+                         f"{kind!r}")
+    unknown = sorted(set(scaling) - _ROPE_SCALING_KEYS[kind] - {"rope_type"})
+    if unknown:
+        raise ValueError(f"unknown keys for rope_type {kind!r}: {unknown}")
+    factor = scaling.get("factor")
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor < 1:
+        raise ValueError(f"rope_scaling factor must be a number >= 1, got {factor!r}")
+    if kind == "llama3":
+        missing = sorted(_ROPE_SCALING_KEYS["llama3"] - set(scaling))
+        if missing:
+            raise ValueError(f"llama3 rope_scaling needs {missing}")
+        if not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]:
+            raise ValueError("llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor, "
+                             f"got {scaling['low_freq_factor']} and {scaling['high_freq_factor']}")
+
+
+def scaled_rope_frequencies(
+    d_head: int, theta: float = 10000.0, scaling: Mapping[str, Any] | None = None,
+    context_length: int | None = None,
+) -> tuple[torch.Tensor, float]:
+    """RoPE's (D/2,) rotation speeds after scaling, and the factor that multiplies cos and sin.
+
+    "linear" (position interpolation, Chen et al. 2023) divides every speed by factor; "ntk"
+    (NTK-aware, bloc97 2023) raises the base to theta * factor^(D/(D-2)), slowing low frequencies
+    most; "yarn" (Peng et al. 2023) interpolates only wavelengths beyond the original context,
+    ramping between the two, and scales attention by 0.1 ln(factor) + 1; "llama3" (Meta's Llama
+    3.1) divides long wavelengths by factor, keeps short ones, and blends those in between.
+    Example: scaled_rope_frequencies(4, 100.0, {"rope_type": "linear", "factor": 2.0})
+    -> ([0.5, 0.05], 1.0).
+    """
+    check_rope_scaling(scaling)
+    if scaling is None:
+        return rope_frequencies(d_head, theta), 1.0
+    kind, factor = scaling["rope_type"], float(scaling["factor"])
+    if kind == "ntk":
+        # The highest frequency keeps its speed, the lowest slows by exactly `factor`.
+        return rope_frequencies(d_head, theta * factor ** (d_head / (d_head - 2))), 1.0
+    inv_freq = rope_frequencies(d_head, theta)
+    if kind == "linear":
+        return inv_freq / factor, 1.0  # position m is treated as m / factor
+    original = scaling.get("original_max_position_embeddings", context_length)
+    if original is None:
+        raise ValueError(f"{kind} rope_scaling needs original_max_position_embeddings")
+    if kind == "llama3":
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        wavelen = 2 * math.pi / inv_freq
+        # Wavelengths longer than original/low are stretched, shorter than original/high kept.
+        scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+        smooth = (original / wavelen - low) / (high - low)
+        blended = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < original / high) * ~(wavelen > original / low)
+        return torch.where(medium, blended, scaled), 1.0
+    # YaRN, written as Hugging Face does so the speeds match it bit for bit.
+    mscale, mscale_all = scaling.get("mscale"), scaling.get("mscale_all_dim")
+
+    def get_mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attention = scaling.get("attention_factor")
+    if attention is None:
+        attention = (get_mscale(factor, mscale) / get_mscale(factor, mscale_all)
+                     if mscale and mscale_all else get_mscale(factor))
+    beta_fast, beta_slow = scaling.get("beta_fast") or 32, scaling.get("beta_slow") or 1
+
+    def correction_dim(rotations: float) -> float:
+        # the pair index whose wavelength fits `rotations` times into the original context
+        return d_head * math.log(original / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    lo, hi = correction_dim(beta_fast), correction_dim(beta_slow)
+    if scaling.get("truncate", True):
+        lo, hi = math.floor(lo), math.ceil(hi)
+    lo, hi = max(lo, 0), min(hi, d_head - 1)
+    hi = hi + 0.001 if lo == hi else hi
+    ramp = ((torch.arange(d_head // 2, dtype=torch.float32) - lo) / (hi - lo)).clamp(0, 1)
+    pos_freqs = theta ** (torch.arange(0, d_head, 2).float() / d_head)
+    extrapolate = 1 - ramp  # 1 for fast pairs (kept), 0 for slow ones (interpolated)
+    inv = (1.0 / (factor * pos_freqs)) * (1 - extrapolate) + (1.0 / pos_freqs) * extrapolate
+    return inv, float(attention)
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding for queries and keys of shape (B, H, T, D).
 
     In Hugging Face Llama's rotate-half layout.
 
     Position m rotates pair (i, i + D/2) by m * theta^(-2i/D), so q·k depends only
-    on the offset between them.
+    on the offset between them. `scaling` is an HF-style rope_scaling dict (see
+    scaled_rope_frequencies). forward's `positions` gives each token its own position (packed
+    documents restart at 0), shape (T,) or (B, T), offset by start_pos.
     Example: RotaryEmbedding(64, 1024)(q, start_pos=0) has q's shape. Introduced in chapter 4.
     """
 
-    def __init__(self, d_head: int, context_length: int, theta: float = 10000.0):
+    def __init__(self, d_head: int, context_length: int, theta: float = 10000.0,
+                 scaling: Mapping[str, Any] | None = None):
         super().__init__()
         self.d_head, self.context_length, self.theta = d_head, context_length, theta
+        self.scaling = None if scaling is None else dict(scaling)
+        inv_freq, attention = scaled_rope_frequencies(d_head, theta, scaling, context_length)
         # (T, D/2); checks d_head is even
-        angles = _rope_angles(torch.arange(context_length), d_head, theta)
+        angles = torch.arange(context_length).float()[:, None] * inv_freq[None, :]
         # Each angle appears twice: once for dimension i, once for its partner i + D/2.
         angles = torch.cat((angles, angles), dim=-1)  # (T, D)
         # Non-persistent: derived from (d_head, theta), so checkpoints
-        # neither store nor demand them.
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # neither store nor demand them. YaRN's attention factor scales both, as HF does.
+        self.register_buffer("cos", angles.cos() * attention, persistent=False)
+        self.register_buffer("sin", angles.sin() * attention, persistent=False)
 
-    def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int = 0,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         T, D = x.shape[-2], x.shape[-1]
         if D != self.d_head:
             raise ValueError(f"last dimension {D} does not match d_head={self.d_head}")
         if start_pos < 0:
             raise ValueError(f"start_pos must be >= 0, got {start_pos}")
+        if positions is not None:
+            pos = torch.as_tensor(positions, device=self.cos.device)
+            if pos.shape[-1] != T or pos.ndim not in (1, 2) or pos.is_floating_point():
+                raise ValueError(f"positions must be integers of shape (T={T},) or (B, T={T}), "
+                                 f"got {pos.dtype} {tuple(pos.shape)}")
+            pos = pos.long() + start_pos
+            if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= self.context_length):
+                raise ValueError(f"positions must lie in [0, {self.context_length}), got "
+                                 f"{int(pos.min())}..{int(pos.max())}")
+            cos, sin = self.cos[pos].to(x.dtype), self.sin[pos].to(x.dtype)  # (T, D) or (B, T, D)
+            if pos.ndim == 2:  # one row of positions per sequence: broadcast over the heads
+                cos, sin = cos[:, None], sin[:, None]
+            return apply_rope(x, cos, sin)
         # positions start_pos..start_pos+T-1 need start_pos + T rows
         if start_pos + T > self.context_length:
             raise ValueError(f"sequence of {start_pos + T} tokens (start_pos={start_pos} + T={T}) "

@@ -87,11 +87,12 @@ def param_count(config: GPTConfig, non_embedding: bool = False) -> int:
 
 
 def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
-    """Matmul FLOPs per token: 2N + 2*n_layers*seq_len*d_model forward (Kaplan et al.).
+    """Matmul FLOPs per token: 2N + 2*n_layers*seq_len*d_attn forward (Kaplan et al.).
 
     Times 3 with the backward.
 
-    N counts every weight a token is multiplied by: the non-embedding parameters plus the output
+    d_attn = n_heads * d_head (d_model unless head_dim differs). N counts every weight a token is
+    multiplied by: the non-embedding parameters plus the output
     head (the head multiplies even when tied; an embedding lookup multiplies nothing). The attention
     term uses the full window, as Kaplan's does; a causal mask halves the useful part.
     Example: flops_per_token(PRESETS["gpt2"]) -> 6 * 123,653,376 + 6 * 12 * 1024 * 768 ~ 7.98e8.
@@ -99,7 +100,8 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: boo
     c = config
     seq_len = c.context_length if seq_len is None else seq_len
     n_matmul = param_count(c, non_embedding=True) + c.vocab_size * c.d_model
-    forward = 2 * n_matmul + 2 * c.n_layers * seq_len * c.d_model
+    # q·k and weights·v are n_heads * d_head wide: d_model, unless head_dim is set apart from it
+    forward = 2 * n_matmul + 2 * c.n_layers * seq_len * c.n_heads * c.d_head
     return float(3 * forward if training else forward)  # the backward costs twice the forward
 
 

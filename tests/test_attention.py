@@ -368,3 +368,51 @@ def test_cached_decoding_with_companion_rope_matches_full_forward(n_kv_heads):
     cache = KVCache(2, 64, n_kv_heads, d_model // n_heads, dtype=torch.float64)
     steps = [attn(x[:, :5], cache=cache)] + [attn(x[:, t:t + 1], cache=cache) for t in range(5, T)]
     assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-10)
+
+
+# --- head_dim apart from d_model, QK-norm ------------------------------------------------
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_head_dim_apart_from_d_model_matches_reference(use_sdpa):
+    torch.manual_seed(0)
+    attn = MultiHeadAttention(30, 4, 2, head_dim=8, use_sdpa=use_sdpa).eval()
+    x = torch.randn(2, 5, 30)
+    B, T = 2, 5
+    q = attn.q_proj(x).view(B, T, 4, 8).transpose(1, 2)
+    k = repeat_kv(attn.k_proj(x).view(B, T, 2, 8).transpose(1, 2), 2)
+    v = repeat_kv(attn.v_proj(x).view(B, T, 2, 8).transpose(1, 2), 2)
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # scale 1/sqrt(8), not of 30/4
+    want = attn.o_proj(y.transpose(1, 2).reshape(B, T, 32))
+    assert torch.allclose(attn(x), want, atol=1e-5)
+
+
+def test_qk_norm_is_applied_before_rope_and_caching():
+    torch.manual_seed(0)
+    norms = dict(q_norm=torch.nn.RMSNorm(8), k_norm=torch.nn.RMSNorm(8))
+    attn = MultiHeadAttention(32, 4, 2, rope=rope, head_dim=8, **norms).eval()
+    with torch.no_grad():
+        attn.q_norm.weight.uniform_(0.5, 1.5)
+        attn.k_norm.weight.uniform_(0.5, 1.5)
+    x = torch.randn(1, 6, 32)
+    full = attn(x)
+    cache = KVCache(1, 8, 2, 8)
+    parts = [attn(x[:, :3], cache), attn(x[:, 3:5], cache), attn(x[:, 5:], cache)]
+    assert torch.allclose(torch.cat(parts, 1), full, atol=1e-5)
+    # the cached keys are normalised, then rotated: rotation keeps each head's norm
+    stored = cache.k[:, :, :6]
+    w = attn.k_norm.weight
+    raw = attn.k_proj(x).view(1, 6, 2, 8).transpose(1, 2)
+    normed = raw * torch.rsqrt(raw.pow(2).mean(-1, keepdim=True) + 1e-6) * w
+    assert torch.allclose(stored.norm(dim=-1), normed.norm(dim=-1), atol=1e-4)
+    plain = MultiHeadAttention(32, 4, 2, rope=rope, head_dim=8).eval()
+    plain.load_state_dict({k: v for k, v in attn.state_dict().items() if "norm" not in k})
+    assert not torch.allclose(plain(x), full, atol=1e-3)
+
+
+def test_head_dim_must_be_positive_and_frees_the_divisibility_rule():
+    with pytest.raises(ValueError, match="head_dim"):
+        MultiHeadAttention(32, 4, head_dim=0)
+    with pytest.raises(ValueError, match="divide d_model=30"):
+        MultiHeadAttention(30, 4)
+    assert MultiHeadAttention(30, 4, head_dim=6).d_head == 6

@@ -4,6 +4,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import Qwen3Config, Qwen3ForCausalLM  # noqa: E402
 
 from companion.hf import config_from_hf, from_hf, hub_offline, load_pretrained  # noqa: E402
 from companion.model import count_params  # noqa: E402
@@ -119,8 +120,12 @@ def test_unsupported_llama_configs_raise():
         config_from_hf({**d, "hidden_act": "gelu"})
     with pytest.raises(ValueError, match="agree"):
         config_from_hf({**d, "attention_bias": True})
-    with pytest.raises(ValueError, match="linear"):
-        config_from_hf({**d, "rope_parameters": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}})
+    with pytest.raises(ValueError, match="dynamic"):
+        config_from_hf({**d, "rope_parameters": {"rope_type": "dynamic", "factor": 2.0,
+                                                 "rope_theta": 1e4}})
+    with pytest.raises(ValueError, match="partial"):
+        config_from_hf({**d, "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                 "partial_rotary_factor": 0.5}})
 
 
 def test_missing_or_extra_tensors_raise():
@@ -137,3 +142,89 @@ def test_load_pretrained_refuses_offline(monkeypatch):
     assert hub_offline()
     with pytest.raises(RuntimeError, match="offline"):
         load_pretrained("gpt2")
+
+
+# --- Llama 3.x (scaled RoPE) and Qwen3 (QK-norm, head_dim) ---------------------------------
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+
+
+def qwen3(seed: int = 0, **kw) -> Qwen3ForCausalLM:
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=V, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+               max_position_embeddings=32, bos_token_id=0, eos_token_id=0, pad_token_id=0)
+    return Qwen3ForCausalLM(Qwen3Config(**{**cfg, **kw})).eval()
+
+
+@pytest.mark.parametrize("rope", [
+    LLAMA3_ROPE,
+    {"rope_type": "linear", "factor": 4.0},
+    {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 8},
+], ids=["llama3", "linear", "yarn"])
+def test_llama_with_scaled_rope_logits_match(rope):
+    # positions up to 24 run far past the original 8, where scaling changes every slow pair
+    hf = llama(rope_parameters={**rope, "rope_theta": 500000.0}, tie_word_embeddings=True)
+    c = config_from_hf(hf.config.to_dict())
+    assert c.rope_scaling["rope_type"] == rope["rope_type"] and c.rope_theta == 500000.0
+    same_logits(hf)
+
+
+def test_llama3_scaling_matters_to_the_logits():
+    hf = llama(rope_parameters={**LLAMA3_ROPE, "rope_theta": 500000.0})
+    d = hf.config.to_dict()
+    plain = from_hf(hf.state_dict(), {**d, "rope_parameters": {"rope_type": "default",
+                                                               "rope_theta": 500000.0}})
+    idx = torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert not torch.allclose(plain(idx), hf(idx).logits, atol=1e-3)
+
+
+def test_older_rope_scaling_key_is_read():
+    d = {**llama().config.to_dict(), "rope_theta": 5e5,
+         "rope_scaling": {"type": "llama3", **{k: v for k, v in LLAMA3_ROPE.items()
+                                                if k != "rope_type"}}}
+    d.pop("rope_parameters")
+    c = config_from_hf(d)
+    assert c.rope_theta == 5e5 and c.rope_scaling == LLAMA3_ROPE
+
+
+def test_llama_with_head_dim_apart_from_hidden_size_logits_match():
+    hf = llama(head_dim=12)  # 8 heads of 12 at hidden size 64
+    assert config_from_hf(hf.config.to_dict()).d_head == 12
+    same_logits(hf)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie_word_embeddings=True),
+                                dict(num_key_value_heads=4, head_dim=16),
+                                dict(num_key_value_heads=1, rope_theta=1e6)],
+                         ids=["gqa-untied", "tied", "mha-head16", "mqa-theta"])
+def test_qwen3_logits_match(kw):
+    hf = qwen3(**kw)
+    c = config_from_hf(hf.config.to_dict())
+    assert c.qk_norm and c.d_head == hf.config.head_dim
+    same_logits(hf)
+
+
+def test_qwen3_decodes_with_cache_like_hf():
+    hf = qwen3()
+    randomise_norms(hf)
+    ours = from_hf(hf.state_dict(), hf.config.to_dict())
+    idx = torch.randint(0, V, (1, 10), generator=torch.Generator().manual_seed(2))
+    caches = ours.make_caches(1)
+    with torch.no_grad():
+        parts = [ours(idx[:, :4], caches=caches)]
+        parts += [ours(idx[:, t:t + 1], caches=caches) for t in range(4, 10)]
+        assert torch.allclose(torch.cat(parts, 1), hf(idx).logits, atol=1e-4)
+
+
+def test_unsupported_qwen3_configs_raise():
+    d = qwen3().config.to_dict()
+    with pytest.raises(ValueError, match="agree"):
+        config_from_hf({**d, "attention_bias": True})
+    with pytest.raises(ValueError, match="sliding"):
+        config_from_hf({**d, "use_sliding_window": True})
+    sd = qwen3().state_dict()
+    with pytest.raises(ValueError, match="missing"):
+        from_hf({k: v for k, v in sd.items() if "layers.0.self_attn.q_norm" not in k}, d)

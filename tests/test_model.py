@@ -16,6 +16,13 @@ STYLES = {
     "sinusoidal-mqa": dict(pos="sinusoidal", n_kv_heads=1, tie_embeddings=False),
     "layernorm-nobias-swiglu": dict(bias=False, mlp="swiglu", d_ff=48),
     "rmsnorm-gelu-bias": dict(norm="rmsnorm", bias=True, pos="rope"),
+    "qwen3-like": dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, n_kv_heads=2,
+                       head_dim=12, qk_norm=True),
+    "wide-heads-bias": dict(pos="rope", head_dim=16, tie_embeddings=False),
+    "llama3-scaled": dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False,
+                          rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                        "original_max_position_embeddings": 8}),
 }
 
 
@@ -35,6 +42,11 @@ def tiny(style: str = "gpt2", seed: int = 0, **kw) -> GPT:
     (dict(dropout=1.0), "dropout"),
     (dict(pos="rope", d_model=36, n_heads=4), "d_head=9"),
     (dict(pos="sinusoidal", d_model=33, n_heads=1), "d_model=33"),
+    (dict(head_dim=0), "head_dim"),
+    (dict(pos="rope", head_dim=7), "d_head=7"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "pos='rope'"),
+    (dict(pos="rope", rope_scaling={"rope_type": "longrope", "factor": 2.0}), "rope_type"),
+    (dict(mlp="swiglu", d_ff_rule="palm"), "d_ff_rule"),
 ])
 def test_bad_config_raises_value_error_naming_the_numbers(bad, words):
     with pytest.raises(ValueError, match=words):
@@ -46,6 +58,59 @@ def test_config_round_trips_through_a_plain_dict():
     assert GPTConfig.from_dict(c.to_dict()) == c
     with pytest.raises(ValueError, match="unknown"):
         GPTConfig.from_dict({**c.to_dict(), "n_embd": 3})
+
+
+def test_old_config_dicts_load_unchanged():
+    # A checkpoint written before head_dim, qk_norm, rope_scaling and d_ff_rule existed.
+    old = {**TINY, "n_kv_heads": 4, "d_ff": 128, "norm": "layernorm", "mlp": "gelu",
+           "pos": "learned", "rope_theta": 10000.0, "bias": True, "tie_embeddings": True,
+           "dropout": 0.0, "norm_eps": 1e-5}
+    c = GPTConfig.from_dict(old)
+    assert (c.head_dim, c.qk_norm, c.rope_scaling, c.d_head) == (None, False, None, 8)
+    assert GPTConfig.from_dict(c.to_dict()) == c
+    torch.manual_seed(0)
+    sd = GPT(c).state_dict()
+    GPT(GPTConfig.from_dict(old)).load_state_dict(sd, strict=True)
+
+
+def test_new_fields_round_trip_through_a_plain_dict():
+    c = GPTConfig(**{**TINY, **STYLES["qwen3-like"]})
+    assert GPTConfig.from_dict(c.to_dict()) == c and c.d_head == 12
+    scaled = GPTConfig(**{**TINY, **STYLES["llama3-scaled"]})
+    d = scaled.to_dict()
+    assert GPTConfig.from_dict(d) == scaled and d["rope_scaling"]["rope_type"] == "llama3"
+
+
+def test_head_dim_sets_q_k_v_o_widths_apart_from_d_model():
+    m = tiny("qwen3-like")
+    attn = m.blocks[0].attn
+    assert attn.q_proj.weight.shape == (4 * 12, 32) and attn.k_proj.weight.shape == (2 * 12, 32)
+    assert attn.o_proj.weight.shape == (32, 4 * 12) and attn.q_norm.weight.shape == (12,)
+    assert m.make_caches(1)[0].k.shape == (1, 2, 16, 12)
+
+
+def test_qk_norm_normalises_each_head_of_q_and_k():
+    m = tiny("qwen3-like")
+    attn, seen = m.blocks[0].attn, {}
+    attn.q_norm.register_forward_hook(lambda mod, i, o: seen.setdefault("q", o))
+    m(torch.zeros(1, 5, dtype=torch.long))
+    q = seen["q"]  # (B, H, T, D), unit RMS per head with the norm's weight at 1 (eps aside)
+    assert q.shape == (1, 4, 5, 12)
+    assert torch.allclose(q.pow(2).mean(-1), torch.ones(1, 4, 5), atol=3e-3)
+    raw = attn.q_proj(m.blocks[0].attn_norm(m.tok_emb(torch.zeros(1, 5, dtype=torch.long))))
+    assert raw.pow(2).mean() < 0.1  # before the norm the queries are far from unit RMS
+
+
+def test_swiglu_width_rules_are_named_after_their_sources():
+    from companion.model import swiglu_width
+    assert swiglu_width(4096, "llama") == 11008  # LLaMA 1 and 2
+    assert swiglu_width(4096, "llama3") == 14336  # Llama 3 8B
+    assert swiglu_width(4096, "cs336") == 10944 and swiglu_width(768, "cs336") == 2048
+    assert swiglu_width(1000, "cs336") == 2688 != swiglu_width(1000, "llama") == 2816
+    c = GPTConfig(**{**TINY, "d_model": 4096, "n_heads": 32}, mlp="swiglu", d_ff_rule="llama3")
+    assert c.d_ff == 14336
+    # the default stays CS336's, so existing configs keep their widths
+    assert GPTConfig.llama().d_ff == 2048 and GPTConfig(**TINY, mlp="swiglu").d_ff == 128
 
 
 def test_gpt_rejects_a_non_config():
@@ -92,6 +157,17 @@ def test_tied_head_shares_the_embedding_matrix():
     assert untied.lm_head.weight is not untied.tok_emb.weight
     c = untied.config
     assert untied.num_params() - tiny("llama", tie_embeddings=True).num_params() == c.vocab_size * c.d_model
+
+
+def test_non_embedding_count_follows_actual_sharing_not_the_flag():
+    tied_by_hand = tiny("llama")  # config says untied
+    tied_by_hand.lm_head.weight = tied_by_hand.tok_emb.weight
+    want = tiny("llama").num_params(non_embedding=True)
+    assert tied_by_hand.num_params(non_embedding=True) == want
+    untied_by_hand = tiny("gpt2")  # config says tied
+    untied_by_hand.lm_head.weight = torch.nn.Parameter(untied_by_hand.tok_emb.weight.clone())
+    want = tiny("gpt2").num_params(non_embedding=True)
+    assert untied_by_hand.num_params(non_embedding=True) == want
 
 
 # --- initialisation ----------------------------------------------------------------------------

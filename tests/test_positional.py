@@ -282,3 +282,117 @@ def test_rope_rejects_wrong_head_size_and_negative_start():
         rope(_randn(1, 1, 4, 6))
     with pytest.raises(ValueError, match="start_pos must be >= 0, got -1"):
         rope(_randn(1, 1, 4, 8), start_pos=-1)
+
+
+# --- RoPE scaling ------------------------------------------------------------------------
+
+from companion.positional import check_rope_scaling, scaled_rope_frequencies  # noqa: E402
+
+D_HEAD, THETA, CTX = 64, 500000.0, 128
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 64}
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}
+
+
+def _hf_inv_freq(params: dict, seq_len=None):
+    pytest.importorskip("transformers")
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = LlamaConfig(hidden_size=4 * D_HEAD, num_attention_heads=4, num_key_value_heads=4,
+                         intermediate_size=32, num_hidden_layers=1, vocab_size=32,
+                         max_position_embeddings=CTX,
+                         rope_parameters={"rope_theta": THETA, **params})
+    return ROPE_INIT_FUNCTIONS[params["rope_type"]](config, "cpu", seq_len=seq_len)
+
+
+@pytest.mark.parametrize("params", [
+    {"rope_type": "linear", "factor": 4.0}, LLAMA3, YARN,
+    {**YARN, "beta_fast": 16, "beta_slow": 2, "truncate": False},
+    {**YARN, "mscale": 1.0, "mscale_all_dim": 0.5},
+], ids=["linear", "llama3", "yarn", "yarn-betas", "yarn-mscale"])
+def test_scaled_frequencies_match_transformers_rope_init(params):
+    want, want_attention = _hf_inv_freq(params)
+    got, attention = scaled_rope_frequencies(D_HEAD, THETA, params, CTX)
+    assert torch.allclose(got, want, rtol=1e-6, atol=0)
+    assert attention == pytest.approx(want_attention)
+
+
+@pytest.mark.parametrize("factor", [2.0, 8.0])
+def test_ntk_equals_transformers_dynamic_at_factor_times_context(factor):
+    # HF's dynamic NTK with factor 1 at seq_len = k * L raises the base exactly as static NTK-aware
+    # scaling by k does.
+    want, _ = _hf_inv_freq({"rope_type": "dynamic", "factor": 1.0}, seq_len=int(factor * CTX))
+    got, attention = scaled_rope_frequencies(D_HEAD, THETA, {"rope_type": "ntk", "factor": factor})
+    assert torch.allclose(got, want, rtol=1e-5, atol=0) and attention == 1.0
+
+
+def test_scaling_keeps_fast_pairs_and_slows_the_slowest_by_the_factor():
+    base = rope_frequencies(D_HEAD, THETA)
+    for params in ({"rope_type": "ntk", "factor": 8.0}, LLAMA3, {**YARN, "factor": 8.0}):
+        got, _ = scaled_rope_frequencies(D_HEAD, THETA, params, CTX)
+        assert got[0] == pytest.approx(float(base[0])), params["rope_type"]
+        assert got[-1] == pytest.approx(float(base[-1]) / 8.0, rel=1e-4), params["rope_type"]
+    linear, _ = scaled_rope_frequencies(D_HEAD, THETA, {"rope_type": "linear", "factor": 8.0})
+    assert torch.allclose(linear, base / 8.0)
+
+
+def test_linear_scaling_rotates_position_m_as_plain_rope_does_m_over_factor():
+    x = _randn(1, 1, 4, 8, dtype=torch.float32)
+    plain = RotaryEmbedding(8, 64)
+    scaled = RotaryEmbedding(8, 64, scaling={"rope_type": "linear", "factor": 2.0})
+    assert torch.allclose(scaled(x, start_pos=0, positions=torch.tensor([0, 2, 4, 6])),
+                          plain(x, positions=torch.tensor([0, 1, 2, 3])), atol=1e-6)
+
+
+def test_yarn_module_scales_cos_and_sin_by_attention_factor():
+    rope = RotaryEmbedding(D_HEAD, CTX, THETA, scaling=YARN)
+    _, attention = scaled_rope_frequencies(D_HEAD, THETA, YARN, CTX)
+    assert attention == pytest.approx(0.1 * math.log(4.0) + 1)
+    assert torch.allclose(rope.cos[0], torch.full((D_HEAD,), attention))
+
+
+@pytest.mark.parametrize("bad, words", [
+    ({"rope_type": "longrope", "factor": 2.0}, "rope_type"),
+    ({"rope_type": "linear", "factor": 0.5}, "factor"),
+    ({"rope_type": "linear", "factor": 2.0, "beta_fast": 3}, "unknown"),
+    ({**LLAMA3, "low_freq_factor": 5.0}, "low_freq_factor"),
+    ({k: v for k, v in LLAMA3.items() if k != "high_freq_factor"}, "high_freq_factor"),
+])
+def test_bad_rope_scaling_raises_naming_the_problem(bad, words):
+    with pytest.raises(ValueError, match=words):
+        check_rope_scaling(bad)
+
+
+# --- RoPE: explicit positions (packed documents) -----------------------------------------
+
+
+def test_explicit_positions_equal_rotating_each_token_at_its_own_position():
+    rope = RotaryEmbedding(8, 32)
+    x = _randn(2, 3, 6, 8)
+    positions = torch.tensor([0, 1, 2, 0, 1, 0])  # three documents packed into one row
+    got = rope(x, positions=positions)
+    for t, m in enumerate(positions.tolist()):
+        assert torch.allclose(got[:, :, t], rope(x[:, :, t:t + 1], start_pos=m)[:, :, 0])
+    # start_pos offsets explicit positions, as the learned table's forward does
+    shifted = rope(x, positions=positions + 3)
+    assert torch.allclose(rope(x, start_pos=3, positions=positions), shifted)
+
+
+def test_explicit_positions_per_sequence_rows():
+    rope = RotaryEmbedding(8, 32)
+    x = _randn(2, 3, 4, 8)
+    positions = torch.tensor([[0, 1, 2, 3], [5, 0, 1, 2]])
+    got = rope(x, positions=positions)
+    for b in range(2):
+        assert torch.allclose(got[b:b + 1], rope(x[b:b + 1], positions=positions[b]))
+    assert torch.allclose(got[:1], rope(x[:1]))  # 0..T-1 is the default
+
+
+@pytest.mark.parametrize("positions, words", [
+    (torch.tensor([0, 1, 2]), "shape"), (torch.tensor([0, 1, 2, 32]), r"\[0, 32\)"),
+    (torch.tensor([0.0, 1.0, 2.0, 3.0]), "integers"),
+])
+def test_bad_explicit_positions_raise(positions, words):
+    with pytest.raises(ValueError, match=words):
+        RotaryEmbedding(8, 32)(_randn(1, 1, 4, 8), positions=positions)

@@ -68,6 +68,16 @@ def test_top_p_keeps_the_smallest_set_with_mass_at_least_p(p):
         assert probs[row][kept[row]].min() >= probs[row][~kept[row]].max() if n < 30 else True  # the most likely
 
 
+def test_top_p_of_one_keeps_every_token_even_where_float_mass_saturates():
+    # In float32 the first token's probability rounds to 1.0, so the mass before each tail token
+    # is already 1.0: a test of "before < p" alone would drop them.
+    logits = torch.tensor([[0.0, -30.0, -40.0, -50.0]])
+    probs = logits.softmax(-1)
+    assert (probs.cumsum(-1) - probs)[0, 1] == 1.0  # the saturation the short cut guards against
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+    assert torch.isinf(top_p_filter(logits, 0.999)[0, 1:]).all()
+
+
 def test_sampling_after_top_k_never_leaves_the_set():
     logits = torch.randn(1, 20, generator=torch.Generator().manual_seed(3))
     allowed = set(logits.topk(3).indices[0].tolist())

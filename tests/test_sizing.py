@@ -53,6 +53,30 @@ def test_param_count_matches_gpt_for_variants(overrides):
     assert param_count(config) == sum(p.numel() for p in GPT(config).parameters())
 
 
+def test_counts_and_flops_follow_head_dim():
+    # Qwen3-0.6B's shape: 16 heads of 128 at d_model 1024, so attention is 2048 wide.
+    c = GPTConfig(vocab_size=151936, context_length=40960, d_model=1024, n_layers=28, n_heads=16,
+                  n_kv_heads=8, head_dim=128, d_ff=3072, norm="rmsnorm", mlp="swiglu", pos="rope",
+                  bias=False, tie_embeddings=True, qk_norm=True)
+    with torch.device("meta"):
+        model = GPT(c)
+    assert param_count(c) == model.num_params() == 596_049_920  # Qwen3-0.6B's published count
+    wide = GPTConfig(vocab_size=97, context_length=32, d_model=64, n_layers=2, n_heads=8,
+                     head_dim=16)
+    narrow = GPTConfig(vocab_size=97, context_length=32, d_model=64, n_layers=2, n_heads=8)
+    extra = flops_per_token(wide) - flops_per_token(narrow)
+    dn = param_count(wide, non_embedding=True) - param_count(narrow, non_embedding=True)
+    assert extra == 3 * (2 * dn + 2 * 2 * 32 * (8 * 16 - 64))
+
+
+def test_named_swiglu_rules_reproduce_the_published_widths():
+    from companion.model import swiglu_width
+    assert PRESETS["llama2-7b"].d_ff == swiglu_width(4096, "llama") == 11008
+    assert PRESETS["llama3-8b"].d_ff == swiglu_width(4096, "llama3") == 14336
+    assert PRESETS["llama3-70b"].d_ff == swiglu_width(8192, "llama3") == 28672
+    assert swiglu_width(4096, "cs336") == 10944  # the 64-multiple rule misses LLaMA's 11,008
+
+
 def test_preset_returns_a_copy():
     c = preset("gpt2", dropout=0.1)
     assert c.dropout == 0.1 and PRESETS["gpt2"].dropout == 0.0
