@@ -20,7 +20,8 @@ from .tokenizer import CharTokenizer, Tokenizer
 
 __all__ = ["SPECIAL_TOKENS", "BASE_CHECKPOINT", "load_base", "ChatTokenizer", "render_chat", "parse_chat",
            "encode_chat", "resize_vocab", "masked_loss", "pad_batch", "pack", "speaker_task",
-           "answer_accuracy", "answer"]
+           "answer_accuracy", "answer", "chat_example", "cloze_items", "choice_logps",
+           "multiple_choice_accuracy"]
 
 SPECIAL_TOKENS = ("<|user|>", "<|assistant|>", "<|end|>")
 BASE_CHECKPOINT = "base_char.pt"  # in companion/assets, with base_char.json (how it was made)
@@ -252,3 +253,58 @@ def answer(model: nn.Module, tok: ChatTokenizer, line: str, max_new_tokens: int 
     out = generate(model, torch.tensor([prompt]), room, temperature=0.0)[0, len(prompt):].tolist()
     end = tok.special_ids["<|end|>"]
     return tok.decode(out[:out.index(end)] if end in out else out)
+
+
+# --- multiple choice by log-likelihood (HellaSwag's method) --------------------------------------
+
+
+def cloze_items(text: str, n: int, n_choices: int = 4, min_chars: int = 30, max_chars: int = 60,
+                seed: int = 0) -> list[tuple[str, list[str], int]]:
+    """Multiple-choice items from a text's lines: (context, endings, index of the true ending).
+
+    Each line is cut at a space near its middle; the wrong endings are other lines' second halves.
+    Example: cloze_items(val_text, 1)[0] -> ('Why, sir, ', ['what a...', ...], 2)
+    """
+    lines = [ln for ln in (s.strip() for s in text.split("\n")) if min_chars <= len(ln) <= max_chars
+             and not ln.endswith(":") and " " in ln[len(ln) // 3:]]
+    if len(lines) < n_choices:
+        raise ValueError(f"only {len(lines)} usable lines; need at least n_choices={n_choices}")
+    rng = random.Random(seed)
+    halves = []
+    for ln in lines:
+        cut = ln.index(" ", len(ln) // 3) + 1  # after a space, so every ending starts with a word
+        halves.append((ln[:cut], ln[cut:]))
+    items = []
+    for i in rng.sample(range(len(halves)), min(n, len(halves))):
+        others = rng.sample([j for j in range(len(halves)) if j != i], n_choices - 1)
+        endings = [halves[j][1] for j in others]
+        answer = rng.randrange(n_choices)
+        endings.insert(answer, halves[i][1])
+        items.append((halves[i][0], endings, answer))
+    return items
+
+
+@torch.no_grad()
+def choice_logps(model: nn.Module, tok: Tokenizer, context: str, endings: list[str]) -> torch.Tensor:
+    """Summed log-probability of each ending after the context, one batched pass: (len(endings),)."""
+    ctx = tok.encode(context)
+    rows = [ctx + tok.encode(e) for e in endings]
+    examples = [(ids, [0] * len(ctx) + [1] * (len(ids) - len(ctx))) for ids in rows]
+    x, y, m = pad_batch(examples, 0)
+    logp = model(x).float().log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    return (logp * m).sum(-1)
+
+
+def multiple_choice_accuracy(model: nn.Module, tok: Tokenizer, items: list[tuple[str, list[str], int]],
+                             normalise: bool = False) -> float:
+    """Share of items whose true ending scores highest; normalise divides by the ending's length."""
+    was = model.training
+    model.eval()
+    hits = 0
+    for context, endings, answer in items:
+        scores = choice_logps(model, tok, context, endings)
+        if normalise:
+            scores = scores / torch.tensor([len(tok.encode(e)) for e in endings])
+        hits += int(scores.argmax()) == answer
+    model.train(was)
+    return hits / len(items)
