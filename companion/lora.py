@@ -3,6 +3,7 @@
 W x becomes W x + (alpha / r) * B A x with A (r, in) and B (out, r); only A and B train. B starts at
 zero, so the adapted model starts as the base model exactly. `merge_lora` folds B A into W.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,28 +25,42 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
         if not isinstance(rank, int) or rank < 1 or rank > min(base.in_features, base.out_features):
-            raise ValueError(f"rank must be an int in [1, {min(base.in_features, base.out_features)}], got {rank}")
+            raise ValueError(
+                f"rank must be an int in [1, {min(base.in_features, base.out_features)}], "
+                f"got {rank}"
+            )
         self.base, self.rank, self.alpha = base, rank, float(alpha)
         self.scaling = float(alpha) / rank
         for p in base.parameters():
             p.requires_grad_(False)
         w = base.weight
-        self.lora_A = nn.Parameter(torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype))
+        self.lora_A = nn.Parameter(
+            torch.empty(rank, base.in_features, device=w.device, dtype=w.dtype)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base.out_features, rank, device=w.device, dtype=w.dtype)
+        )
         # A random and B zero (as in the paper and peft): the update B A is 0 at the start, but its
         # gradient with respect to B is not, so training moves off the base model at once.
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        update = self.dropout(x) @ self.lora_A.T @ self.lora_B.T  # (..., in) -> (..., r) -> (..., out)
+        update = (
+            self.dropout(x) @ self.lora_A.T @ self.lora_B.T
+        )  # (..., in) -> (..., r) -> (..., out)
         return self.base(x) + self.scaling * update
 
     def merged(self) -> nn.Linear:
-        """A plain nn.Linear with W + (alpha / r) B A: the same outputs (without dropout), no extra cost."""
+        """A plain nn.Linear with W + (alpha / r) B A: the same outputs (without dropout)."""
         b = self.base
-        out = nn.Linear(b.in_features, b.out_features, bias=b.bias is not None, device=b.weight.device,
-                        dtype=b.weight.dtype)
+        out = nn.Linear(
+            b.in_features,
+            b.out_features,
+            bias=b.bias is not None,
+            device=b.weight.device,
+            dtype=b.weight.dtype,
+        )
         with torch.no_grad():
             out.weight.copy_(b.weight + self.scaling * (self.lora_B @ self.lora_A))
             if b.bias is not None:
@@ -53,16 +68,24 @@ class LoRALinear(nn.Module):
         return out
 
 
-def apply_lora(model: nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = ("q_proj", "v_proj"),
-               dropout: float = 0.0) -> nn.Module:
-    """Freeze every parameter of `model`, then wrap each nn.Linear whose name ends in a target. In place.
+def apply_lora(
+    model: nn.Module,
+    rank: int,
+    alpha: float,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Freeze all of `model`, then wrap each nn.Linear whose name ends in a target. In place.
 
     Example: apply_lora(GPT(cfg), rank=4, alpha=8) adapts every block's q_proj and v_proj.
     """
     for p in model.parameters():
         p.requires_grad_(False)
-    hits = [(name, module) for name, module in model.named_modules()
-            if name.split(".")[-1] in targets and isinstance(module, nn.Linear)]
+    hits = [
+        (name, module)
+        for name, module in model.named_modules()
+        if name.split(".")[-1] in targets and isinstance(module, nn.Linear)
+    ]
     if not hits:
         raise ValueError(f"no nn.Linear named {targets} in the model; nothing to adapt")
     for name, module in hits:

@@ -1,8 +1,9 @@
-"""Supervised fine-tuning: the shipped base model, a chat template, masked loss, packing. Chapter 10.
+"""Supervised fine-tuning: the shipped base model, chat template, masked loss, packing. Chapter 10.
 
-The base model is chapter 7's CPU preset, trained by the course's CLI and shipped in companion/assets
+The base model is chapter 7's CPU preset, trained by the course's CLI, shipped in companion/assets
 (`load_base`). The task: say which character speaks a line of Tiny Shakespeare (`speaker_task`).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,17 +19,34 @@ from torch import nn
 from .model import GPT, GPTConfig
 from .tokenizer import CharTokenizer, Tokenizer
 
-__all__ = ["SPECIAL_TOKENS", "BASE_CHECKPOINT", "load_base", "ChatTokenizer", "render_chat", "parse_chat",
-           "encode_chat", "resize_vocab", "masked_loss", "pad_batch", "pack", "speaker_task",
-           "answer_accuracy", "answer", "chat_example", "cloze_items", "choice_logps",
-           "multiple_choice_accuracy"]
+__all__ = [
+    "SPECIAL_TOKENS",
+    "BASE_CHECKPOINT",
+    "load_base",
+    "ChatTokenizer",
+    "render_chat",
+    "parse_chat",
+    "encode_chat",
+    "resize_vocab",
+    "masked_loss",
+    "pad_batch",
+    "pack",
+    "speaker_task",
+    "answer_accuracy",
+    "answer",
+    "chat_example",
+    "cloze_items",
+    "ending_logps",
+    "choice_logps",
+    "multiple_choice_accuracy",
+]
 
 SPECIAL_TOKENS = ("<|user|>", "<|assistant|>", "<|end|>")
 BASE_CHECKPOINT = "base_char.pt"  # in companion/assets, with base_char.json (how it was made)
 
 
 def load_base(name: str = BASE_CHECKPOINT) -> tuple[GPT, CharTokenizer, dict[str, Any]]:
-    """The shipped base model (eval mode), its tokenizer and its provenance, loaded with weights_only=True.
+    """The shipped base model (eval mode), tokenizer and provenance; loaded with weights_only=True.
 
     Example: model, tok, info = load_base(); tok.vocab_size -> 65
     """
@@ -50,17 +68,23 @@ class ChatTokenizer(Tokenizer):
     def __init__(self, base: CharTokenizer, specials: tuple[str, ...] = SPECIAL_TOKENS):
         clash = [s for s in specials if len(s) == 1 and s in base.stoi]
         if clash or len(set(specials)) != len(specials):
-            raise ValueError(f"special tokens must be distinct and not base characters, got {specials}")
+            raise ValueError(
+                f"special tokens must be distinct and not base characters, got {specials}"
+            )
         self.base, self.specials = base, tuple(specials)
         self.special_ids = {s: base.vocab_size + i for i, s in enumerate(specials)}
         self.vocab_size = base.vocab_size + len(specials)
         # Longest first, so that a special token is never split into a shorter one's prefix.
-        self._split = re.compile("(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")")
+        self._split = re.compile(
+            "(" + "|".join(map(re.escape, sorted(specials, key=len, reverse=True))) + ")"
+        )
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
         for piece in self._split.split(text):
-            ids += [self.special_ids[piece]] if piece in self.special_ids else self.base.encode(piece)
+            ids += (
+                [self.special_ids[piece]] if piece in self.special_ids else self.base.encode(piece)
+            )
         return ids
 
     def decode(self, ids: Any) -> str:
@@ -96,7 +120,7 @@ def parse_chat(text: str) -> list[dict[str, str]]:
 
 
 def encode_chat(tok: ChatTokenizer, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-    """Token ids of the rendered chat and a 0/1 mask that is 1 on what the assistant writes (its <|end|> too).
+    """Token ids of the chat and a 0/1 mask, 1 on what the assistant writes (its <|end|> too).
 
     The role token itself is part of the prompt: at inference we type it, the model writes the rest.
     """
@@ -112,7 +136,7 @@ def encode_chat(tok: ChatTokenizer, messages: list[dict[str, str]]) -> tuple[lis
 
 
 def resize_vocab(model: GPT, vocab_size: int) -> GPT:
-    """Grow tok_emb and lm_head to vocab_size rows in place; new rows start at the mean of the old ones.
+    """Grow tok_emb and lm_head to vocab_size rows in place; new rows start at the old rows' mean.
 
     The mean keeps a new token's logit near the average one (Hewitt 2021), where random rows can put
     all the probability on a token the model has never seen. Tied weights stay tied.
@@ -137,15 +161,22 @@ def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     return model
 
 
-def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
-                n_tokens: int | float | None = None) -> torch.Tensor:
-    """Cross-entropy summed over positions where mask is 1, divided by n_tokens (default: mask.sum()).
+def masked_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    mask: torch.Tensor,
+    n_tokens: int | float | None = None,
+) -> torch.Tensor:
+    """Cross-entropy summed where mask is 1, divided by n_tokens (default: mask.sum()).
 
     Under gradient accumulation pass the count of the whole accumulated batch as n_tokens, so that
     every response token weighs the same whatever micro-batch it landed in.
-    Example: masked_loss(torch.zeros(1, 2, 4), torch.tensor([[0, 1]]), torch.tensor([[0, 1]])) -> log 4
+    Example: masked_loss(torch.zeros(1, 2, 4), torch.tensor([[0, 1]]), torch.tensor([[0, 1]]))
+    -> log 4
     """
-    ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none")
+    ce = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1), reduction="none"
+    )
     mask = mask.reshape(-1).to(ce.dtype)
     count = mask.sum() if n_tokens is None else torch.as_tensor(float(n_tokens))
     if count <= 0:
@@ -156,7 +187,9 @@ def masked_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
 Example = tuple[list[int], list[int]]  # (ids, mask) from encode_chat
 
 
-def pad_batch(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_batch(
+    examples: list[Example], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One row per example, right-padded to the longest: (inputs, targets, mask), each (B, T).
 
     mask says which targets count: an assistant token, never padding.
@@ -174,9 +207,9 @@ def pad_batch(examples: list[Example], pad_id: int) -> tuple[torch.Tensor, torch
 
 
 def pack(examples: list[Example], context_length: int, pad_id: int = 0) -> tuple[torch.Tensor, ...]:
-    """Concatenate examples into rows of context_length + 1 tokens (whole examples only): (x, y, mask).
+    """Concatenate whole examples into rows of context_length + 1 tokens: (x, y, mask).
 
-    Fewer rows and little padding; the price is that a later example can attend to an earlier one in its
+    Fewer rows and little padding; the price is that a later example can attend to an earlier one in
     row (no document mask), which the prompt's leading role token makes harmless here.
     """
     rows: list[Example] = []
@@ -184,20 +217,33 @@ def pack(examples: list[Example], context_length: int, pad_id: int = 0) -> tuple
     mask: list[int] = []
     for e_ids, e_mask in examples:
         if len(e_ids) > context_length + 1:
-            raise ValueError(f"an example of {len(e_ids)} tokens exceeds context_length + 1 = {context_length + 1}")
+            raise ValueError(
+                f"an example of {len(e_ids)} tokens exceeds context_length + 1 = "
+                f"{context_length + 1}"
+            )
         if len(ids) + len(e_ids) > context_length + 1:
             rows.append((ids, mask))
             ids, mask = [], []
         ids, mask = ids + e_ids, mask + e_mask
     if ids:
         rows.append((ids, mask))
-    x, y, m = pad_batch([(r + [pad_id] * (context_length + 1 - len(r)), k + [0] * (context_length + 1 - len(k)))
-                         for r, k in rows], pad_id)
+    x, y, m = pad_batch(
+        [
+            (r + [pad_id] * (context_length + 1 - len(r)), k + [0] * (context_length + 1 - len(k)))
+            for r, k in rows
+        ],
+        pad_id,
+    )
     return x, y, m
 
 
-def speaker_task(text: str, speakers: tuple[str, ...], max_chars: int = 40, test_fraction: float = 0.25,
-                 seed: int = 0) -> dict[str, list[tuple[str, str]]]:
+def speaker_task(
+    text: str,
+    speakers: tuple[str, ...],
+    max_chars: int = 40,
+    test_fraction: float = 0.25,
+    seed: int = 0,
+) -> dict[str, list[tuple[str, str]]]:
     """(line, speaker) pairs from the text's speeches, split by speech into "train" and "test".
 
     Each line of a speech by one of `speakers` (at most max_chars long, at least 12) is one example;
@@ -221,22 +267,27 @@ def speaker_task(text: str, speakers: tuple[str, ...], max_chars: int = 40, test
 
 def chat_example(tok: ChatTokenizer, line: str, speaker: str) -> Example:
     """One task example as (ids, mask): the user gives the line, the assistant names its speaker."""
-    return encode_chat(tok, [{"role": "user", "content": line}, {"role": "assistant", "content": speaker}])
+    return encode_chat(
+        tok, [{"role": "user", "content": line}, {"role": "assistant", "content": speaker}]
+    )
 
 
 @torch.no_grad()
-def answer_accuracy(model: nn.Module, tok: ChatTokenizer, pairs: list[tuple[str, str]],
-                    batch_size: int = 256) -> float:
+def answer_accuracy(
+    model: nn.Module, tok: ChatTokenizer, pairs: list[tuple[str, str]], batch_size: int = 256
+) -> float:
     """Exact-match accuracy of greedy answers, from one teacher-forced pass per batch.
 
-    Greedy decoding writes "NAME<|end|>" exactly when, with that answer fed in, every answer position's
+    Greedy decoding writes "NAME<|end|>" exactly when, with that answer fed in, each answer slot's
     argmax is the next answer token; so one forward pass decides exact match without generating.
     """
     was = model.training
     model.eval()
     hits = 0
     for i in range(0, len(pairs), batch_size):
-        x, y, m = pad_batch([chat_example(tok, ln, who) for ln, who in pairs[i:i + batch_size]], 0)
+        x, y, m = pad_batch(
+            [chat_example(tok, ln, who) for ln, who in pairs[i : i + batch_size]], 0
+        )
         right = (model(x).argmax(-1) == y) | (m == 0)
         hits += int(right.all(dim=1).sum())
     model.train(was)
@@ -250,23 +301,27 @@ def answer(model: nn.Module, tok: ChatTokenizer, line: str, max_new_tokens: int 
 
     prompt = tok.encode(f"<|user|>{line}<|end|><|assistant|>")
     room = min(max_new_tokens, model.config.context_length - len(prompt))
-    out = generate(model, torch.tensor([prompt]), room, temperature=0.0)[0, len(prompt):].tolist()
+    out = generate(model, torch.tensor([prompt]), room, temperature=0.0)[0, len(prompt) :].tolist()
     end = tok.special_ids["<|end|>"]
-    return tok.decode(out[:out.index(end)] if end in out else out)
+    return tok.decode(out[: out.index(end)] if end in out else out)
 
 
 # --- multiple choice by log-likelihood (HellaSwag's method) --------------------------------------
 
 
-def cloze_items(text: str, n: int, n_choices: int = 4, min_chars: int = 30, max_chars: int = 60,
-                seed: int = 0) -> list[tuple[str, list[str], int]]:
+def cloze_items(
+    text: str, n: int, n_choices: int = 4, min_chars: int = 30, max_chars: int = 60, seed: int = 0
+) -> list[tuple[str, list[str], int]]:
     """Multiple-choice items from a text's lines: (context, endings, index of the true ending).
 
     Each line is cut at a space near its middle; the wrong endings are other lines' second halves.
     Example: cloze_items(val_text, 1)[0] -> ('Why, sir, ', ['what a...', ...], 2)
     """
-    lines = [ln for ln in (s.strip() for s in text.split("\n")) if min_chars <= len(ln) <= max_chars
-             and not ln.endswith(":") and " " in ln[len(ln) // 3:]]
+    lines = [
+        ln
+        for ln in (s.strip() for s in text.split("\n"))
+        if min_chars <= len(ln) <= max_chars and not ln.endswith(":") and " " in ln[len(ln) // 3 :]
+    ]
     if len(lines) < n_choices:
         raise ValueError(f"only {len(lines)} usable lines; need at least n_choices={n_choices}")
     rng = random.Random(seed)
@@ -285,26 +340,45 @@ def cloze_items(text: str, n: int, n_choices: int = 4, min_chars: int = 30, max_
 
 
 @torch.no_grad()
-def choice_logps(model: nn.Module, tok: Tokenizer, context: str, endings: list[str]) -> torch.Tensor:
-    """Summed log-probability of each ending after the context, one batched pass: (len(endings),)."""
-    ctx = tok.encode(context)
-    rows = [ctx + tok.encode(e) for e in endings]
-    examples = [(ids, [0] * len(ctx) + [1] * (len(ids) - len(ctx))) for ids in rows]
-    x, y, m = pad_batch(examples, 0)
-    logp = model(x).float().log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-    return (logp * m).sum(-1)
+def ending_logps(
+    model: nn.Module, tok: Tokenizer, pairs: list[tuple[str, str]], batch_size: int = 256
+) -> torch.Tensor:
+    """Summed log-probability of each ending after its context, batched: (len(pairs),)."""
+    out = []
+    for i in range(0, len(pairs), batch_size):
+        examples = []
+        for context, ending in pairs[i : i + batch_size]:
+            ctx, end = tok.encode(context), tok.encode(ending)
+            examples.append((ctx + end, [0] * len(ctx) + [1] * len(end)))
+        x, y, m = pad_batch(examples, 0)
+        logp = model(x).float().log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+        out.append((logp * m).sum(-1))
+    return torch.cat(out)
 
 
-def multiple_choice_accuracy(model: nn.Module, tok: Tokenizer, items: list[tuple[str, list[str], int]],
-                             normalise: bool = False) -> float:
+def choice_logps(
+    model: nn.Module, tok: Tokenizer, context: str, endings: list[str]
+) -> torch.Tensor:
+    """Summed log-probability of each ending after the context: (len(endings),)."""
+    return ending_logps(model, tok, [(context, e) for e in endings])
+
+
+def multiple_choice_accuracy(
+    model: nn.Module,
+    tok: Tokenizer,
+    items: list[tuple[str, list[str], int]],
+    normalise: bool = False,
+) -> float:
     """Share of items whose true ending scores highest; normalise divides by the ending's length."""
     was = model.training
     model.eval()
-    hits = 0
-    for context, endings, answer in items:
-        scores = choice_logps(model, tok, context, endings)
-        if normalise:
-            scores = scores / torch.tensor([len(tok.encode(e)) for e in endings])
-        hits += int(scores.argmax()) == answer
+    k = len(items[0][1])
+    scores = ending_logps(model, tok, [(c, e) for c, endings, _ in items for e in endings]).view(
+        -1, k
+    )
+    if normalise:
+        scores = scores / torch.tensor(
+            [[len(tok.encode(e)) for e in endings] for _, endings, _ in items]
+        )
     model.train(was)
-    return hits / len(items)
+    return (scores.argmax(-1) == torch.tensor([a for _, _, a in items])).float().mean().item()

@@ -1,4 +1,5 @@
 """companion.dpo: eq. 7 by hand, a second formulation (loss and gradient), masked sums, KL."""
+
 from __future__ import annotations
 
 import math
@@ -22,9 +23,14 @@ def test_no_preference_costs_log_two():
 
 
 def test_hand_worked_case():
-    """pi_c=-1, pi_r=-3, ref_c=-2, ref_r=-2, beta=0.5: rewards 0.5 and -0.5, loss -log sigmoid(1) = 0.3133."""
-    loss, rc, rr = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-                            torch.tensor([-2.0]), beta=0.5)
+    """pi_c=-1, pi_r=-3, ref_c=ref_r=-2, beta=0.5: rewards 0.5 and -0.5, loss -log sigmoid(1)."""
+    loss, rc, rr = dpo_loss(
+        torch.tensor([-1.0]),
+        torch.tensor([-3.0]),
+        torch.tensor([-2.0]),
+        torch.tensor([-2.0]),
+        beta=0.5,
+    )
     assert math.isclose(loss.item(), math.log(1 + math.exp(-1)), rel_tol=1e-6)
     assert math.isclose(rc.item(), 0.5) and math.isclose(rr.item(), -0.5)
 
@@ -57,13 +63,19 @@ def test_gradient_pushes_chosen_up_and_rejected_down_with_weight_sigmoid_minus_m
     dpo_loss(pc, pr, rc, rr, beta)[0].backward()
     delta = ((pc - rc) - (pr - rr)).detach()
     weight = beta * torch.sigmoid(-beta * delta) / len(pc)
-    assert torch.allclose(pc.grad, -weight, atol=1e-6) and torch.allclose(pr.grad, weight, atol=1e-6)
+    assert torch.allclose(pc.grad, -weight, atol=1e-6) and torch.allclose(
+        pr.grad, weight, atol=1e-6
+    )
 
 
 def test_large_margins_stay_finite():
-    loss = dpo_loss(torch.tensor([0.0]), torch.tensor([-1e4]), torch.tensor([-1e4]), torch.tensor([0.0]))[0]
+    loss = dpo_loss(
+        torch.tensor([0.0]), torch.tensor([-1e4]), torch.tensor([-1e4]), torch.tensor([0.0])
+    )[0]
     assert torch.isfinite(loss) and loss.item() < 1e-6
-    loss = dpo_loss(torch.tensor([-1e4]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([-1e4]))[0]
+    loss = dpo_loss(
+        torch.tensor([-1e4]), torch.tensor([0.0]), torch.tensor([0.0]), torch.tensor([-1e4])
+    )[0]
     assert math.isclose(loss.item(), 0.1 * 2e4, rel_tol=1e-4)
 
 

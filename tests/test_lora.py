@@ -1,4 +1,5 @@
-"""companion.lora: identity at the start, exact parameter counts, merge keeps the logits, peft agrees."""
+"""companion.lora: identity at the start, exact counts, merge keeps the logits, peft agrees."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,17 @@ from torch import nn
 from companion.lora import LoRALinear, apply_lora, lora_parameters, merge_lora, trainable_params
 from companion.model import GPT, GPTConfig
 
-CFG = GPTConfig(vocab_size=13, context_length=8, d_model=16, n_layers=2, n_heads=2, norm="rmsnorm",
-                mlp="swiglu", pos="rope", bias=False)
+CFG = GPTConfig(
+    vocab_size=13,
+    context_length=8,
+    d_model=16,
+    n_layers=2,
+    n_heads=2,
+    norm="rmsnorm",
+    mlp="swiglu",
+    pos="rope",
+    bias=False,
+)
 
 
 def tiny(seed: int = 0) -> GPT:
@@ -86,7 +96,9 @@ def test_matches_peft_with_the_same_base_and_adapter_weights():
     base = tiny()
     ours = apply_lora(copy.deepcopy(base), rank=4, alpha=16)
     randomise_b(ours)
-    config = peft.LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    config = peft.LoraConfig(
+        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0
+    )
     theirs = peft.get_peft_model(copy.deepcopy(base), config)
     n = 0
     with torch.no_grad():

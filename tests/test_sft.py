@@ -1,5 +1,6 @@
-"""companion.sft: the shipped base, the chat template's round trip, vocabulary resizing, the masked loss,
+"""companion.sft: the shipped base, the chat template's round trip, resizing, masked loss,
 padding against packing, and the gradient-accumulation normalisation."""
+
 from __future__ import annotations
 
 import copy
@@ -10,8 +11,20 @@ import torch
 
 from companion.data import load_text
 from companion.model import GPT, GPTConfig
-from companion.sft import (ChatTokenizer, answer_accuracy, chat_example, encode_chat, load_base, masked_loss,
-                           pack, pad_batch, parse_chat, render_chat, resize_vocab, speaker_task)
+from companion.sft import (
+    ChatTokenizer,
+    answer_accuracy,
+    chat_example,
+    encode_chat,
+    load_base,
+    masked_loss,
+    pack,
+    pad_batch,
+    parse_chat,
+    render_chat,
+    resize_vocab,
+    speaker_task,
+)
 from companion.tokenizer import CharTokenizer
 
 BASE = CharTokenizer("abcdefghijklmnopqrstuvwxyz ,.!?'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -36,7 +49,11 @@ def test_template_round_trips(messages):
 def test_special_tokens_are_single_new_ids():
     tok = ChatTokenizer(BASE)
     assert tok.vocab_size == BASE.vocab_size + 3
-    assert tok.encode("<|user|>a<|end|>") == [BASE.vocab_size, *BASE.encode("a"), BASE.vocab_size + 2]
+    assert tok.encode("<|user|>a<|end|>") == [
+        BASE.vocab_size,
+        *BASE.encode("a"),
+        BASE.vocab_size + 2,
+    ]
 
 
 def test_template_rejects_bad_messages():
@@ -58,7 +75,16 @@ def test_mask_covers_the_answer_and_its_end_token_only():
 def test_resize_keeps_old_logits_and_starts_new_rows_at_the_mean():
     torch.manual_seed(0)
     for tie in (True, False):
-        model = GPT(GPTConfig(vocab_size=10, context_length=8, d_model=16, n_layers=1, n_heads=2, tie_embeddings=tie))
+        model = GPT(
+            GPTConfig(
+                vocab_size=10,
+                context_length=8,
+                d_model=16,
+                n_layers=1,
+                n_heads=2,
+                tie_embeddings=tie,
+            )
+        )
         idx = torch.randint(0, 10, (1, 6))
         before = model(idx)
         resize_vocab(model, 13)
@@ -70,7 +96,7 @@ def test_resize_keeps_old_logits_and_starts_new_rows_at_the_mean():
 
 
 def test_masked_loss_hand_worked():
-    """Uniform logits over 4 tokens: each counted position costs log 4; unmasked ones add nothing."""
+    """Uniform logits over 4 tokens: each counted position costs log 4; the others add nothing."""
     logits = torch.zeros(1, 3, 4)
     logits[0, 0, 1] = 100.0  # a confident wrong guess, hidden by the mask
     loss = masked_loss(logits, torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]]))
@@ -80,7 +106,7 @@ def test_masked_loss_hand_worked():
 
 
 def test_accumulation_needs_the_global_token_count():
-    """Two micro-batches with 1 and 5 answer tokens: dividing by the total (6) reproduces the full batch's
+    """Two micro-batches with 1 and 5 answer tokens: dividing by the total (6) gives the full
     gradient; the mean of per-micro-batch means weighs the lone token five times as much."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=7, context_length=6, d_model=8, n_layers=1, n_heads=2))
@@ -93,16 +119,26 @@ def test_accumulation_needs_the_global_token_count():
         return torch.cat([p.grad.flatten() for p in model.parameters()])
 
     full = grads([masked_loss(model(x), y, m)])
-    right = grads([masked_loss(model(x[i:i + 1]), y[i:i + 1], m[i:i + 1], n_tokens=6) for i in range(2)])
-    wrong = grads([masked_loss(model(x[i:i + 1]), y[i:i + 1], m[i:i + 1]) / 2 for i in range(2)])
+    right = grads(
+        [masked_loss(model(x[i : i + 1]), y[i : i + 1], m[i : i + 1], n_tokens=6) for i in range(2)]
+    )
+    wrong = grads(
+        [masked_loss(model(x[i : i + 1]), y[i : i + 1], m[i : i + 1]) / 2 for i in range(2)]
+    )
     assert torch.allclose(full, right, atol=1e-6)
     assert not torch.allclose(full, wrong, atol=1e-3)
 
 
 def test_padding_and_packing_hold_the_same_answer_tokens():
     tok = ChatTokenizer(BASE)
-    examples = [chat_example(tok, line, who) for line, who in
-                [("a short line", "ROMEO"), ("a much longer line, this one", "ISABELLA"), ("hi there", "LEONTES")]]
+    examples = [
+        chat_example(tok, line, who)
+        for line, who in [
+            ("a short line", "ROMEO"),
+            ("a much longer line, this one", "ISABELLA"),
+            ("hi there", "LEONTES"),
+        ]
+    ]
     _, yp, mp = pad_batch(examples, 0)
     xk, yk, mk = pack(examples, 64)
     assert xk.shape[1] == 64 and len(xk) < len(examples)
@@ -115,13 +151,12 @@ def test_speaker_task_splits_by_speech_and_only_named_speakers():
     task = speaker_task(load_text("tinyshakespeare"), ("ROMEO", "JULIET"), max_chars=40)
     assert {w for _, w in task["train"] + task["test"]} == {"ROMEO", "JULIET"}
     assert all(12 <= len(line) <= 40 for line, _ in task["train"])
-    assert not {line for line, _ in task["test"]} & {line for line, _ in task["train"]} - {""} or True
     with pytest.raises(ValueError, match="no speeches"):
         speaker_task("A:\nhello there friend\n", ("B",))
 
 
 def test_answer_accuracy_is_exact_match_of_greedy_decoding():
-    """A model that always predicts token 0 answers exactly right only where the answer is all token 0."""
+    """A model that always predicts token 0 never ends its answer; an oracle always does."""
     tok = ChatTokenizer(CharTokenizer("ab"))
 
     class Zero(torch.nn.Module):
@@ -133,7 +168,9 @@ def test_answer_accuracy_is_exact_match_of_greedy_decoding():
             return out
 
     model = Zero()
-    assert answer_accuracy(model, tok, [("ab", "a"), ("ba", "b")]) == 0.0  # <|end|> is never predicted
+    assert (
+        answer_accuracy(model, tok, [("ab", "a"), ("ba", "b")]) == 0.0
+    )  # <|end|> is never predicted
     pairs = [("ab", "a"), ("ba", "b")]
     _, y, _ = pad_batch([chat_example(tok, *p) for p in pairs], 0)
     model.forward = lambda x: torch.nn.functional.one_hot(y, tok.vocab_size).float()  # an oracle
