@@ -12,6 +12,9 @@ import torch
 from companion.data import load_text
 from companion.model import GPT, GPTConfig
 from companion.sft import (
+    choice_logps,
+    cloze_items,
+    multiple_choice_accuracy,
     ChatTokenizer,
     answer_accuracy,
     chat_example,
@@ -175,3 +178,29 @@ def test_answer_accuracy_is_exact_match_of_greedy_decoding():
     _, y, _ = pad_batch([chat_example(tok, *p) for p in pairs], 0)
     model.forward = lambda x: torch.nn.functional.one_hot(y, tok.vocab_size).float()  # an oracle
     assert answer_accuracy(model, tok, pairs) == 1.0
+
+
+def test_cloze_items_hold_the_true_ending_at_the_answer_index():
+    text = load_text("tinyshakespeare")[:20000]
+    items = cloze_items(text, n=20, seed=1)
+    lines = {ln.strip() for ln in text.split("\n")}
+    assert len(items) == 20
+    for context, endings, answer in items:
+        assert len(endings) == 4 and context + endings[answer] in lines
+        assert context.endswith(" ") and len(set(endings)) >= 2
+    with pytest.raises(ValueError, match="usable lines"):
+        cloze_items("short\nlines\n", n=3)
+
+
+def test_ending_logps_match_a_hand_computed_sum_and_ranking():
+    model, tok, _ = load_base()
+    context, endings = "ROMEO:\nBut soft, what ", ["light", "xqzj!"]
+    ids = tok.encode(context + endings[0])
+    with torch.no_grad():
+        logp = model(torch.tensor([ids[:-1]])).log_softmax(-1)[0]
+    n = len(tok.encode(context))
+    want = sum(logp[t - 1, ids[t]].item() for t in range(n, len(ids)))
+    got = choice_logps(model, tok, context, endings)
+    assert math.isclose(got[0].item(), want, rel_tol=1e-5) and got[0] > got[1]
+    items = [(context, endings, 0), (context, endings[::-1], 1)]
+    assert multiple_choice_accuracy(model, tok, items) == 1.0
