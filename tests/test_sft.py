@@ -1,0 +1,206 @@
+"""companion.sft: the shipped base, the chat template's round trip, resizing, masked loss,
+padding against packing, and the gradient-accumulation normalisation."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from companion.data import load_text
+from companion.model import GPT, GPTConfig
+from companion.sft import (
+    choice_logps,
+    cloze_items,
+    multiple_choice_accuracy,
+    ChatTokenizer,
+    answer_accuracy,
+    chat_example,
+    encode_chat,
+    load_base,
+    masked_loss,
+    pack,
+    pad_batch,
+    parse_chat,
+    render_chat,
+    resize_vocab,
+    speaker_task,
+)
+from companion.tokenizer import CharTokenizer
+
+BASE = CharTokenizer("abcdefghijklmnopqrstuvwxyz ,.!?'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+CHAT = [{"role": "user", "content": "who is it?"}, {"role": "assistant", "content": "ROMEO"}]
+
+
+def test_shipped_base_loads_with_its_provenance():
+    model, tok, info = load_base()
+    assert tok.vocab_size == model.config.vocab_size == 65
+    assert model.num_params() == info["parameters"] and info["final_val_loss"] < 2.0
+    assert "companion.train --preset shakespeare-char-cpu" in info["command"]
+
+
+@pytest.mark.parametrize("messages", [CHAT, CHAT[:1], [], [{"role": "user", "content": ""}] * 2])
+def test_template_round_trips(messages):
+    tok = ChatTokenizer(BASE)
+    text = render_chat(messages)
+    assert parse_chat(text) == messages
+    assert tok.decode(tok.encode(text)) == text
+
+
+def test_special_tokens_are_single_new_ids():
+    tok = ChatTokenizer(BASE)
+    assert tok.vocab_size == BASE.vocab_size + 3
+    assert tok.encode("<|user|>a<|end|>") == [
+        BASE.vocab_size,
+        *BASE.encode("a"),
+        BASE.vocab_size + 2,
+    ]
+
+
+def test_template_rejects_bad_messages():
+    with pytest.raises(ValueError, match="role"):
+        render_chat([{"role": "system", "content": "x"}])
+    with pytest.raises(ValueError, match="special token"):
+        render_chat([{"role": "user", "content": "<|end|>"}])
+    with pytest.raises(ValueError, match="not a rendered chat"):
+        parse_chat("<|user|>unfinished")
+
+
+def test_mask_covers_the_answer_and_its_end_token_only():
+    tok = ChatTokenizer(BASE)
+    ids, mask = encode_chat(tok, CHAT)
+    learned = tok.decode([i for i, m in zip(ids, mask) if m])
+    assert learned == "ROMEO<|end|>"
+
+
+def test_resize_keeps_old_logits_and_starts_new_rows_at_the_mean():
+    torch.manual_seed(0)
+    for tie in (True, False):
+        model = GPT(
+            GPTConfig(
+                vocab_size=10,
+                context_length=8,
+                d_model=16,
+                n_layers=1,
+                n_heads=2,
+                tie_embeddings=tie,
+            )
+        )
+        idx = torch.randint(0, 10, (1, 6))
+        before = model(idx)
+        resize_vocab(model, 13)
+        after = model(idx)
+        assert after.shape == (1, 6, 13) and model.config.vocab_size == 13
+        assert torch.allclose(after[..., :10], before, atol=1e-6)
+        assert torch.allclose(model.tok_emb.weight[12], model.tok_emb.weight[:10].mean(0))
+        assert (model.lm_head.weight is model.tok_emb.weight) == tie
+
+
+def test_masked_loss_hand_worked():
+    """Uniform logits over 4 tokens: each counted position costs log 4; the others add nothing."""
+    logits = torch.zeros(1, 3, 4)
+    logits[0, 0, 1] = 100.0  # a confident wrong guess, hidden by the mask
+    loss = masked_loss(logits, torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]]))
+    assert math.isclose(loss.item(), math.log(4), rel_tol=1e-6)
+    with pytest.raises(ValueError, match="no tokens"):
+        masked_loss(logits, torch.tensor([[0, 1, 2]]), torch.zeros(1, 3))
+
+
+def test_accumulation_needs_the_global_token_count():
+    """Two micro-batches with 1 and 5 answer tokens: dividing by the total (6) gives the full
+    gradient; the mean of per-micro-batch means weighs the lone token five times as much."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=7, context_length=6, d_model=8, n_layers=1, n_heads=2))
+    x, y = torch.randint(0, 7, (2, 6)), torch.randint(0, 7, (2, 6))
+    m = torch.tensor([[0, 0, 0, 0, 0, 1], [0, 1, 1, 1, 1, 1]])
+
+    def grads(losses):
+        model.zero_grad()
+        sum(losses).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    full = grads([masked_loss(model(x), y, m)])
+    right = grads(
+        [masked_loss(model(x[i : i + 1]), y[i : i + 1], m[i : i + 1], n_tokens=6) for i in range(2)]
+    )
+    wrong = grads(
+        [masked_loss(model(x[i : i + 1]), y[i : i + 1], m[i : i + 1]) / 2 for i in range(2)]
+    )
+    assert torch.allclose(full, right, atol=1e-6)
+    assert not torch.allclose(full, wrong, atol=1e-3)
+
+
+def test_padding_and_packing_hold_the_same_answer_tokens():
+    tok = ChatTokenizer(BASE)
+    examples = [
+        chat_example(tok, line, who)
+        for line, who in [
+            ("a short line", "ROMEO"),
+            ("a much longer line, this one", "ISABELLA"),
+            ("hi there", "LEONTES"),
+        ]
+    ]
+    _, yp, mp = pad_batch(examples, 0)
+    xk, yk, mk = pack(examples, 64)
+    assert xk.shape[1] == 64 and len(xk) < len(examples)
+    assert sorted(yp[mp.bool()].tolist()) == sorted(yk[mk.bool()].tolist())
+    with pytest.raises(ValueError, match="exceeds"):
+        pack(examples, 10)
+
+
+def test_speaker_task_splits_by_speech_and_only_named_speakers():
+    task = speaker_task(load_text("tinyshakespeare"), ("ROMEO", "JULIET"), max_chars=40)
+    assert {w for _, w in task["train"] + task["test"]} == {"ROMEO", "JULIET"}
+    assert all(12 <= len(line) <= 40 for line, _ in task["train"])
+    with pytest.raises(ValueError, match="no speeches"):
+        speaker_task("A:\nhello there friend\n", ("B",))
+
+
+def test_answer_accuracy_is_exact_match_of_greedy_decoding():
+    """A model that always predicts token 0 never ends its answer; an oracle always does."""
+    tok = ChatTokenizer(CharTokenizer("ab"))
+
+    class Zero(torch.nn.Module):
+        training = False
+
+        def forward(self, x):
+            out = torch.zeros(*x.shape, tok.vocab_size)
+            out[..., 0] = 1.0
+            return out
+
+    model = Zero()
+    assert (
+        answer_accuracy(model, tok, [("ab", "a"), ("ba", "b")]) == 0.0
+    )  # <|end|> is never predicted
+    pairs = [("ab", "a"), ("ba", "b")]
+    _, y, _ = pad_batch([chat_example(tok, *p) for p in pairs], 0)
+    model.forward = lambda x: torch.nn.functional.one_hot(y, tok.vocab_size).float()  # an oracle
+    assert answer_accuracy(model, tok, pairs) == 1.0
+
+
+def test_cloze_items_hold_the_true_ending_at_the_answer_index():
+    text = load_text("tinyshakespeare")[:20000]
+    items = cloze_items(text, n=20, seed=1)
+    lines = {ln.strip() for ln in text.split("\n")}
+    assert len(items) == 20
+    for context, endings, answer in items:
+        assert len(endings) == 4 and context + endings[answer] in lines
+        assert context.endswith(" ") and len(set(endings)) >= 2
+    with pytest.raises(ValueError, match="usable lines"):
+        cloze_items("short\nlines\n", n=3)
+
+
+def test_ending_logps_match_a_hand_computed_sum_and_ranking():
+    model, tok, _ = load_base()
+    context, endings = "ROMEO:\nBut soft, what ", ["light", "xqzj!"]
+    ids = tok.encode(context + endings[0])
+    with torch.no_grad():
+        logp = model(torch.tensor([ids[:-1]])).log_softmax(-1)[0]
+    n = len(tok.encode(context))
+    want = sum(logp[t - 1, ids[t]].item() for t in range(n, len(ids)))
+    got = choice_logps(model, tok, context, endings)
+    assert math.isclose(got[0].item(), want, rel_tol=1e-5) and got[0] > got[1]
+    items = [(context, endings, 0), (context, endings[::-1], 1)]
+    assert multiple_choice_accuracy(model, tok, items) == 1.0
