@@ -33,7 +33,12 @@ from .loader import TokenIds, random_batch
 PARALLEL = ("none", "ddp", "fsdp", "pipeline", "tp")
 
 __all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups",
-           "make_optimizer", "estimate_loss", "train", "make_checkpoint", "resume_state"]
+           "make_optimizer", "estimate_loss", "train", "make_checkpoint", "resume_state",
+           "keep_decay_horizon", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became inf or NaN; the run stopped before that step could reach a checkpoint."""
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -298,6 +303,8 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
         "model_config": _model_config(model),
         "train_config": cfg.to_dict(),
         "step": step,
+        # the cosine's end, kept on resume (see keep_decay_horizon)
+        "decay_steps": cfg.decay_steps,
         "history": {k: list(v) for k, v in history.items()},
         "rng": rng_state(batch_generator),
         **(extra or {}),
@@ -314,6 +321,21 @@ def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.
     optimizer.load_state_dict(checkpoint["optimizer"])
     set_rng_state(checkpoint["rng"], batch_generator)
     return checkpoint["step"], {k: list(v) for k, v in checkpoint["history"].items()}
+
+
+def keep_decay_horizon(cfg: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
+    """The config to resume with: once decay has begun, the cosine keeps the checkpoint's end.
+
+    A longer max_steps then adds steps at min_lr instead of lifting the lr back up the cosine.
+    An explicit cfg.lr_decay_steps wins. Example: a 600-step run resumed with max_steps=800
+    decays to min_lr at step 600 and stays there.
+    """
+    horizon = checkpoint.get("decay_steps")
+    if horizon is None:  # a checkpoint written before the horizon was stored
+        horizon = TrainConfig.from_dict(checkpoint["train_config"]).decay_steps
+    if cfg.lr_decay_steps is not None or checkpoint["step"] <= cfg.warmup_steps:
+        return cfg  # chosen by hand, or still warming up: the new horizon lowers nothing yet
+    return dataclasses.replace(cfg, lr_decay_steps=horizon)
 
 
 def _write_logs(out: Path, history: dict[str, list]) -> None:
@@ -351,8 +373,11 @@ def train(
 
     history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the
     end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
-    out_dir, each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded
-    checkpoint; `stop_at` ends early as if interrupted (the schedule still runs to max_steps).
+    out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
+    and best.pt when its validation loss is the lowest so far. `resume` is a loaded checkpoint
+    (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early as if interrupted (the
+    schedule still runs to max_steps). A non-finite loss raises NonFiniteLossError and leaves the
+    last good checkpoints as they were.
     `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
     (chapter 9) runs it under torchrun, one process per rank, with logs and checkpoints written by
     rank 0 only.
@@ -370,6 +395,8 @@ def train(
     if resume is not None and cfg.parallel not in ("none", "ddp"):
         raise ValueError("resume is supported single-process and with parallel='ddp', not "
                          f"{cfg.parallel!r}")
+    if resume is not None:
+        cfg = keep_decay_horizon(cfg, resume)
     par, is_main = None, True
     if cfg.parallel != "none":
         # torch.distributed only when asked for
@@ -397,17 +424,23 @@ def train(
     resumed_at = history["elapsed"][-1] if history["elapsed"] else 0.0
     t0, start = time.perf_counter() - resumed_at, step
 
+    saved = [resume["step"] if resume is not None else None]  # the last good checkpoint's step
+
     def evaluate() -> None:
+        losses = {key: estimate_loss(forward, ids, cfg, device) if par is None
+                  else loop.estimate_loss_parallel(par, ids, cfg)
+                  for key, ids in (("eval_train", train_ids), ("eval_val", val_ids))}
+        if not all(map(math.isfinite, losses.values())):
+            stop(f"step {step}: the evaluation loss is {losses['eval_val']}")
         history["eval_step"].append(step)
-        for key, ids in (("eval_train", train_ids), ("eval_val", val_ids)):
-            history[key].append(estimate_loss(forward, ids, cfg, device) if par is None
-                                else loop.estimate_loss_parallel(par, ids, cfg))
+        for key, loss in losses.items():
+            history[key].append(loss)
         history["elapsed"].append(time.perf_counter() - t0)
-        checkpoint()
+        checkpoint(best=losses["eval_val"] <= min(history["eval_val"]))
         if out is not None and is_main:
             _write_logs(out, history)
 
-    def checkpoint() -> None:
+    def checkpoint(best: bool = False) -> None:
         if out is None:
             return
         # full_weights is a collective: every rank calls it
@@ -415,6 +448,17 @@ def train(
                                weights=None if par is None else loop.full_weights(par))
         if is_main:
             save_checkpoint(out / "ckpt.pt", ckpt)
+            if best:  # the weights to keep when the run goes on to over-fit
+                save_checkpoint(out / "best.pt", ckpt)
+        saved[0] = step
+
+    def stop(what: str) -> None:
+        if par is not None:
+            loop.finish(owned)
+        kept = ("" if out is None or saved[0] is None
+                else f"; the last good checkpoint, {out / 'ckpt.pt'} (step {saved[0]}), is kept")
+        raise NonFiniteLossError(f"{what}: training diverged and stopped{kept}. Try a lower lr "
+                                 "or a smaller grad_clip")
 
     if step == 0 and not history["eval_step"]:
         evaluate()  # the untrained model: about ln(vocab_size)
@@ -423,7 +467,7 @@ def train(
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum: torch.Tensor | float = 0.0
         for _ in range(cfg.grad_accum_steps):
             x, y = random_batch(train_ids, cfg.batch_size, cfg.context_length, gen)
             x, y = x.to(device), y.to(device)
@@ -439,7 +483,10 @@ def train(
             # Dividing by the number of micro-batches makes the summed gradients their mean:
             # accumulating k batches of B gives the gradient of one batch of k*B.
             (loss / cfg.grad_accum_steps).backward()
-            loss_sum += loss.item()
+            loss_sum = loss_sum + loss.detach()  # a tensor: no device sync per micro-batch
+        train_loss = float(loss_sum) / cfg.grad_accum_steps
+        if not math.isfinite(train_loss):
+            stop(f"step {step + 1}: the training loss is {train_loss}")
         if cfg.grad_clip > 0 and par is not None:
             # the norm of the whole gradient, summed across the ranks' parts
             clip_grad_norm(par, cfg.grad_clip)
@@ -449,7 +496,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         step += 1  # from here on, `step` counts completed optimizer steps
         history["lr"].append(lr)
-        history["train_loss"].append(loss_sum / cfg.grad_accum_steps)
+        history["train_loss"].append(train_loss)
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             evaluate()
             tok_s = cfg.tokens_per_step * (step - start) / (history["elapsed"][-1] - resumed_at)
