@@ -134,9 +134,13 @@ def apply_overrides(
 def load_corpus(dataset: str) -> str:
     """A registered data set's text, or a UTF-8 file's; an empty corpus is an error."""
     path = Path(dataset)
-    text = (
-        path.read_text(encoding="utf-8") if path.suffix and path.is_file() else load_text(dataset)
-    )
+    if path.suffix and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:
+        try:
+            text = load_text(dataset)
+        except KeyError as err:  # neither a file nor a registered name: say which
+            raise ValueError(f"--dataset={dataset}: no such file, and {err.args[0]}") from None
     if not text:
         raise ValueError(f"the corpus {dataset} is empty: there is nothing to train on")
     return text
@@ -297,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         model = GPT(model_cfg)
         model.load_state_dict(best["model"])
         print(f"sample of {args.sample} characters from {path.name} (step {best['step']}):")
-        prompt = "\n"
+        prompt = "\n" if "\n" in tok.itos else tok.itos[0]  # a corpus may have no newline
         text = generate_text(model, tok, prompt, max_new_tokens=args.sample, seed=train_cfg.seed)
         print(text[len(prompt):])
     return 0
