@@ -374,7 +374,8 @@ def train(
     history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the
     end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
     out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
-    and best.pt when its validation loss is the lowest so far. `resume` is a loaded checkpoint
+    and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
+    the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume` is a loaded checkpoint
     (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early as if interrupted (the
     schedule still runs to max_steps). A non-finite loss raises NonFiniteLossError and leaves the
     last good checkpoints as they were.

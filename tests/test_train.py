@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from companion.model import GPT, GPTConfig
-from companion.train import TrainConfig, estimate_loss, lr_at, make_optimizer, param_groups, train
+from companion.checkpoint import load_checkpoint
+from companion.train import (NonFiniteLossError, TrainConfig, estimate_loss, keep_decay_horizon, lr_at,
+                             make_optimizer, param_groups, train)
 from companion.train_cli import PRESETS, apply_overrides, build_configs, main, parse_overrides
 
 TINY = dict(vocab_size=12, context_length=16, d_model=16, n_layers=1, n_heads=2)
@@ -211,6 +213,49 @@ def test_out_dir_gets_checkpoint_and_logs(tmp_path):
     assert len(rows) == 1 + 1 + 6  # header, the step-0 evaluation, six steps
     assert rows[4].startswith("3,") and rows[4].split(",")[4] != ""  # evaluated after step 3
     assert rows[3].startswith("2,") and rows[3].split(",")[4] == ""  # not after step 2
+
+
+def test_best_checkpoint_keeps_the_lowest_validation_loss_while_ckpt_keeps_the_latest(tmp_path):
+    """Train on 0, 1, 2, ..., 5, 0, validate on the cycle run backwards: learning the training
+    split makes validation worse, so best.pt stays at the untrained step 0 while ckpt.pt moves on."""
+    ids = torch.arange(3000)
+    h = train(StandIn(vocab=6), ids % 6, -ids[:600] % 6, tiny_cfg(lr=1e-2), out_dir=tmp_path,
+              progress=False)
+    assert h["eval_val"][-1] > h["eval_val"][0]  # the premise: validation got worse
+    best, last = (load_checkpoint(tmp_path / name) for name in ("best.pt", "ckpt.pt"))
+    assert best["step"] == h["eval_step"][h["eval_val"].index(min(h["eval_val"]))] == 0
+    assert last["step"] == 6
+    assert not torch.equal(best["model"]["head.weight"], last["model"]["head.weight"])
+
+
+def test_resume_keeps_the_decay_horizon_once_decay_has_begun():
+    old = tiny_cfg(max_steps=6)
+    ckpt = {"step": 4, "decay_steps": 6, "train_config": old.to_dict()}
+    longer = tiny_cfg(max_steps=12)
+    kept = keep_decay_horizon(longer, ckpt)
+    assert kept.decay_steps == 6 and kept.max_steps == 12
+    assert max(lr_at(s, kept) for s in range(4, 12)) <= lr_at(3, old)
+    # still warming up: the new horizon lowers nothing yet; a horizon chosen by hand wins
+    assert keep_decay_horizon(longer, {**ckpt, "step": 2}).decay_steps == 12
+    assert keep_decay_horizon(tiny_cfg(max_steps=12, lr_decay_steps=9), ckpt).decay_steps == 9
+    # a checkpoint from before the horizon was stored: its train_config says it
+    assert keep_decay_horizon(longer, {"step": 4, "train_config": old.to_dict()}).decay_steps == 6
+
+
+class Diverges(StandIn):
+    """Fine until its weights pass 2 in size, then its logits are NaN."""
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(idx)
+        return logits * float("nan") if self.head.weight.abs().max() > 2 else logits
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan.*ckpt.pt \(step 3\)"):
+        train(Diverges(), corpus(), corpus(), tiny_cfg(lr=0.5, warmup_steps=0, max_steps=100), out_dir=tmp_path,
+              progress=False)
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
 # --- overrides and the command line -------------------------------------------------------------
