@@ -145,3 +145,18 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
     assert ckpt["step"] == 0
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
+
+
+# --- one home for the command line ------------------------------------------------------------------
+
+
+def test_the_loop_does_not_import_its_command_line_and_help_documents_the_checkpoints():
+    code = "import sys, companion.train; print('companion.train_cli' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    probe = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+    assert probe.stdout.strip() == "False", probe.stderr[-3000:]
+    proc = cli("--help")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = " ".join(proc.stdout.split())
+    assert "best.pt (the lowest validation loss)" in text and "decay horizon" in text

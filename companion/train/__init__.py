@@ -3,7 +3,8 @@
 Chapter 1 introduces `train_model`; chapter 7 grows it into `train`: AdamW with parameter
 groups, warmup and cosine decay, clipping, accumulation, evaluation, logs and resumable checkpoints.
 
-Command line (chapter 7):
+Command line (chapter 7), whose one home is companion.train_cli (this package's __main__ only
+calls it, so the loop never imports its command line):
 
     python -m companion.train --preset shakespeare-char-5m --max-steps 200 --out runs/x
 """
@@ -25,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
-from .loader import TokenIds, random_batch
+from ..checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
+from ..loader import TokenIds, random_batch
 
 # companion.parallel.STRATEGIES, spelled out so that single-process training never
 # imports torch.distributed
@@ -375,9 +376,9 @@ def train(
     end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
     out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
     and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
-    the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume` is a loaded checkpoint
-    (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early as if interrupted (the
-    schedule still runs to max_steps). A non-finite loss raises NonFiniteLossError and leaves the
+    the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume`
+    is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early
+    as if interrupted (the schedule still runs to max_steps). A non-finite loss raises NonFiniteLossError and leaves the
     last good checkpoints as they were.
     `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
     (chapter 9) runs it under torchrun, one process per rank, with logs and checkpoints written by
@@ -401,7 +402,7 @@ def train(
     par, is_main = None, True
     if cfg.parallel != "none":
         # torch.distributed only when asked for
-        from .parallel import clip_grad_norm, loop, shard_batch
+        from ..parallel import clip_grad_norm, loop, shard_batch
 
         env, par, owned = loop.start(model, cfg, device)
         device, is_main, progress = env.device, env.is_main, progress and env.is_main
@@ -515,9 +516,3 @@ def train(
     if par is not None:
         loop.finish(owned)
     return history
-
-
-if __name__ == "__main__":
-    from companion.train_cli import main  # the command line lives beside the loop, not in it
-
-    raise SystemExit(main())
