@@ -378,8 +378,8 @@ def train(
     and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
     the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume`
     is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early
-    as if interrupted (the schedule still runs to max_steps). A non-finite loss raises NonFiniteLossError and leaves the
-    last good checkpoints as they were.
+    as if interrupted (the schedule still runs to max_steps). A non-finite loss raises
+    NonFiniteLossError and leaves the last good checkpoints as they were.
     `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
     (chapter 9) runs it under torchrun, one process per rank, with logs and checkpoints written by
     rank 0 only.
