@@ -169,6 +169,10 @@ def test_train_loss_falls_and_history_has_the_documented_shape():
     assert len(h["eval_train"]) == len(h["eval_val"]) == len(h["elapsed"]) == 5
     assert h["eval_val"][0] > math.log(12) - 0.3  # untrained: about ln(vocab)
     assert h["eval_val"][-1] < h["eval_val"][0] - 1.0
+    assert len(h["grad_norm"]) == 40 and all(n > 0 for n in h["grad_norm"])
+    # tokens/s of the steps since the previous evaluation; no MFU on a CPU (no known peak)
+    assert h["tokens_per_s"][0] is None and all(t > 0 for t in h["tokens_per_s"][1:])
+    assert h["mfu"] == [None] * 5
 
 
 def test_train_accepts_any_module():
@@ -209,10 +213,18 @@ def test_out_dir_gets_checkpoint_and_logs(tmp_path):
     assert (tmp_path / "ckpt.pt").is_file()
     assert json.loads((tmp_path / "log.json").read_text())["train_loss"] == h["train_loss"]
     rows = (tmp_path / "log.csv").read_text().splitlines()
-    assert rows[0] == "step,lr,train_loss,eval_train_loss,val_loss"
+    assert rows[0] == "step,lr,train_loss,eval_train_loss,val_loss,grad_norm,tokens_per_s,mfu"
     assert len(rows) == 1 + 1 + 6  # header, the step-0 evaluation, six steps
     assert rows[4].startswith("3,") and rows[4].split(",")[4] != ""  # evaluated after step 3
     assert rows[3].startswith("2,") and rows[3].split(",")[4] == ""  # not after step 2
+    assert float(rows[3].split(",")[5]) == pytest.approx(h["grad_norm"][1], rel=1e-3)
+    assert float(rows[4].split(",")[6]) > 0  # tokens/s where an evaluation ran
+
+
+def test_logged_grad_norm_is_the_norm_before_clipping():
+    """Clipped at 1e-3 the step still logs the gradient's own norm, far above the limit."""
+    h = train(StandIn(), corpus(), corpus(), tiny_cfg(max_steps=2, grad_clip=1e-3), progress=False)
+    assert min(h["grad_norm"]) > 1e-2
 
 
 def test_best_checkpoint_keeps_the_lowest_validation_loss_while_ckpt_keeps_the_latest(tmp_path):

@@ -339,20 +339,64 @@ def keep_decay_horizon(cfg: TrainConfig, checkpoint: dict[str, Any]) -> TrainCon
     return dataclasses.replace(cfg, lr_decay_steps=horizon)
 
 
+def peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak FLOP/s of `device` from companion.sizing.GPUS; None where unknown (CPU).
+
+    Example: on an "NVIDIA H100 80GB HBM3", 989e12.
+    """
+    if device.type != "cuda":
+        return None
+    from ..sizing import GPUS  # only on a GPU
+
+    name = torch.cuda.get_device_name(device)
+    words = name.replace("-", " ").split()  # "NVIDIA A100-SXM4-80GB" -> [..., "A100", ...]
+    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if "PCIe" in words:  # a PCIe H100 peaks lower than the SXM one the table holds
+        return None
+    for key, gpu in GPUS.items():
+        family = next(w for w in key.split("-") if any(c.isdigit() for c in w))  # "H100", "4090"
+        # the A100 comes in 40 and 80 GB: match the memory too
+        if family in words and (family != "A100" or (gib > 60) == ("80GB" in key)):
+            return gpu.peak_flops
+    return None
+
+
+def _throughput(model: nn.Module, cfg: TrainConfig, tokens: int, seconds: float,
+                peak: float | None, n_devices: int) -> tuple[float, float | None]:
+    """Tokens per second of training, and MFU where the model is a GPT and the peak is known."""
+    tok_s = tokens / max(seconds, 1e-9)
+    config = getattr(model, "config", None)
+    if peak is None or not hasattr(config, "n_layers"):
+        return tok_s, None
+    from ..sizing import flops_per_token, mfu
+
+    return tok_s, mfu(tok_s, flops_per_token(config, cfg.context_length), peak, n_devices)
+
+
 def _write_logs(out: Path, history: dict[str, list]) -> None:
     """log.json holds the whole history.
 
-    log.csv one row per step, with val_loss where an evaluation ran.
+    log.csv one row per step (with its gradient norm), with val_loss, tokens/s and MFU where an
+    evaluation ran.
     """
     (out / "log.json").write_text(json.dumps(history) + "\n")
-    val = dict(zip(history["eval_step"], zip(history["eval_train"], history["eval_val"])))
+    n_eval = len(history["eval_step"])
+    rates = zip(history.get("tokens_per_s", [None] * n_eval), history.get("mfu", [None] * n_eval))
+    val = {s: (t, v, *("" if r is None else f"{r:.4g}" for r in rate))
+           for s, t, v, rate in zip(history["eval_step"], history["eval_train"],
+                                    history["eval_val"], rates)}
+    norms = history.get("grad_norm", [])
     with open(out / "log.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "lr", "train_loss", "eval_train_loss", "val_loss"])
+        w.writerow(["step", "lr", "train_loss", "eval_train_loss", "val_loss", "grad_norm",
+                    "tokens_per_s", "mfu"])
+        blank = ("", "", "", "")
         if 0 in val:
-            w.writerow([0, "", "", *val[0]])
+            w.writerow([0, "", "", *val[0][:2], "", *val[0][2:]])
         for i, (lr, loss) in enumerate(zip(history["lr"], history["train_loss"]), start=1):
-            w.writerow([i, f"{lr:.6g}", f"{loss:.6f}", *val.get(i, ("", ""))])
+            t, v, *rate = val.get(i, blank)
+            norm = f"{norms[i - 1]:.4g}" if i <= len(norms) else ""
+            w.writerow([i, f"{lr:.6g}", f"{loss:.6f}", t, v, norm, *(rate or ("", ""))])
 
 
 def train(
@@ -372,8 +416,10 @@ def train(
 
     Returns the history.
 
-    history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the
-    end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
+    history: per step "lr", "train_loss", "grad_norm" (before clipping); per evaluation (at step 0,
+    every eval_interval, and the end) "eval_step", "eval_train", "eval_val", "elapsed" seconds,
+    "tokens_per_s" of training since the previous evaluation and "mfu" (None where the device's
+    peak is unknown, e.g. a CPU, and at step 0). With
     out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
     and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
     the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume`
@@ -410,12 +456,15 @@ def train(
     optimizer = make_optimizer(model if par is None else par.module, cfg)
     # the batch sampler's own stream, saved in checkpoints
     gen = torch.Generator().manual_seed(cfg.seed)
-    history: dict[str, list] = {"lr": [], "train_loss": [], "eval_step": [], "eval_train": [],
-                                "eval_val": [], "elapsed": []}
+    history: dict[str, list] = {"lr": [], "train_loss": [], "grad_norm": [], "eval_step": [],
+                                "eval_train": [], "eval_val": [], "elapsed": [],
+                                "tokens_per_s": [], "mfu": []}
     step = 0
     if resume is not None:
         # ddp: every rank loads the same state
         step, history = resume_state(resume, model, optimizer, gen)
+        for key in ("grad_norm", "tokens_per_s", "mfu"):  # older checkpoints lack them
+            history.setdefault(key, [])
     else:
         torch.manual_seed(cfg.seed)  # dropout masks repeat too
     end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
@@ -424,9 +473,13 @@ def train(
     if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
     resumed_at = history["elapsed"][-1] if history["elapsed"] else 0.0
-    t0, start = time.perf_counter() - resumed_at, step
+    t0 = time.perf_counter() - resumed_at
 
     saved = [resume["step"] if resume is not None else None]  # the last good checkpoint's step
+    peak = peak_flops(device)
+    n_devices = torch.distributed.get_world_size() if par is not None else 1
+    # training time and steps since the last evaluation, for tokens/s without the evaluations
+    since = {"seconds": 0.0, "steps": 0}
 
     def evaluate() -> None:
         losses = {key: estimate_loss(forward, ids, cfg, device) if par is None
@@ -438,6 +491,11 @@ def train(
         for key, loss in losses.items():
             history[key].append(loss)
         history["elapsed"].append(time.perf_counter() - t0)
+        tok_s, util = (None, None) if not since["steps"] else _throughput(
+            model, cfg, cfg.tokens_per_step * since["steps"], since["seconds"], peak, n_devices)
+        history["tokens_per_s"].append(tok_s)
+        history["mfu"].append(util)
+        since.update(seconds=0.0, steps=0)
         checkpoint(best=losses["eval_val"] <= min(history["eval_val"]))
         if out is not None and is_main:
             _write_logs(out, history)
@@ -466,6 +524,7 @@ def train(
         evaluate()  # the untrained model: about ln(vocab_size)
     bar = tqdm(range(step, end), initial=step, total=end, desc="train", disable=not progress)
     for step in bar:
+        t_step = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -489,21 +548,26 @@ def train(
         train_loss = float(loss_sum) / cfg.grad_accum_steps
         if not math.isfinite(train_loss):
             stop(f"step {step + 1}: the training loss is {train_loss}")
-        if cfg.grad_clip > 0 and par is not None:
+        # the norm before clipping, logged; an infinite limit measures without clipping
+        limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        if par is not None:
             # the norm of the whole gradient, summed across the ranks' parts
-            clip_grad_norm(par, cfg.grad_clip)
-        elif cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = float(clip_grad_norm(par, limit))
+        else:
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), limit))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1  # from here on, `step` counts completed optimizer steps
         history["lr"].append(lr)
         history["train_loss"].append(train_loss)
+        history["grad_norm"].append(grad_norm)
+        since["seconds"] += time.perf_counter() - t_step
+        since["steps"] += 1
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             evaluate()
-            tok_s = cfg.tokens_per_step * (step - start) / (history["elapsed"][-1] - resumed_at)
             bar.set_postfix(train=f"{history['eval_train'][-1]:.3f}",
-                            val=f"{history['eval_val'][-1]:.3f}", tok_s=f"{tok_s:,.0f}")
+                            val=f"{history['eval_val'][-1]:.3f}",
+                            tok_s=f"{history['tokens_per_s'][-1]:,.0f}")
     bar.close()
     if (
         out is not None
