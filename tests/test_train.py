@@ -10,8 +10,8 @@ from torch import nn
 
 from companion.model import GPT, GPTConfig
 from companion.checkpoint import load_checkpoint
-from companion.train import (NonFiniteLossError, TrainConfig, estimate_loss, keep_decay_horizon, lr_at,
-                             make_optimizer, param_groups, train)
+from companion.train import (NonFiniteLossError, TrainConfig, estimate_loss, keep_decay_horizon,
+                             lr_at, make_optimizer, param_groups, train)
 from companion.train_cli import PRESETS, apply_overrides, build_configs, main, parse_overrides
 
 TINY = dict(vocab_size=12, context_length=16, d_model=16, n_layers=1, n_heads=2)
@@ -229,7 +229,7 @@ def test_logged_grad_norm_is_the_norm_before_clipping():
 
 def test_best_checkpoint_keeps_the_lowest_validation_loss_while_ckpt_keeps_the_latest(tmp_path):
     """Train on 0, 1, 2, ..., 5, 0, validate on the cycle run backwards: learning the training
-    split makes validation worse, so best.pt stays at the untrained step 0 while ckpt.pt moves on."""
+    split makes validation worse, so best.pt stays at the untrained step 0; ckpt.pt moves on."""
     ids = torch.arange(3000)
     h = train(StandIn(vocab=6), ids % 6, -ids[:600] % 6, tiny_cfg(lr=1e-2), out_dir=tmp_path,
               progress=False)
@@ -264,8 +264,8 @@ class Diverges(StandIn):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     with pytest.raises(NonFiniteLossError, match=r"loss is nan.*ckpt.pt \(step 3\)"):
-        train(Diverges(), corpus(), corpus(), tiny_cfg(lr=0.5, warmup_steps=0, max_steps=100), out_dir=tmp_path,
-              progress=False)
+        train(Diverges(), corpus(), corpus(), tiny_cfg(lr=0.5, warmup_steps=0, max_steps=100),
+              out_dir=tmp_path, progress=False)
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
     assert ckpt["step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["model"].values())
 

@@ -1,7 +1,8 @@
 """The training command line through the real command: `python -m companion.train` in a subprocess.
 
 Bad input is one `error:` line with exit code 2 and no traceback; --sample prints what it promises;
-a resumed run never lifts the learning rate; a diverging run stops and keeps its last good checkpoint.
+a resumed run never lifts the learning rate; a diverging run stops and keeps its last good
+checkpoint.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def test_resume_with_a_context_longer_than_the_model_is_one_error_line(run):
     assert_one_error_line(proc, "--context_length=32 exceeds the model's 16")
 
 
-# --- what a good run does ---------------------------------------------------------------------------
+# --- what a good run does ------------------------------------------------------------------------
 
 
 def test_sample_prints_n_characters_past_the_context(run):
@@ -147,7 +148,7 @@ def test_a_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values())
 
 
-# --- one home for the command line ------------------------------------------------------------------
+# --- one home for the command line ---------------------------------------------------------------
 
 
 def test_the_loop_does_not_import_its_command_line_and_help_documents_the_checkpoints():
