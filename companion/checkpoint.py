@@ -8,17 +8,28 @@ companion. Introduced in chapter 7.
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["FORMAT_VERSION", "rng_state", "set_rng_state", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT_VERSION", "CheckpointError", "rng_state", "set_rng_state", "save_checkpoint",
+           "load_checkpoint", "require_keys"]
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "model", "step")
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable companion checkpoint; the message names the file and why.
+
+    Example: load_checkpoint("notes.txt") -> CheckpointError("notes.txt is not a PyTorch ...")
+    """
 
 
 def rng_state(*generators: torch.Generator) -> dict[str, Any]:
@@ -86,16 +97,54 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint written by `save_checkpoint`.
 
-    weights_only=True refuses anything but tensors and plain values.
+    weights_only=True refuses anything but tensors and plain values. A missing file raises
+    FileNotFoundError; an empty, truncated, corrupt or foreign one a CheckpointError naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint")
+    # torch.save writes a zip archive whose directory sits at the end: a truncated or
+    # foreign file fails here, before the unpickler sees a byte of it
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint: no complete zip archive "
+                              "(truncated, corrupt or another format)")
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol")
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise CheckpointError(f"{path} holds more than tensors and plain values, which "
+                              f"weights_only=True refuses: {_first_line(err)}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path} cannot be read ({type(err).__name__}): "
+                              f"{_first_line(err)}") from None
     if not isinstance(checkpoint, dict) or any(k not in checkpoint for k in REQUIRED):
-        raise ValueError(f"{path} is not a companion checkpoint: expected a dict with keys "
-                         f"{list(REQUIRED)}")
+        raise CheckpointError(f"{path} is not a companion checkpoint: expected a dict with keys "
+                              f"{list(REQUIRED)}")
     if checkpoint["format_version"] != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format {checkpoint['format_version']}; this "
-                         f"companion reads {FORMAT_VERSION}")
+        raise CheckpointError(f"{path} has checkpoint format {checkpoint['format_version']}; "
+                              f"this companion reads {FORMAT_VERSION}")
     return checkpoint
+
+
+def require_keys(checkpoint: dict[str, Any], keys: tuple[str, ...], path: str | os.PathLike,
+                 purpose: str = "resume") -> None:
+    """Raise CheckpointError naming the keys `checkpoint` lacks for `purpose`.
+
+    Example: require_keys({"step": 3}, ("optimizer",), "ckpt.pt") -> CheckpointError(...optimizer)
+    """
+    missing = [k for k in keys if checkpoint.get(k) is None]
+    if missing:
+        raise CheckpointError(f"{path} cannot {purpose}: it lacks {', '.join(missing)}")
+
+
+def _first_line(err: BaseException) -> str:
+    # torch's messages run to paragraphs; the unpickler's own line (or else the first) says
+    # what went wrong
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.removeprefix("WeightsUnpickler error:").split(". Please")[0].strip()
+    return lines[0] if lines else type(err).__name__

@@ -19,12 +19,12 @@ from typing import Any, Literal, Union
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, require_keys
 from .data import load_text
 from .loader import train_val_split
 from .model import GPT, GPTConfig
 from .tokenizer import CharTokenizer
-from .train import TrainConfig, train
+from .train import NonFiniteLossError, TrainConfig, train
 from .utils import get_device
 
 __all__ = ["PRESETS", "parse_overrides", "apply_overrides", "load_corpus", "build_configs", "main"]
@@ -134,9 +134,13 @@ def apply_overrides(
 def load_corpus(dataset: str) -> str:
     """A registered data set's text, or a UTF-8 file's; an empty corpus is an error."""
     path = Path(dataset)
-    text = (
-        path.read_text(encoding="utf-8") if path.suffix and path.is_file() else load_text(dataset)
-    )
+    if path.suffix and path.is_file():
+        text = path.read_text(encoding="utf-8")
+    else:
+        try:
+            text = load_text(dataset)
+        except KeyError as err:  # neither a file nor a registered name: say which
+            raise ValueError(f"--dataset={dataset}: no such file, and {err.args[0]}") from None
     if not text:
         raise ValueError(f"the corpus {dataset} is empty: there is nothing to train on")
     return text
@@ -154,12 +158,50 @@ def build_configs(
     return GPTConfig(**model_d), TrainConfig(**train_d)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error:` line too (the usage is in --help)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+RESUME_KEYS = ("model_config", "train_config", "optimizer", "rng", "history", "tokenizer")
+
+
+def _resume_configs(path: str, overrides: dict[str, str]) -> tuple[dict, GPTConfig, TrainConfig]:
+    """The checkpoint at `path` and its two configs, the run's overrides applied to TrainConfig."""
+    ckpt = load_checkpoint(path)
+    require_keys(ckpt, RESUME_KEYS, path)
+    if not isinstance(ckpt["tokenizer"], dict) or ckpt["tokenizer"].get("kind") != "char":
+        raise CheckpointError(f"{path} holds no character tokenizer to rebuild the run from")
+    train_d = dict(ckpt["train_config"])
+    # the model is fixed by its weights; the run can change
+    apply_overrides(overrides, train_d, None)
+    try:
+        model_cfg = GPTConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} has a model_config this companion cannot build: "
+                              f"{err}") from None
+    return ckpt, model_cfg, TrainConfig.from_dict(train_d)
+
+
+def _check_run(model_cfg: GPTConfig, train_cfg: TrainConfig, n_val: int) -> None:
+    """Refuse, before any training, a context the model or the data cannot hold."""
+    if train_cfg.context_length > model_cfg.context_length:
+        raise ValueError(f"--context_length={train_cfg.context_length} exceeds the model's "
+                         f"{model_cfg.context_length} (fixed by its position table on resume)")
+    if n_val < train_cfg.context_length + 1:
+        raise ValueError(f"--context_length={train_cfg.context_length} is too long for "
+                         f"{train_cfg.dataset}: its validation split holds {n_val} tokens")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, train (or resume), print a sample.
 
-    Errors are one line on stderr, exit code 2.
+    Bad input is one `error:` line on stderr, exit code 2; a diverged run is one line, exit 1.
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m companion.train",
         description=__doc__.splitlines()[0],
         epilog="Any TrainConfig or GPTConfig field can be set as --key=value.",
@@ -171,33 +213,35 @@ def main(argv: list[str] | None = None) -> int:
         "--device", default=None, help="cpu, cuda, mps (default: the best available)"
     )
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="optimizer steps (overrides the preset)"
+        "--max-steps", type=int, default=None,
+        help="optimizer steps (overrides the preset). On --resume, the cosine keeps the "
+             "checkpoint's decay horizon, so steps past it run at min_lr and the lr never rises "
+             "again; --lr_decay_steps=N sets a new horizon"
     )
     parser.add_argument(
-        "--out", default=None, help="folder for ckpt.pt, log.csv, log.json (default runs/PRESET)"
+        "--out", default=None,
+        help="folder for ckpt.pt (the latest weights), best.pt (the lowest validation loss), "
+             "log.csv and log.json (default runs/PRESET)"
     )
-    parser.add_argument("--resume", default=None, help="a ckpt.pt to continue from")
+    parser.add_argument("--resume", default=None, help="a ckpt.pt (or best.pt) to continue from")
     parser.add_argument("--parallel", default=None,
                         help="chapter 9, under torchrun: none, ddp, fsdp, pipeline or tp")
     parser.add_argument(
-        "--sample", type=int, default=200, help="characters to sample at the end (0: none)"
+        "--sample", type=int, default=200,
+        help="characters to sample at the end from best.pt (0: none); past the context length "
+             "the window slides"
     )
     args, rest = parser.parse_known_args(argv)
     try:
+        if args.sample < 0:
+            raise ValueError(f"--sample must be >= 0 characters, got {args.sample}")
         overrides = parse_overrides(rest)
         if args.max_steps is not None:
             overrides["max_steps"] = str(args.max_steps)
         if args.parallel is not None:
             overrides["parallel"] = args.parallel
         if args.resume is not None:
-            ckpt = load_checkpoint(args.resume)
-            if ckpt.get("tokenizer", {}).get("kind") != "char" or ckpt.get("model_config") is None:
-                raise ValueError(f"{args.resume} holds no character tokenizer or model config to "
-                                 "rebuild the run from")
-            train_d = dict(ckpt["train_config"])
-            # the model is fixed by its weights; the run can change
-            apply_overrides(overrides, train_d, None)
-            model_cfg, train_cfg = GPTConfig.from_dict(ckpt["model_config"]), TrainConfig(**train_d)
+            ckpt, model_cfg, train_cfg = _resume_configs(args.resume, overrides)
             tok = CharTokenizer(ckpt["tokenizer"]["chars"])
             text = load_corpus(train_cfg.dataset)
         else:
@@ -210,37 +254,54 @@ def main(argv: list[str] | None = None) -> int:
             model_cfg, train_cfg = build_configs(args.preset, overrides, tok.vocab_size)
         ids = torch.tensor(tok.encode(text), dtype=torch.long)
         train_ids, val_ids = train_val_split(ids, train_cfg.val_fraction)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+        _check_run(model_cfg, train_cfg, len(val_ids))
+        device = get_device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("--device cuda: no CUDA device is available here")
+        torch.manual_seed(train_cfg.seed)  # under torchrun, every rank builds the same weights
+        model = GPT(model_cfg)
+        if ckpt is not None:
+            try:
+                model.load_state_dict(ckpt["model"])  # train() loads them again; this checks
+            except RuntimeError as err:
+                raise CheckpointError(f"{args.resume}: its weights do not fit its model_config "
+                                      f"({str(err).splitlines()[0].strip()})") from None
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    device = get_device(args.device)
     out = (
         Path(args.out)
         if args.out
         else (Path(args.resume).parent if args.resume else Path("runs") / args.preset)
     )
-    torch.manual_seed(train_cfg.seed)  # under torchrun, every rank builds the same initial weights
-    model = GPT(model_cfg)
     is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's ranks: only rank 0 talks
     if is_main:
         print(f"{args.preset}: {model.num_params():,} parameters on {device}; "
               f"{train_cfg.max_steps} steps of {train_cfg.tokens_per_step:,} tokens; writing {out}")
     extra = {"tokenizer": {"kind": "char", "chars": "".join(tok.itos)}}
-    history = train(
-        model, train_ids, val_ids, train_cfg, device, out_dir=out, resume=ckpt, extra=extra
-    )
+    try:
+        history = train(
+            model, train_ids, val_ids, train_cfg, device, out_dir=out, resume=ckpt, extra=extra
+        )
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     if not is_main:
         return 0
-    # this rank's model may hold only shards: sample from the gathered weights
-    if train_cfg.parallel != "none":
-        model = GPT(model_cfg)
-        model.load_state_dict(load_checkpoint(out / "ckpt.pt")["model"])
     print(f"step {history['eval_step'][-1]}: train {history['eval_train'][-1]:.4f}, val "
           f"{history['eval_val'][-1]:.4f}")
     if args.sample > 0:
         # sampling is chapter 7's other half; loaded only when asked
         from .generate import generate_text
 
-        n = min(args.sample, model_cfg.context_length - 1)
-        print(generate_text(model, tok, "\n", max_new_tokens=n, seed=train_cfg.seed))
+        # best.pt holds gathered weights, also where this rank's model holds only shards; a
+        # resumed run whose evaluations never beat the old best has only ckpt.pt in `out`
+        path = out / "best.pt" if (out / "best.pt").is_file() else out / "ckpt.pt"
+        best = load_checkpoint(path)
+        model = GPT(model_cfg)
+        model.load_state_dict(best["model"])
+        print(f"sample of {args.sample} characters from {path.name} (step {best['step']}):")
+        prompt = "\n" if "\n" in tok.itos else tok.itos[0]  # a corpus may have no newline
+        text = generate_text(model, tok, prompt, max_new_tokens=args.sample, seed=train_cfg.seed)
+        print(text[len(prompt):])
     return 0

@@ -7,7 +7,8 @@ import random
 import pytest
 import torch
 
-from companion.checkpoint import FORMAT_VERSION, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from companion.checkpoint import (FORMAT_VERSION, CheckpointError, load_checkpoint, rng_state,
+                                  save_checkpoint, set_rng_state)
 from companion.model import GPT, GPTConfig
 from companion.train import TrainConfig, make_checkpoint, make_optimizer, train
 
@@ -48,14 +49,14 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path):
 
 def test_load_refuses_pickled_classes(tmp_path):
     torch.save(minimal(obj=NotPlain()), tmp_path / "evil.pt")
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CheckpointError, match=r"weights_only=True refuses: .*NotPlain"):
         load_checkpoint(tmp_path / "evil.pt")
 
 
 def test_load_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(tmp_path / "missing.pt")
-    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")
+    torch.save({"weights": torch.zeros(1)}, tmp_path / "other.pt")  # a foreign dict
     with pytest.raises(ValueError, match="not a companion checkpoint"):
         load_checkpoint(tmp_path / "other.pt")
     torch.save(minimal(format_version=99), tmp_path / "future.pt")
@@ -63,6 +64,17 @@ def test_load_errors_are_clear(tmp_path):
         load_checkpoint(tmp_path / "future.pt")
     with pytest.raises(ValueError, match="missing"):
         save_checkpoint(tmp_path / "x.pt", {"model": {}})
+
+
+def test_load_names_the_file_for_empty_truncated_and_random_bytes(tmp_path):
+    whole = save_checkpoint(tmp_path / "ckpt.pt", minimal()).read_bytes()
+    cases = {"empty.pt": (b"", "is empty"), "cut.pt": (whole[: len(whole) // 2], "truncated"),
+             "noise.pt": (random.Random(0).randbytes(4096), "not a PyTorch checkpoint")}
+    for name, (data, fragment) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(CheckpointError, match=fragment) as info:
+            load_checkpoint(tmp_path / name)
+        assert str(tmp_path / name) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_rng_state_round_trip_repeats_every_stream(tmp_path):

@@ -3,7 +3,8 @@
 Chapter 1 introduces `train_model`; chapter 7 grows it into `train`: AdamW with parameter
 groups, warmup and cosine decay, clipping, accumulation, evaluation, logs and resumable checkpoints.
 
-Command line (chapter 7):
+Command line (chapter 7), whose one home is companion.train_cli (this package's __main__ only
+calls it, so the loop never imports its command line):
 
     python -m companion.train --preset shakespeare-char-5m --max-steps 200 --out runs/x
 """
@@ -25,15 +26,20 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
-from .loader import TokenIds, random_batch
+from ..checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
+from ..loader import TokenIds, random_batch
 
 # companion.parallel.STRATEGIES, spelled out so that single-process training never
 # imports torch.distributed
 PARALLEL = ("none", "ddp", "fsdp", "pipeline", "tp")
 
 __all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups",
-           "make_optimizer", "estimate_loss", "train", "make_checkpoint", "resume_state"]
+           "make_optimizer", "estimate_loss", "train", "make_checkpoint", "resume_state",
+           "keep_decay_horizon", "NonFiniteLossError"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss became inf or NaN; the run stopped before that step could reach a checkpoint."""
 
 
 def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -298,6 +304,8 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
         "model_config": _model_config(model),
         "train_config": cfg.to_dict(),
         "step": step,
+        # the cosine's end, kept on resume (see keep_decay_horizon)
+        "decay_steps": cfg.decay_steps,
         "history": {k: list(v) for k, v in history.items()},
         "rng": rng_state(batch_generator),
         **(extra or {}),
@@ -316,20 +324,79 @@ def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.
     return checkpoint["step"], {k: list(v) for k, v in checkpoint["history"].items()}
 
 
+def keep_decay_horizon(cfg: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
+    """The config to resume with: once decay has begun, the cosine keeps the checkpoint's end.
+
+    A longer max_steps then adds steps at min_lr instead of lifting the lr back up the cosine.
+    An explicit cfg.lr_decay_steps wins. Example: a 600-step run resumed with max_steps=800
+    decays to min_lr at step 600 and stays there.
+    """
+    horizon = checkpoint.get("decay_steps")
+    if horizon is None:  # a checkpoint written before the horizon was stored
+        horizon = TrainConfig.from_dict(checkpoint["train_config"]).decay_steps
+    if cfg.lr_decay_steps is not None or checkpoint["step"] <= cfg.warmup_steps:
+        return cfg  # chosen by hand, or still warming up: the new horizon lowers nothing yet
+    return dataclasses.replace(cfg, lr_decay_steps=horizon)
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The dense bf16 peak FLOP/s of `device` from companion.sizing.GPUS; None where unknown (CPU).
+
+    Example: on an "NVIDIA H100 80GB HBM3", 989e12.
+    """
+    if device.type != "cuda":
+        return None
+    from ..sizing import GPUS  # only on a GPU
+
+    name = torch.cuda.get_device_name(device)
+    words = name.replace("-", " ").split()  # "NVIDIA A100-SXM4-80GB" -> [..., "A100", ...]
+    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
+    if "PCIe" in words:  # a PCIe H100 peaks lower than the SXM one the table holds
+        return None
+    for key, gpu in GPUS.items():
+        family = next(w for w in key.split("-") if any(c.isdigit() for c in w))  # "H100", "4090"
+        # the A100 comes in 40 and 80 GB: match the memory too
+        if family in words and (family != "A100" or (gib > 60) == ("80GB" in key)):
+            return gpu.peak_flops
+    return None
+
+
+def _throughput(model: nn.Module, cfg: TrainConfig, tokens: int, seconds: float,
+                peak: float | None, n_devices: int) -> tuple[float, float | None]:
+    """Tokens per second of training, and MFU where the model is a GPT and the peak is known."""
+    tok_s = tokens / max(seconds, 1e-9)
+    config = getattr(model, "config", None)
+    if peak is None or not hasattr(config, "n_layers"):
+        return tok_s, None
+    from ..sizing import flops_per_token, mfu
+
+    return tok_s, mfu(tok_s, flops_per_token(config, cfg.context_length), peak, n_devices)
+
+
 def _write_logs(out: Path, history: dict[str, list]) -> None:
     """log.json holds the whole history.
 
-    log.csv one row per step, with val_loss where an evaluation ran.
+    log.csv one row per step (with its gradient norm), with val_loss, tokens/s and MFU where an
+    evaluation ran.
     """
     (out / "log.json").write_text(json.dumps(history) + "\n")
-    val = dict(zip(history["eval_step"], zip(history["eval_train"], history["eval_val"])))
+    n_eval = len(history["eval_step"])
+    rates = zip(history.get("tokens_per_s", [None] * n_eval), history.get("mfu", [None] * n_eval))
+    val = {s: (t, v, *("" if r is None else f"{r:.4g}" for r in rate))
+           for s, t, v, rate in zip(history["eval_step"], history["eval_train"],
+                                    history["eval_val"], rates)}
+    norms = history.get("grad_norm", [])
     with open(out / "log.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["step", "lr", "train_loss", "eval_train_loss", "val_loss"])
+        w.writerow(["step", "lr", "train_loss", "eval_train_loss", "val_loss", "grad_norm",
+                    "tokens_per_s", "mfu"])
+        blank = ("", "", "", "")
         if 0 in val:
-            w.writerow([0, "", "", *val[0]])
+            w.writerow([0, "", "", *val[0][:2], "", *val[0][2:]])
         for i, (lr, loss) in enumerate(zip(history["lr"], history["train_loss"]), start=1):
-            w.writerow([i, f"{lr:.6g}", f"{loss:.6f}", *val.get(i, ("", ""))])
+            t, v, *rate = val.get(i, blank)
+            norm = f"{norms[i - 1]:.4g}" if i <= len(norms) else ""
+            w.writerow([i, f"{lr:.6g}", f"{loss:.6f}", t, v, norm, *(rate or ("", ""))])
 
 
 def train(
@@ -349,10 +416,16 @@ def train(
 
     Returns the history.
 
-    history: per step "lr", "train_loss"; per evaluation (at step 0, every eval_interval, and the
-    end) "eval_step", "eval_train", "eval_val"; and "elapsed" seconds at each evaluation. With
-    out_dir, each evaluation also writes ckpt.pt, log.csv and log.json there. `resume` is a loaded
-    checkpoint; `stop_at` ends early as if interrupted (the schedule still runs to max_steps).
+    history: per step "lr", "train_loss", "grad_norm" (before clipping); per evaluation (at step 0,
+    every eval_interval, and the end) "eval_step", "eval_train", "eval_val", "elapsed" seconds,
+    "tokens_per_s" of training since the previous evaluation and "mfu" (None where the device's
+    peak is unknown, e.g. a CPU, and at step 0). With
+    out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
+    and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
+    the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume`
+    is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early
+    as if interrupted (the schedule still runs to max_steps). A non-finite loss raises
+    NonFiniteLossError and leaves the last good checkpoints as they were.
     `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
     (chapter 9) runs it under torchrun, one process per rank, with logs and checkpoints written by
     rank 0 only.
@@ -370,10 +443,12 @@ def train(
     if resume is not None and cfg.parallel not in ("none", "ddp"):
         raise ValueError("resume is supported single-process and with parallel='ddp', not "
                          f"{cfg.parallel!r}")
+    if resume is not None:
+        cfg = keep_decay_horizon(cfg, resume)
     par, is_main = None, True
     if cfg.parallel != "none":
         # torch.distributed only when asked for
-        from .parallel import clip_grad_norm, loop, shard_batch
+        from ..parallel import clip_grad_norm, loop, shard_batch
 
         env, par, owned = loop.start(model, cfg, device)
         device, is_main, progress = env.device, env.is_main, progress and env.is_main
@@ -381,12 +456,15 @@ def train(
     optimizer = make_optimizer(model if par is None else par.module, cfg)
     # the batch sampler's own stream, saved in checkpoints
     gen = torch.Generator().manual_seed(cfg.seed)
-    history: dict[str, list] = {"lr": [], "train_loss": [], "eval_step": [], "eval_train": [],
-                                "eval_val": [], "elapsed": []}
+    history: dict[str, list] = {"lr": [], "train_loss": [], "grad_norm": [], "eval_step": [],
+                                "eval_train": [], "eval_val": [], "elapsed": [],
+                                "tokens_per_s": [], "mfu": []}
     step = 0
     if resume is not None:
         # ddp: every rank loads the same state
         step, history = resume_state(resume, model, optimizer, gen)
+        for key in ("grad_norm", "tokens_per_s", "mfu"):  # older checkpoints lack them
+            history.setdefault(key, [])
     else:
         torch.manual_seed(cfg.seed)  # dropout masks repeat too
     end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
@@ -395,19 +473,34 @@ def train(
     if out is not None and is_main:
         out.mkdir(parents=True, exist_ok=True)
     resumed_at = history["elapsed"][-1] if history["elapsed"] else 0.0
-    t0, start = time.perf_counter() - resumed_at, step
+    t0 = time.perf_counter() - resumed_at
+
+    saved = [resume["step"] if resume is not None else None]  # the last good checkpoint's step
+    peak = peak_flops(device)
+    n_devices = torch.distributed.get_world_size() if par is not None else 1
+    # training time and steps since the last evaluation, for tokens/s without the evaluations
+    since = {"seconds": 0.0, "steps": 0}
 
     def evaluate() -> None:
+        losses = {key: estimate_loss(forward, ids, cfg, device) if par is None
+                  else loop.estimate_loss_parallel(par, ids, cfg)
+                  for key, ids in (("eval_train", train_ids), ("eval_val", val_ids))}
+        if not all(map(math.isfinite, losses.values())):
+            stop(f"step {step}: the evaluation loss is {losses['eval_val']}")
         history["eval_step"].append(step)
-        for key, ids in (("eval_train", train_ids), ("eval_val", val_ids)):
-            history[key].append(estimate_loss(forward, ids, cfg, device) if par is None
-                                else loop.estimate_loss_parallel(par, ids, cfg))
+        for key, loss in losses.items():
+            history[key].append(loss)
         history["elapsed"].append(time.perf_counter() - t0)
-        checkpoint()
+        tok_s, util = (None, None) if not since["steps"] else _throughput(
+            model, cfg, cfg.tokens_per_step * since["steps"], since["seconds"], peak, n_devices)
+        history["tokens_per_s"].append(tok_s)
+        history["mfu"].append(util)
+        since.update(seconds=0.0, steps=0)
+        checkpoint(best=losses["eval_val"] <= min(history["eval_val"]))
         if out is not None and is_main:
             _write_logs(out, history)
 
-    def checkpoint() -> None:
+    def checkpoint(best: bool = False) -> None:
         if out is None:
             return
         # full_weights is a collective: every rank calls it
@@ -415,15 +508,27 @@ def train(
                                weights=None if par is None else loop.full_weights(par))
         if is_main:
             save_checkpoint(out / "ckpt.pt", ckpt)
+            if best:  # the weights to keep when the run goes on to over-fit
+                save_checkpoint(out / "best.pt", ckpt)
+        saved[0] = step
+
+    def stop(what: str) -> None:
+        if par is not None:
+            loop.finish(owned)
+        kept = ("" if out is None or saved[0] is None
+                else f"; the last good checkpoint, {out / 'ckpt.pt'} (step {saved[0]}), is kept")
+        raise NonFiniteLossError(f"{what}: training diverged and stopped{kept}. Try a lower lr "
+                                 "or a smaller grad_clip")
 
     if step == 0 and not history["eval_step"]:
         evaluate()  # the untrained model: about ln(vocab_size)
     bar = tqdm(range(step, end), initial=step, total=end, desc="train", disable=not progress)
     for step in bar:
+        t_step = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum = 0.0
+        loss_sum: torch.Tensor | float = 0.0
         for _ in range(cfg.grad_accum_steps):
             x, y = random_batch(train_ids, cfg.batch_size, cfg.context_length, gen)
             x, y = x.to(device), y.to(device)
@@ -439,22 +544,30 @@ def train(
             # Dividing by the number of micro-batches makes the summed gradients their mean:
             # accumulating k batches of B gives the gradient of one batch of k*B.
             (loss / cfg.grad_accum_steps).backward()
-            loss_sum += loss.item()
-        if cfg.grad_clip > 0 and par is not None:
+            loss_sum = loss_sum + loss.detach()  # a tensor: no device sync per micro-batch
+        train_loss = float(loss_sum) / cfg.grad_accum_steps
+        if not math.isfinite(train_loss):
+            stop(f"step {step + 1}: the training loss is {train_loss}")
+        # the norm before clipping, logged; an infinite limit measures without clipping
+        limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
+        if par is not None:
             # the norm of the whole gradient, summed across the ranks' parts
-            clip_grad_norm(par, cfg.grad_clip)
-        elif cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            grad_norm = float(clip_grad_norm(par, limit))
+        else:
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), limit))
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1  # from here on, `step` counts completed optimizer steps
         history["lr"].append(lr)
-        history["train_loss"].append(loss_sum / cfg.grad_accum_steps)
+        history["train_loss"].append(train_loss)
+        history["grad_norm"].append(grad_norm)
+        since["seconds"] += time.perf_counter() - t_step
+        since["steps"] += 1
         if step % cfg.eval_interval == 0 or step == cfg.max_steps:
             evaluate()
-            tok_s = cfg.tokens_per_step * (step - start) / (history["elapsed"][-1] - resumed_at)
             bar.set_postfix(train=f"{history['eval_train'][-1]:.3f}",
-                            val=f"{history['eval_val'][-1]:.3f}", tok_s=f"{tok_s:,.0f}")
+                            val=f"{history['eval_val'][-1]:.3f}",
+                            tok_s=f"{history['tokens_per_s'][-1]:,.0f}")
     bar.close()
     if (
         out is not None
@@ -467,9 +580,3 @@ def train(
     if par is not None:
         loop.finish(owned)
     return history
-
-
-if __name__ == "__main__":
-    from companion.train_cli import main  # the command line lives beside the loop, not in it
-
-    raise SystemExit(main())
