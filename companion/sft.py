@@ -138,8 +138,8 @@ def encode_chat(tok: ChatTokenizer, messages: list[dict[str, str]]) -> tuple[lis
 def resize_vocab(model: GPT, vocab_size: int) -> GPT:
     """Grow tok_emb and lm_head to vocab_size rows in place; new rows start at the old rows' mean.
 
-    The mean keeps a new token's logit near the average one (Hewitt 2021), where a random row's logit
-    is unrelated to anything the model learned. Tied weights stay tied.
+    The mean keeps a new token's logit near the average one (Hewitt 2021), where a random row's
+    logit is unrelated to anything the model learned. Tied weights stay tied.
     """
     old = model.tok_emb.weight
     n_old, d = old.shape

@@ -19,7 +19,7 @@ __all__ = ["check_10_1", "check_10_2", "check_10_3", "check_10_4"]
 
 
 def check_10_1(masked_mean_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> None:
-    """masked_mean_loss(logits (B, T, V), targets (B, T), mask (B, T)) -> mean CE where mask is 1."""
+    """masked_mean_loss(logits (B, T, V), targets (B, T), mask (B, T)) -> mean CE where mask=1."""
     ex = "10.1"
     logits = torch.zeros(1, 3, 4)
     logits[0, 0, 1] = 50.0  # a confident wrong guess at a masked-out position
