@@ -50,3 +50,17 @@ def _no_network():
         mp.setattr(socket.socket, "connect", guarded_connect)
         mp.setattr(socket, "getaddrinfo", guarded_getaddrinfo)
         yield
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models run on one thread: on a busy 2-core machine OpenMP's waits cost 15x.
+
+    Modules opt in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

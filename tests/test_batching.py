@@ -10,13 +10,7 @@ from companion.model import GPT, GPTConfig
 from companion.serve import BlockAllocator, Engine, PagedKVCache, Request
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread; on a busy 2-core machine OpenMP's waits cost 15x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(pos: str = "rope", n_kv_heads: int = 2) -> GPT:

@@ -12,13 +12,7 @@ from companion.quantize import (QuantLinear, absmax_int8, dequantize_int4, dequa
                                 unpack_int4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread; on a busy 2-core machine OpenMP's waits cost 15x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 CFG = GPTConfig(vocab_size=17, context_length=16, d_model=64, n_layers=2, n_heads=4,
