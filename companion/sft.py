@@ -60,16 +60,18 @@ def load_base(name: str = BASE_CHECKPOINT) -> tuple[GPT, CharTokenizer, dict[str
 
 
 class ChatTokenizer(Tokenizer):
-    """A character tokenizer plus special tokens, numbered after the base vocabulary.
+    """Any base tokenizer plus special tokens, numbered after the base vocabulary.
 
+    The base may be chapter 1's characters or GPT-2's byte-level BPE.
     Example: ChatTokenizer(CharTokenizer("ab")).encode("a<|end|>") -> [0, 4]
     """
 
-    def __init__(self, base: CharTokenizer, specials: tuple[str, ...] = SPECIAL_TOKENS):
-        clash = [s for s in specials if len(s) == 1 and s in base.stoi]
+    def __init__(self, base: Tokenizer, specials: tuple[str, ...] = SPECIAL_TOKENS):
+        clash = [s for s in specials if _is_base_token(base, s)]
         if clash or len(set(specials)) != len(specials):
             raise ValueError(
-                f"special tokens must be distinct and not base characters, got {specials}"
+                f"special tokens must be distinct and not tokens of the base, got {specials}"
+                + (f" ({clash} already in the base vocabulary)" if clash else "")
             )
         self.base, self.specials = base, tuple(specials)
         self.special_ids = {s: base.vocab_size + i for i, s in enumerate(specials)}
@@ -82,17 +84,38 @@ class ChatTokenizer(Tokenizer):
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
         for piece in self._split.split(text):
-            ids += (
-                [self.special_ids[piece]] if piece in self.special_ids else self.base.encode(piece)
-            )
+            if piece in self.special_ids:
+                ids.append(self.special_ids[piece])
+            elif piece:
+                ids += self.base.encode(piece)
         return ids
 
     def decode(self, ids: Any) -> str:
         names = {i: s for s, i in self.special_ids.items()}
-        out = []
+        out: list[str] = []
+        run: list[int] = []  # base ids decode together: a BPE character may span several tokens
         for i in (int(i) for i in ids):
-            out.append(names[i] if i in names else self.base.decode([i]))
+            if i in names:
+                out += [self.base.decode(run), names[i]] if run else [names[i]]
+                run = []
+            elif 0 <= i < self.base.vocab_size:
+                run.append(i)
+            else:
+                raise ValueError(f"id {i} is outside the vocabulary [0, {self.vocab_size})")
+        if run:
+            out.append(self.base.decode(run))
         return "".join(out)
+
+
+def _is_base_token(base: Tokenizer, s: str) -> bool:
+    """True when the base already has `s` as one token (a character, a merge or its own special)."""
+    if s in getattr(base, "special_tokens", {}):
+        return True
+    try:
+        ids = base.encode(s)
+    except ValueError:  # the base cannot spell it at all, so it cannot clash
+        return False
+    return len(ids) == 1 and base.decode(ids) == s
 
 
 def render_chat(messages: list[dict[str, str]]) -> str:

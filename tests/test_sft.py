@@ -28,7 +28,7 @@ from companion.sft import (
     resize_vocab,
     speaker_task,
 )
-from companion.tokenizer import CharTokenizer
+from companion.tokenizer import BPETokenizer, CharTokenizer
 
 BASE = CharTokenizer("abcdefghijklmnopqrstuvwxyz ,.!?'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 CHAT = [{"role": "user", "content": "who is it?"}, {"role": "assistant", "content": "ROMEO"}]
@@ -57,6 +57,31 @@ def test_special_tokens_are_single_new_ids():
         *BASE.encode("a"),
         BASE.vocab_size + 2,
     ]
+
+
+def test_chat_tokenizer_wraps_byte_level_bpe_and_decodes_split_characters():
+    """GPT-2's BPE as the base: specials follow its 50,257 ids, and a character that BPE spells
+    with two tokens (an emoji, here) decodes whole, not as two replacement characters."""
+    gpt2 = BPETokenizer.from_tiktoken("gpt2")
+    tok = ChatTokenizer(gpt2)
+    assert tok.special_ids["<|user|>"] == gpt2.vocab_size == 50257
+    messages = [{"role": "user", "content": "café 🎭?"}, {"role": "assistant", "content": "JULIET"}]
+    text = render_chat(messages)
+    ids = tok.encode(text)
+    body = ids[1:ids.index(tok.special_ids["<|end|>"])]
+    assert len(body) > len("café 🎭?") - 2  # several base tokens, some spanning bytes
+    assert tok.decode(ids) == text and parse_chat(tok.decode(ids)) == messages
+    ids, mask = encode_chat(tok, messages)
+    assert tok.decode([i for i, m in zip(ids, mask) if m]) == "JULIET<|end|>"
+
+
+def test_chat_tokenizer_refuses_specials_the_base_already_has():
+    with pytest.raises(ValueError, match="already in the base"):
+        ChatTokenizer(CharTokenizer("ab"), ("a", "<|end|>"))
+    with pytest.raises(ValueError, match="already in the base"):
+        ChatTokenizer(BPETokenizer.from_tiktoken("gpt2"), ("<|endoftext|>",))
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        ChatTokenizer(BASE).decode([BASE.vocab_size + 3])
 
 
 def test_template_rejects_bad_messages():
