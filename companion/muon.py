@@ -1,0 +1,141 @@
+"""Muon: momentum, orthogonalised by a Newton–Schulz iteration, for the 2-D hidden weights.
+
+Chapter 7's race. Keller Jordan's Muon (2024; used by modded-nanogpt and nanochat) replaces each
+hidden matrix's momentum M = U S Vᵀ by roughly U Vᵀ: every direction the gradient has found gets
+the same step size, so rare directions are not drowned by the dominant one. Embeddings, the head
+and the norm gains are not "hidden" matrices and keep AdamW.
+
+Example:
+    >>> opt = Muon(muon_param_groups(model, lr=3e-3, muon_lr=0.02))  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+__all__ = ["NS_COEFFICIENTS", "newton_schulz", "muon_param_groups", "Muon"]
+
+# The quintic's coefficients from Keller Jordan's post (and torch.optim.Muon): chosen to make the
+# slope at 0 steep, so five steps push every singular value into roughly [0.7, 1.2].
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, float, float] =
+                  NS_COEFFICIENTS, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
+                  ) -> torch.Tensor:
+    """Approximately U Vᵀ for g = U S Vᵀ, without an SVD. Example: newton_schulz(w).shape == w.shape
+
+    Each step maps X -> aX + b(XXᵀ)X + c(XXᵀ)²X, an odd polynomial applied to every singular
+    value at once (Uᵀ X V stays diagonal). bf16 is enough: the result only has to be near 1.
+    """
+    if g.ndim != 2:
+        raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(g.shape)}")
+    a, b, c = coefficients
+    x = g.to(dtype)
+    tall = g.size(0) > g.size(1)
+    if tall:  # iterate on the short side: XXᵀ is then the smaller Gram matrix
+        x = x.T
+    x = x / x.norm().clamp(min=eps)  # Frobenius >= spectral norm, so every singular value <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return (x.T if tall else x).to(g.dtype)
+
+
+def muon_param_groups(model: nn.Module, lr: float, muon_lr: float, weight_decay: float = 0.1,
+                      muon_weight_decay: float = 0.0) -> list[dict]:
+    """Hidden 2-D weights -> a Muon group; embeddings, head, norms and biases -> AdamW groups.
+
+    "lr_scale" records each group's learning rate relative to `lr`, so a schedule that sets one
+    lr per step can scale every group: Muon's steps are ~10x larger than AdamW's.
+    """
+    seen: set[int] = set()
+    hidden, decay, no_decay = [], [], []
+    skip = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    head = getattr(model, "lm_head", None)
+    if head is not None:
+        skip.add(id(head.weight))
+    for p in model.parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.ndim == 2 and id(p) not in skip:
+            hidden.append(p)
+        elif p.ndim >= 2:
+            decay.append(p)
+        else:
+            no_decay.append(p)
+    groups = [
+        {"params": hidden, "use_muon": True, "lr": muon_lr, "weight_decay": muon_weight_decay},
+        {"params": decay, "use_muon": False, "lr": lr, "weight_decay": weight_decay},
+        {"params": no_decay, "use_muon": False, "lr": lr, "weight_decay": 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["lr_scale"] = g["lr"] / lr
+    return groups
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon on groups with use_muon=True, AdamW on the rest (one optimizer, one state_dict).
+
+    Muon's step matches torch.optim.Muon (Nesterov momentum by lerp, Newton–Schulz, the update
+    scaled by sqrt(max(1, rows/cols)), decoupled weight decay); tests compare the two.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, momentum: float = 0.95,
+                 nesterov: bool = True, ns_steps: int = 5, betas: tuple[float, float] =
+                 (0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0):
+        if lr < 0 or not 0 <= momentum < 1 or ns_steps < 1:
+            raise ValueError(f"need lr >= 0, 0 <= momentum < 1, ns_steps >= 1; got lr={lr}, "
+                             f"momentum={momentum}, ns_steps={ns_steps}")
+        defaults = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                        betas=betas, eps=eps, weight_decay=weight_decay, use_muon=False)
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            bad = [tuple(p.shape) for p in group["params"] if group["use_muon"] and p.ndim != 2]
+            if bad:
+                raise ValueError(f"Muon groups take matrices only, got shapes {bad[:3]}")
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: D102 (torch's signature)
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    (self._muon if group["use_muon"] else self._adamw)(p, group)
+        return loss
+
+    def _muon(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
+        mu = group["momentum"]
+        buf.lerp_(p.grad, 1 - mu)  # an EMA of gradients: (1 - mu) * sum of mu^k g_{t-k}
+        update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
+        update = newton_schulz(update, group["ns_steps"])
+        # A tall matrix's U Vᵀ has a smaller RMS per entry; this scale evens that out.
+        scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.add_(update, alpha=-group["lr"] * scale)
+
+    def _adamw(self, p: torch.Tensor, group: dict) -> None:
+        state = self.state[p]
+        if not state:
+            state["step"] = 0
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+        state["step"] += 1
+        b1, b2 = group["betas"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(p.grad, 1 - b1)
+        v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
+        t = state["step"]
+        denom = (v / (1 - b2 ** t)).sqrt_().add_(group["eps"])
+        p.mul_(1 - group["lr"] * group["weight_decay"])
+        p.addcdiv_(m, denom, value=-group["lr"] / (1 - b1 ** t))
