@@ -250,7 +250,8 @@ def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]
             # weights_only: a pickle could run code; a plain dict of tensors needs none
             return torch.load(legacy, map_location="cpu", weights_only=True), hf_config
         except Exception as e:
-            raise ValueError(f"{legacy} is not a readable weights-only PyTorch file ({e})") from None
+            raise ValueError(f"{legacy} is not a readable weights-only PyTorch file "
+                             f"({e})") from None
     raise FileNotFoundError(f"{folder} has config.json but no weights: expected model.safetensors,"
                             " model.safetensors.index.json or pytorch_model.bin")
 
