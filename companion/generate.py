@@ -15,7 +15,7 @@ from torch import nn
 from .tokenizer import Tokenizer
 
 __all__ = ["temperature_softmax", "check_sampling", "top_k_filter", "top_p_filter", "sample_next",
-           "generate", "generate_text"]
+           "sampling_stages", "generate", "generate_text"]
 
 
 def temperature_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -111,6 +111,31 @@ def sample_next(
     probs = logits.softmax(dim=-1)
     # multinomial on CPU keeps a seeded generator's samples identical across devices
     return torch.multinomial(probs.cpu(), 1, generator=generator).to(logits.device)
+
+
+def sampling_stages(
+    logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+    top_p: float | None = None,
+) -> dict[str, torch.Tensor]:
+    """The next-token distribution (V,) after each of sample_next's steps, for plotting.
+
+    Keys: "model" (T = 1), "temperature", "top-k", "top-p" (a filter left off repeats the step
+    before). Example: sampling_stages(torch.tensor([2., 1., 0.]), top_k=1)["top-k"] -> [1., 0., 0.]
+    """
+    check_sampling(temperature, top_k, top_p)
+    if temperature == 0:  # greedy: all the mass on the argmax, whatever the filters say
+        best = logits.argmax(-1, keepdim=True)
+        one_hot = torch.zeros_like(logits, dtype=torch.float).scatter_(-1, best, 1.0)
+        return {"model": logits.float().softmax(-1), "temperature": one_hot, "top-k": one_hot,
+                "top-p": one_hot}
+    stages = {"model": logits.float().softmax(-1)}
+    z = logits.float() / temperature
+    stages["temperature"] = z.softmax(-1)
+    z = top_k_filter(z, top_k) if top_k is not None else z
+    stages["top-k"] = z.softmax(-1)
+    z = top_p_filter(z, top_p) if top_p is not None else z
+    stages["top-p"] = z.softmax(-1)
+    return stages
 
 
 @torch.no_grad()

@@ -3,11 +3,14 @@
 Introduced in chapter 6.
 
 This is the only module that knows Hugging Face's parameter names. transformers itself is imported
-only by `load_pretrained`, so reading a state dict needs nothing beyond torch.
+only when `load_pretrained` downloads from the Hub; a checkpoint folder on disk needs only
+safetensors (or, for pytorch_model.bin, nothing beyond torch).
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -209,16 +212,71 @@ def hub_offline() -> bool:
     )
 
 
-def load_pretrained(name: str = "gpt2") -> GPT:
-    """Download a GPT-2 or Llama checkpoint from the Hub with transformers and convert it.
-
-    RuntimeError when offline.
-    """
-    if hub_offline():
-        raise RuntimeError("offline (COMPANION_OFFLINE or HF_HUB_OFFLINE is set): not downloading "
-                           "from the Hub")
+def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The state dict and config.json of a Hugging Face checkpoint folder (save_pretrained's)."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: not a Hugging Face checkpoint")
     try:
-        from transformers import AutoModelForCausalLM  # optional: only this function needs it
+        hf_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{config_file} is not valid JSON: {e}") from None
+    if not isinstance(hf_config, dict):
+        raise ValueError(f"{config_file} holds a {type(hf_config).__name__}, not a JSON object")
+    _model_type(hf_config)  # refuse an unsupported model before reading gigabytes of weights
+    single, index = folder / "model.safetensors", folder / "model.safetensors.index.json"
+    if single.is_file() or index.is_file():
+        try:
+            from safetensors.torch import load_file  # optional: only a folder needs it
+        except ImportError as e:
+            raise RuntimeError("reading .safetensors needs safetensors: pip install "
+                               "safetensors") from e
+        # sharded: the index maps each tensor to one of a few files; each file is read once
+        files = ([single] if single.is_file() else
+                 [folder / f for f in sorted(set(json.loads(index.read_text())["weight_map"]
+                                                 .values()))])
+        state: dict[str, torch.Tensor] = {}
+        for f in files:
+            try:
+                state.update(load_file(str(f)))
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{f} is listed in {index.name} but missing") from None
+            except Exception as e:  # safetensors reports a damaged file as a bare error
+                raise ValueError(f"{f} is not a readable safetensors file ({e})") from None
+        return state, hf_config
+    legacy = folder / "pytorch_model.bin"
+    if legacy.is_file():
+        try:
+            # weights_only: a pickle could run code; a plain dict of tensors needs none
+            return torch.load(legacy, map_location="cpu", weights_only=True), hf_config
+        except Exception as e:
+            raise ValueError(f"{legacy} is not a readable weights-only PyTorch file "
+                             f"({e})") from None
+    raise FileNotFoundError(f"{folder} has config.json but no weights: expected model.safetensors,"
+                            " model.safetensors.index.json or pytorch_model.bin")
+
+
+def load_pretrained(name_or_path: str | os.PathLike = "gpt2") -> GPT:
+    """A GPT-2, Llama or Qwen3 checkpoint as a companion GPT: a local folder, else the Hub.
+
+    A folder in Hugging Face's format (config.json + model.safetensors, as save_pretrained writes
+    it) loads offline, without transformers. Any other name is downloaded with transformers;
+    RuntimeError when offline. Example: load_pretrained("checkpoints/gpt2")
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        state, hf_config = _read_folder(path)
+        return from_hf(state, hf_config)
+    name = str(name_or_path)
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
+        # a path that is a file, or that names no folder: not a Hub id either
+        raise FileNotFoundError(f"{name!r} is not a checkpoint folder (need config.json and "
+                                "model.safetensors in a directory)")
+    if hub_offline():
+        raise RuntimeError(f"offline (COMPANION_OFFLINE or HF_HUB_OFFLINE is set) and {name!r} "
+                           "is no local folder: not downloading from the Hub")
+    try:
+        from transformers import AutoModelForCausalLM  # optional: only the Hub path needs it
     except ImportError as e:
         raise RuntimeError("transformers is not installed: pip install transformers") from e
     hf = AutoModelForCausalLM.from_pretrained(name)

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import KVCache, MultiHeadAttention
+from .moe import MoE, check_moe
 from .positional import (
     LearnedPositionalEmbedding,
     RotaryEmbedding,
@@ -88,6 +89,12 @@ class GPTConfig:
     qk_norm: bool = False
     rope_scaling: dict[str, Any] | None = None
     d_ff_rule: str = "cs336"
+    # Mixture of experts (chapter 6, companion.moe): 0 keeps the dense MLP; else each block has
+    # n_experts MLPs of width d_ff, moe_top_k of them per token.
+    n_experts: int = 0
+    moe_top_k: int = 2
+    capacity_factor: float | None = 1.25
+    moe_aux_weight: float = 0.01
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -134,6 +141,7 @@ class GPTConfig:
         if self.rope_theta <= 0 or self.norm_eps <= 0:
             raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and "
                              f"{self.norm_eps}")
+        check_moe(self.n_experts, self.moe_top_k, self.capacity_factor, self.moe_aux_weight)
         if self.rope_scaling is not None:
             if self.pos != "rope":
                 raise ValueError(f"rope_scaling needs pos='rope', got pos={self.pos!r}")
@@ -187,7 +195,8 @@ def count_params(config: GPTConfig) -> dict[str, int]:
     Parts: tok_emb, pos_emb, attn, mlp, norm
     (all layers' norms plus the final one; QK-norm's scales count as attn), lm_head (0 when tied).
     "non_embedding" is total minus tok_emb, pos_emb and lm_head: the N of
-    scaling laws (Kaplan et al.).
+    scaling laws (Kaplan et al.). "active" (not a part) counts what one token uses: for MoE,
+    moe_top_k experts of n_experts (and the router); equal to total when dense.
     Example: count_params(GPTConfig.gpt2())["total"] -> 124439808 (GPT-2 small).
     """
     c = config
@@ -198,19 +207,24 @@ def count_params(config: GPTConfig) -> dict[str, int]:
     attn += 2 * D if c.qk_norm else 0  # QK-norm's two (D,) scales live inside attention
     n_in = 2 if c.mlp == "swiglu" else 1  # SwiGLU has two input projections: gate and up
     mlp = n_in * (d * c.d_ff + b * c.d_ff) + c.d_ff * d + b * d
+    # MoE: n_experts such MLPs plus a router; a token runs through moe_top_k of them
+    n_mlp, n_active = (c.n_experts, c.moe_top_k) if c.n_experts else (1, 1)
+    router = d * c.n_experts
     norm = d + (b * d if c.norm == "layernorm" else 0)  # RMSNorm has a scale, never a shift
     parts = {
         "tok_emb": c.vocab_size * d,
         # sinusoidal and RoPE learn nothing
         "pos_emb": c.context_length * d if c.pos == "learned" else 0,
         "attn": c.n_layers * attn,
-        "mlp": c.n_layers * mlp,
+        "mlp": c.n_layers * (n_mlp * mlp + router),
         "norm": (2 * c.n_layers + 1) * norm,
         "lm_head": 0 if c.tie_embeddings else c.vocab_size * d,  # tied: the head reuses tok_emb
     }
     total = sum(parts.values())
     return {**parts, "total": total,
-            "non_embedding": total - parts["tok_emb"] - parts["pos_emb"] - parts["lm_head"]}
+            "non_embedding": total - parts["tok_emb"] - parts["pos_emb"] - parts["lm_head"],
+            # the weights one token is multiplied by (MoE: only its experts'); total when dense
+            "active": total - c.n_layers * (n_mlp - n_active) * mlp}
 
 
 # --- the pieces of a block -----------------------------------------------------------------------
@@ -293,10 +307,16 @@ def make_mlp(config: GPTConfig) -> nn.Module:
     """The config's feed-forward: a two-layer MLP (GELU or ReLU) or SwiGLU.
 
     Introduced in chapter 6.
+    With n_experts > 0, an MoE of such MLPs (companion.moe).
     """
-    if config.mlp == "swiglu":
-        return SwiGLU(config.d_model, config.d_ff, bias=config.bias)
-    return MLP(config.d_model, config.d_ff, bias=config.bias, activation=config.mlp)
+    c = config
+    if c.n_experts:
+        dense = dataclasses.replace(c, n_experts=0)
+        return MoE(c.d_model, c.n_experts, c.moe_top_k, c.capacity_factor,
+                   lambda: make_mlp(dense))
+    if c.mlp == "swiglu":
+        return SwiGLU(c.d_model, c.d_ff, bias=c.bias)
+    return MLP(c.d_model, c.d_ff, bias=c.bias, activation=c.mlp)
 
 
 class Block(nn.Module):
@@ -390,7 +410,9 @@ class GPT(nn.Module):
         std = 0.02 / math.sqrt(2 * self.config.n_layers)
         for block in self.blocks:
             nn.init.normal_(block.attn.o_proj.weight, mean=0.0, std=std)
-            nn.init.normal_(block.mlp.down_proj.weight, mean=0.0, std=std)
+            for mlp in block.mlp.modules():  # the dense MLP, or each of an MoE's experts
+                if isinstance(mlp, (MLP, SwiGLU)):
+                    nn.init.normal_(mlp.down_proj.weight, mean=0.0, std=std)
 
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameters counted from the tensors (shared ones once).

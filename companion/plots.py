@@ -10,7 +10,7 @@ import torch
 from matplotlib.figure import Figure
 
 __all__ = ["show_char", "plot_bigram_counts", "plot_loss", "plot_train_val", "TokenView",
-           "plot_attention"]
+           "plot_attention", "plot_sampling"]
 
 
 def show_char(c: str) -> str:
@@ -152,5 +152,36 @@ def plot_train_val(
         ax.set_title(title)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sampling(
+    stages: dict[str, torch.Tensor], labels: Sequence[str] | None = None, n_show: int = 15,
+    title: str | None = None,
+) -> Figure:
+    """Bars of the next-token distribution after each sampling step, one row per step.
+
+    `stages` is what companion.generate.sampling_stages returns; the n_show tokens the model finds
+    likeliest are drawn, likeliest first, and a filtered-out token is an empty bar. Chapter 6.
+    """
+    first = next(iter(stages.values()))
+    order = first.argsort(descending=True)[:n_show]
+    names = [show_char(labels[i]) if labels is not None else str(int(i)) for i in order.tolist()]
+    fig, axes = plt.subplots(len(stages), 1, figsize=(7, 1.3 * len(stages) + 0.6), sharex=True,
+                             sharey=True)
+    axes = [axes] if len(stages) == 1 else list(axes)
+    for i, (ax, (stage, probs)) in enumerate(zip(axes, stages.items())):
+        shown = probs[order].tolist()
+        kept = int((probs > 0).sum())
+        ax.bar(range(len(shown)), shown, color=[f"C{i}" if p > 0 else "0.85" for p in shown])
+        ax.text(0.99, 0.9, f"{stage}: {kept} token{'s' * (kept != 1)} left", ha="right",
+                va="top", transform=ax.transAxes, fontsize=9)
+        ax.set_ylabel("p", rotation=0, labelpad=8)
+        ax.grid(axis="y", alpha=0.3)
+    axes[-1].set_xticks(range(len(names)), names, fontsize=8)
+    axes[-1].set_xlabel(f"the {len(names)} likeliest next tokens, as the model ranks them")
+    if title:
+        axes[0].set_title(title)
     fig.tight_layout()
     return fig

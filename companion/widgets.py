@@ -79,7 +79,8 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
             seed: int = 0):
     """Prompt, temperature, top-k, top-p and length knobs over `generate_text` (chapter 6).
 
-    top-k 0 and top-p 1 mean off.
+    top-k 0 and top-p 1 mean off. Beside the text, bars show the first next token's
+    distribution after each step (plots.plot_sampling).
     """
     import ipywidgets as w
 
@@ -91,6 +92,7 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
     top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
     length = w.IntSlider(value=max_new_tokens, min=1, max=400, description="length")
     out = w.Output(layout=w.Layout(border="1px solid #ddd", padding="4px"))
+    bars = w.Output()
 
     def render(*_):
         k, p = (top_k.value or None), (top_p.value if top_p.value < 1 else None)
@@ -101,11 +103,35 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
         with out:
             print(f"T = {temperature.value:.2f}, top-k = {k or 'off'}, top-p = "
                   f"{p or 'off'}\n{sample}")
+        bars.clear_output(wait=True)
+        with bars:
+            _show_sampling_bars(model, tokenizer, text.value or "\n", temperature.value, k, p)
 
     for knob in (text, temperature, top_k, top_p, length):
         knob.observe(render, names="value")
     render()
-    return w.VBox([w.HBox([text, length]), w.HBox([temperature, top_k, top_p]), out])
+    return w.VBox([w.HBox([text, length]), w.HBox([temperature, top_k, top_p]), bars, out])
+
+
+def _show_sampling_bars(model: nn.Module, tokenizer: Tokenizer, prompt: str, temperature: float,
+                        top_k: int | None, top_p: float | None) -> None:
+    """Display the sampler's bars: the prompt's next-token distribution after each step."""
+    import matplotlib.pyplot as plt
+    import torch
+    from IPython.display import display
+
+    from .generate import sampling_stages
+    from .plots import plot_sampling
+
+    context = getattr(getattr(model, "config", None), "context_length", None)
+    ids = tokenizer.encode(prompt)[-context:] if context else tokenizer.encode(prompt)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device=next(model.parameters()).device))[0, -1]
+    labels = [tokenizer.decode([i]) for i in range(logits.shape[-1])]
+    fig = plot_sampling(sampling_stages(logits.cpu(), temperature, top_k, top_p), labels,
+                        title=f"next token after {prompt[-20:]!r}")
+    display(fig)
+    plt.close(fig)  # shown once, by display, not again when the cell ends
 
 
 def sizing_calculator(dollars: float = 1e6, gpu: str = "H100-SXM-80GB", mfu: float = 0.4,

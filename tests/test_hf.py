@@ -228,3 +228,73 @@ def test_unsupported_qwen3_configs_raise():
     sd = qwen3().state_dict()
     with pytest.raises(ValueError, match="missing"):
         from_hf({k: v for k, v in sd.items() if "layers.0.self_attn.q_norm" not in k}, d)
+
+
+# --- load_pretrained(folder): a checkpoint saved by transformers, loaded offline -----------------
+
+def saved(hf: torch.nn.Module, folder, **kw):
+    randomise_norms(hf)
+    hf.save_pretrained(folder, **kw)
+    return hf
+
+
+@pytest.mark.parametrize("make", [gpt2, lambda: gpt2(tie_word_embeddings=False), llama, qwen3],
+                         ids=["gpt2", "gpt2-untied", "llama", "qwen3"])
+def test_load_pretrained_folder_matches_transformers_and_generates(make, tmp_path, monkeypatch):
+    monkeypatch.setenv("COMPANION_OFFLINE", "1")  # a folder never needs the network
+    from companion.generate import generate
+
+    hf = saved(make(), tmp_path)
+    assert (tmp_path / "model.safetensors").is_file()
+    ours = load_pretrained(tmp_path)
+    idx = torch.randint(0, V, (2, T), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.allclose(ours(idx), hf(idx).logits, atol=1e-4)
+        out = generate(ours, idx[:1, :5], 8, temperature=0)
+        # greedy: each new token is transformers' own argmax after the tokens before it
+        assert torch.equal(out[0, 5:], hf(out).logits[0, 4:-1].argmax(-1))
+
+
+def test_load_pretrained_reads_sharded_safetensors(tmp_path):
+    hf = saved(llama(), tmp_path, max_shard_size="20KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    assert len(list(tmp_path.glob("model-*.safetensors"))) > 1
+    idx = torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert torch.allclose(load_pretrained(str(tmp_path))(idx), hf(idx).logits, atol=1e-4)
+
+
+def test_load_pretrained_reads_a_weights_only_pytorch_bin(tmp_path):
+    hf = gpt2()
+    randomise_norms(hf)
+    hf.config.save_pretrained(tmp_path)
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    idx = torch.randint(0, V, (1, T), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        assert torch.allclose(load_pretrained(tmp_path)(idx), hf(idx).logits, atol=1e-4)
+
+
+def test_load_pretrained_folder_errors_are_plain(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a checkpoint folder"):
+        load_pretrained(tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_pretrained(tmp_path)
+    gpt2().config.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(ValueError, match="model_type='bert'"):
+        load_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_pretrained(tmp_path)
+
+
+def test_load_pretrained_folder_refuses_a_pickle_that_is_not_just_tensors(tmp_path):
+    gpt2().config.save_pretrained(tmp_path)
+    torch.save({"weights": object()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="weights-only"):
+        load_pretrained(tmp_path)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
 from ..loader import TokenIds, random_batch
+from ..moe import moe_aux_loss  # chapter 6: zero for a dense model
 
 # companion.parallel.STRATEGIES, spelled out so that single-process training never
 # imports torch.distributed
@@ -79,7 +80,7 @@ def train_model(
             inputs, targets = inputs.to(device), targets.to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = next_token_loss(model(inputs), targets)
-            loss.backward()
+            (loss + moe_aux_loss(model)).backward()  # MoE (chapter 6): load balancing; else 0
             optimizer.step()
             history["step_loss"].append(loss.item())
             total, batches = total + loss.item(), batches + 1
@@ -543,7 +544,8 @@ def train(
                 loss = next_token_loss(forward(x), y)
             # Dividing by the number of micro-batches makes the summed gradients their mean:
             # accumulating k batches of B gives the gradient of one batch of k*B.
-            (loss / cfg.grad_accum_steps).backward()
+            # MoE (chapter 6): the routers' load-balancing loss joins the gradient, not the log.
+            ((loss + moe_aux_loss(model)) / cfg.grad_accum_steps).backward()
             loss_sum = loss_sum + loss.detach()  # a tensor: no device sync per micro-batch
         train_loss = float(loss_sum) / cfg.grad_accum_steps
         if not math.isfinite(train_loss):
