@@ -1,6 +1,6 @@
 """Self-checks for chapter 4's exercises.
 
-Token plus position embeddings, the sinusoidal table, RoPE.
+Token plus position embeddings, the sinusoidal table, RoPE at any position, Llama 3's scaling.
 """
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import torch
 
-from ..positional import RotaryEmbedding, rotate_half, sinusoidal_encoding
+from ..positional import (RotaryEmbedding, rope_frequencies, rotate_half,
+                          scaled_rope_frequencies, sinusoidal_encoding)
 from ._core import as_tensor, call, fail, passed
 
-__all__ = ["check_4_1", "check_4_2", "check_4_3"]
+__all__ = ["check_4_1", "check_4_2", "check_4_3", "check_4_4"]
 
 
 def check_4_1(embed: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
@@ -40,6 +41,20 @@ def check_4_1(embed: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.
                  "index t.")
     if not torch.allclose(got, want, atol=1e-6):
         fail(ex, "wrong values: each ids[b, t] should become tok_table[ids[b, t]] + pos_table[t].")
+    # T == P is the last length that fits: an off-by-one (T >= P) refuses it.
+    full = torch.arange(P)[None] % V  # (1, P)
+    try:
+        exact = embed(full, tok, pos)
+    except NotImplementedError:
+        fail(ex, "not implemented yet: replace the `raise NotImplementedError(...)` line with your "
+                 "code.")
+    except ValueError:
+        fail(ex, f"a sequence of exactly {P} tokens fits a {P}-row position table (positions "
+                 f"0..{P - 1}); only T > P must raise. Is your test off by one?")
+    exact = as_tensor(ex, exact, "embed's result")
+    if tuple(exact.shape) != (1, P, C) or not torch.allclose(exact, tok[full] + pos, atol=1e-6):
+        fail(ex, f"a sequence of exactly {P} tokens should use all {P} position rows, "
+                 "tok_table[ids] + pos_table.")
     one = as_tensor(ex, call(ex, embed, ids[:1, :1], tok, pos), "embed's result")
     if not torch.allclose(one, tok[ids[:1, :1]] + pos[:1], atol=1e-6):
         fail(ex, "a single token (B=1, T=1) should get tok_table[id] + pos_table[0].")
@@ -98,14 +113,25 @@ def check_4_2(sinusoidal: Callable[[int, int], torch.Tensor]) -> None:
                "case.")
 
 
-def check_4_3(rope: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
-    """rope(x (T, D), theta) -> x with row t's pairs (i, i + D/2) turned by t * theta^(-2i/D)."""
+def _rope_want(x: torch.Tensor, theta: float, start_pos: int = 0,
+               positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The companion's answer for a (T, D) x."""
+    T, D = x.shape
+    top = start_pos + (T if positions is None else int(positions.max()) + 1)
+    return RotaryEmbedding(D, top, theta)(x[None, None], start_pos, positions)[0, 0]
+
+
+def check_4_3(rope: Callable[..., torch.Tensor]) -> None:
+    """rope(x (T, D), theta, start_pos=0, positions=None) -> x with its pairs (i, i + D/2) rotated.
+
+    Row t sits at position start_pos + t, or start_pos + positions[t] when positions is given.
+    """
     ex = "4.3"
     g = torch.Generator().manual_seed(43)
     T, D = 12, 8
     x = torch.randn(T, D, generator=g)
     got = as_tensor(ex, call(ex, rope, x.clone(), 10000.0), "rope(x)").float()
-    want = RotaryEmbedding(D, T)(x[None, None])[0, 0]
+    want = _rope_want(x, 10000.0)
     if tuple(got.shape) != (T, D):
         fail(ex, f"rope(x) should keep x's shape ({T}, {D}), got {tuple(got.shape)}")
     if torch.allclose(got, x):
@@ -113,7 +139,7 @@ def check_4_3(rope: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
     # The interleaved layout (2i, 2i+1) of the RoFormer paper: right idea, different pairing.
     perm = torch.cat((torch.arange(0, D, 2), torch.arange(1, D, 2)))
     inter = torch.empty_like(x)
-    inter[:, perm] = RotaryEmbedding(D, T)(x[:, perm][None, None])[0, 0]
+    inter[:, perm] = _rope_want(x[:, perm], 10000.0)
     if torch.allclose(got, inter, atol=1e-5):
         fail(ex, "you paired dimensions (2i, 2i+1); this course (like Hugging Face Llama) pairs i "
                  "with i + D/2.")
@@ -131,10 +157,95 @@ def check_4_3(rope: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
         fail(ex, "close, but the angles are off: pair i of row t turns by t * theta ** "
                  "(-2 * i / D).")
     other = as_tensor(ex, call(ex, rope, x.clone(), 100.0), "rope(x, theta=100)").float()
-    if not torch.allclose(
-        other, RotaryEmbedding(D, T, theta=100.0)(x[None, None])[0, 0], atol=1e-5
-    ):
+    if not torch.allclose(other, _rope_want(x, 100.0), atol=1e-5):
         fail(ex, "right for theta=10000 but not for theta=100: use the theta argument, don't "
                  "hard-code it.")
-    passed(ex, "matches the companion's RotaryEmbedding, keeps lengths, leaves position 0 alone, "
-               "honours theta.")
+    # A KV cache feeds new tokens after `start_pos` cached ones.
+    for start in (5, 30, 1):
+        shifted = as_tensor(ex, call(ex, rope, x.clone(), 10000.0, start_pos=start),
+                            f"rope(x, start_pos={start})").float()
+        if torch.allclose(shifted, got, atol=1e-5):
+            fail(ex, f"rope(x, start_pos={start}) gave the same as start_pos=0: row t sits at "
+                     "position start_pos + t.")
+        if torch.allclose(shifted, _rope_want(x, 10000.0, start - 1), atol=1e-5):
+            fail(ex, f"with start_pos={start} your rows sit one position early: row 0 is at "
+                     f"position {start}, not {start - 1}.")
+        if not torch.allclose(shifted, _rope_want(x, 10000.0, start), atol=1e-5):
+            fail(ex, f"wrong for start_pos={start}: row t should turn as a token at position "
+                     f"{start} + t does.")
+    # Packed documents restart their positions at 0.
+    packed = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3])
+    docs = as_tensor(ex, call(ex, rope, x.clone(), 10000.0, positions=packed.clone()),
+                     "rope(x, positions=...)").float()
+    if torch.allclose(docs, got, atol=1e-5):
+        fail(ex, "rope(x, positions=[0, 1, 2, 3, 4, 0, 1, ...]) ignored positions: row t must "
+                 "sit at positions[t].")
+    if not torch.allclose(docs, _rope_want(x, 10000.0, 0, packed), atol=1e-5):
+        fail(ex, "wrong for explicit positions: row t should turn as a token at position "
+                 "positions[t] does.")
+    both = as_tensor(ex, call(ex, rope, x.clone(), 10000.0, start_pos=7, positions=packed.clone()),
+                     "rope(x, start_pos=7, positions=...)").float()
+    if torch.allclose(both, docs, atol=1e-5):
+        fail(ex, "with both start_pos=7 and positions, row t sits at start_pos + positions[t]; "
+                 "yours ignored start_pos.")
+    if not torch.allclose(both, _rope_want(x, 10000.0, 7, packed), atol=1e-5):
+        fail(ex, "with both start_pos and positions, row t should sit at start_pos + "
+                 "positions[t].")
+    passed(ex, "matches the companion's RotaryEmbedding at start offsets and explicit positions, "
+               "keeps lengths, honours theta.")
+
+
+def check_4_4(llama3_frequencies: Callable[..., torch.Tensor]) -> None:
+    """llama3_frequencies(inv_freq (D/2,), factor, low, high, original_context) -> (D/2,) speeds."""
+    ex = "4.4"
+    cases = [(128, 500_000.0, 8.0, 1.0, 4.0, 8192), (64, 10_000.0, 4.0, 2.0, 8.0, 2048)]
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch.allclose(a, b.double(), rtol=1e-4)
+
+    for n, (d, theta, factor, low, high, L) in enumerate(cases):
+        inv = rope_frequencies(d, theta)
+        config = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
+                  "high_freq_factor": high, "original_max_position_embeddings": L}
+        want = scaled_rope_frequencies(d, theta, config)[0]
+        args = f"(factor={factor:g}, low_freq_factor={low:g}, high_freq_factor={high:g}, " \
+               f"original_context={L})"
+        got = as_tensor(ex, call(ex, llama3_frequencies, inv.clone(), factor, low, high, L),
+                        "llama3_frequencies' result").double()
+        if tuple(got.shape) != (d // 2,):
+            fail(ex, f"for {d // 2} pairs expected shape ({d // 2},), got {tuple(got.shape)}")
+        if n and not torch.allclose(got, want.double(), rtol=1e-4):
+            fail(ex, f"right for Llama 3.1's numbers but wrong for {args}: use the arguments, "
+                     "don't hard-code them.")
+        if close(got, inv):
+            fail(ex, "nothing changed: the slow pairs must be divided by factor.")
+        if close(got, inv * factor):
+            fail(ex, "your speeds went up: scaling to a longer context divides speeds by factor.")
+        if close(got, inv / factor):
+            fail(ex, "you slowed every pair: that is position interpolation. Pairs with "
+                     "wavelengths shorter than L / high_freq_factor keep their speed.")
+        wavelength = 2 * torch.pi / inv
+        short, long = wavelength < L / high, wavelength > L / low
+        mid = ~short & ~long
+        if not close(got[short], inv[short]):
+            why = (", but you divided them by factor: are the two zones swapped?"
+                   if close(got[short], inv[short] / factor) else ".")
+            fail(ex, f"the fast pairs (wavelength < L / high_freq_factor = {L / high:g}) must keep "
+                     f"their speed{why}")
+        if not close(got[long], inv[long] / factor):
+            fail(ex, f"the slow pairs (wavelength > L / low_freq_factor = {L / low:g}) must be "
+                     "divided by factor.")
+        if close(got[mid], inv[mid]) or close(got[mid], inv[mid] / factor):
+            fail(ex, "the pairs between the two edges must blend the kept and the divided speed, "
+                     "not take one of them.")
+        turns = L / wavelength[mid]
+        keep = (turns - low) / (high - low)
+        if close(got[mid], keep * inv[mid] / factor + (1 - keep) * inv[mid]):
+            fail(ex, "the blend runs the wrong way: next to the short edge a pair should be "
+                     "almost kept, next to the long edge almost divided.")
+        if not close(got, want):
+            bad = int((got - want.double()).abs().argmax())
+            fail(ex, f"wrong speed for pair {bad} with {args}: expected {float(want[bad]):.6g}, "
+                     f"got {float(got[bad]):.6g}. The blend's weight is linear in L / wavelength.")
+    passed(ex, "matches the companion's llama3 scaling for Llama 3.1's numbers and another set; "
+               "fast pairs kept, slow divided, the middle blended.")
