@@ -229,3 +229,34 @@ def test_ending_logps_match_a_hand_computed_sum_and_ranking():
     assert math.isclose(got[0].item(), want, rel_tol=1e-5) and got[0] > got[1]
     items = [(context, endings, 0), (context, endings[::-1], 1)]
     assert multiple_choice_accuracy(model, tok, items) == 1.0
+
+
+def test_sft_runs_on_a_gpt2_checkpoint_folder_with_gpt2s_tokenizer(tmp_path):
+    """Chapter 10's GPT-2 path offline: a random GPT-2 saved by transformers, loaded from its
+    folder, resized for the specials; the old ids' logits stay transformers', and SFT learns."""
+    transformers = pytest.importorskip("transformers")
+    from companion.hf import load_pretrained
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, n_positions=64)
+    ).eval()
+    hf.save_pretrained(tmp_path)
+    tok = ChatTokenizer(BPETokenizer.from_tiktoken("gpt2"))
+    model = resize_vocab(load_pretrained(tmp_path), tok.vocab_size)
+    ids, mask = encode_chat(tok, CHAT)
+    x = torch.tensor([ids[:-1]])
+    plain = torch.tensor([tok.base.encode("But, sirs, be sudden in the execution")])
+    with torch.no_grad():  # transformers' model knows no specials: compare on plain text
+        torch.testing.assert_close(model(plain)[..., :50257], hf(plain).logits, rtol=1e-4,
+                                   atol=1e-4)
+    y, m = torch.tensor([ids[1:]]), torch.tensor([mask[1:]])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(5):
+        loss = masked_loss(model(x), y, m)
+        losses.append(loss.item())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    assert losses[-1] < losses[0] - 1.0
