@@ -26,7 +26,7 @@ __all__ = ["GPTConfig", "RMSNorm", "MLP", "SwiGLU", "Block", "GPT", "count_param
            "make_mlp", "swiglu_width", "SWIGLU_WIDTH_RULES"]
 
 Norm = Literal["layernorm", "rmsnorm"]
-Mlp = Literal["gelu", "gelu_exact", "relu", "swiglu"]
+Mlp = Literal["gelu", "gelu_exact", "relu", "relu2", "swiglu"]
 Pos = Literal["learned", "sinusoidal", "rope"]
 
 # SwiGLU's hidden width from d_model, each rule named after the source that uses it:
@@ -67,7 +67,7 @@ class GPTConfig:
     is a Hugging Face-style dict, e.g. {"rope_type": "llama3", "factor": 8.0, ...} (see
     positional.scaled_rope_frequencies).
     `mlp`: "gelu" is GPT-2's tanh-approximated GELU, "gelu_exact" the erf form (PyTorch's nn.GELU
-    and nanoGPT's), "relu" plain ReLU, "swiglu" LLaMA's gated unit.
+    and nanoGPT's), "relu" plain ReLU, "relu2" its square, "swiglu" LLaMA's gated unit.
     """
 
     vocab_size: int = 50257
@@ -95,6 +95,9 @@ class GPTConfig:
     moe_top_k: int = 2
     capacity_factor: float | None = 1.25
     moe_aux_weight: float = 0.01
+    # Chapter 7's race: logits -> c * tanh(logits / c), bounded in (-c, c) (Gemma 2; the
+    # modded-nanogpt speedrun). None leaves them as they are.
+    logit_softcap: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -125,11 +128,13 @@ class GPTConfig:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}")
         choices = {"norm": ("layernorm", "rmsnorm"),
-                   "mlp": ("gelu", "gelu_exact", "relu", "swiglu"),
+                   "mlp": ("gelu", "gelu_exact", "relu", "relu2", "swiglu"),
                    "pos": ("learned", "sinusoidal", "rope")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise ValueError(f"logit_softcap must be > 0 or None, got {self.logit_softcap!r}")
         if self.pos == "sinusoidal" and self.d_model % 2:
             raise ValueError("sinusoidal positions need an even d_model, got "
                              f"d_model={self.d_model}")
@@ -264,13 +269,23 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": lambda h: F.gelu(h, approximate="tanh"),
     "gelu_exact": F.gelu,
     "relu": F.relu,
+    # relu(h)²: Primer's activation (So et al. 2021), the modded-nanogpt speedrun's choice
+    "relu2": lambda h: F.relu(h).square(),
 }
+
+
+def soft_cap(logits: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(logits / cap): smooth clipping into (-cap, cap); None: unchanged.
+
+    Example: soft_cap(torch.tensor([100.0]), 30.0) -> tensor([29.85])
+    """
+    return logits if cap is None else cap * torch.tanh(logits / cap)
 
 
 class MLP(nn.Module):
     """GPT-2's feed-forward: up to d_ff, an activation, back down. Introduced in chapter 6.
 
-    activation: "gelu" (tanh form, as GPT-2 used), "gelu_exact" (erf form) or "relu".
+    activation: "gelu" (tanh form, as GPT-2 used), "gelu_exact" (erf form), "relu" or "relu2".
     """
 
     def __init__(self, d_model: int, d_ff: int, bias: bool = True, activation: str = "gelu"):
@@ -472,4 +487,8 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             # the residual stream, (B, T, d) throughout
             x = block(x, None if caches is None else caches[i])
-        return self.lm_head(self.norm(x))  # (B, T, d) -> (B, T, vocab_size)
+        return self.head(x)  # (B, T, d) -> (B, T, vocab_size)
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual stream's last step: final norm, lm_head, and the optional logit soft cap."""
+        return soft_cap(self.lm_head(self.norm(x)), self.config.logit_softcap)

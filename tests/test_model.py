@@ -344,3 +344,26 @@ def test_pipeline_names_exist():
     for b in m.blocks:
         h = b(h)
     assert torch.allclose(m.lm_head(m.norm(h)), m(x), atol=1e-6)
+
+
+def test_relu2_is_relu_squared_and_softcap_bounds_the_logits():
+    """The speedrun's two model levers (chapter 7): relu² activation and logit soft-capping."""
+    torch.manual_seed(0)
+    kw = dict(vocab_size=32, context_length=8, d_model=16, n_layers=1, n_heads=2)
+    model = GPT(GPTConfig(**kw, mlp="relu2"))
+    h = torch.randn(5, 16)
+    mlp = model.blocks[0].mlp
+    want = mlp.down_proj(torch.relu(mlp.up_proj(h)) ** 2)
+    torch.testing.assert_close(mlp(h), want)
+    plain = GPT(GPTConfig(**kw))
+    capped = GPT(GPTConfig(**kw, logit_softcap=2.0))
+    capped.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.lm_head.weight.mul_(50)  # tied: large logits
+        capped.lm_head.weight.mul_(50)
+        x = torch.randint(0, 32, (2, 8))
+        raw, out = plain(x), capped(x)
+    assert raw.abs().max() > 4 and out.abs().max() <= 2.0
+    torch.testing.assert_close(out, 2.0 * torch.tanh(raw / 2.0))
+    with pytest.raises(ValueError, match="logit_softcap"):
+        GPTConfig(**kw, logit_softcap=0.0)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..model import soft_cap
+
 __all__ = ["bubble_fraction", "stage_layers", "GPTStage", "TimedStage", "Event", "measured_bubble",
            "plot_timeline", "plot_bubble"]
 
@@ -62,6 +64,7 @@ class GPTStage(nn.Module):
         )
         self.norm = model.norm if self.last else None
         self.lm_head = model.lm_head if self.last else None
+        self.softcap = model.config.logit_softcap if self.last else None
         # TimedStage's stamp, if any
         self.on_embedded: Callable[[torch.Tensor], torch.Tensor] | None = None
 
@@ -75,7 +78,7 @@ class GPTStage(nn.Module):
                 x = self.on_embedded(x)
         for block in self.blocks:
             x = block(x)  # (B, T, d): this is what travels to the next stage
-        return self.lm_head(self.norm(x)) if self.last else x
+        return soft_cap(self.lm_head(self.norm(x)), self.softcap) if self.last else x
 
 
 @dataclass

@@ -201,7 +201,7 @@ class Engine:
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # (N, H, 1, D)
             x = x + a.o_proj(y.transpose(1, 2).reshape(N, 1, a.n_heads * a.d_head))
             x = x + block.mlp(block.mlp_norm(x))
-        return m.lm_head(m.norm(x))[:, 0]  # (N, V)
+        return m.head(x)[:, 0]  # (N, V): final norm, head, soft cap
 
     def step(self) -> int:
         """Admit, prefill, decode one token per running row, retire the finished; tokens emitted."""
