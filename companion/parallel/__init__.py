@@ -34,10 +34,11 @@ from .arith import ring_attention_traffic, ring_overlap_block, tp_activation_byt
 from .multinode import run_two_nodes, torchrun_command
 from .ring import block_attention, merge_partials, ring_attention, ring_attention_worker
 from .schedules import (Op, gpipe_schedule, interleaved_bubble, interleaved_schedule,
-                        one_f_one_b_schedule, peak_in_flight, simulate, zero_bubble_fraction)
+                        one_f_one_b_schedule, peak_in_flight, plot_schedules, simulate,
+                        zero_bubble_fraction)
 
 __all__ += [
     "tp_activation_bytes", "ring_attention_traffic", "ring_overlap_block", "torchrun_command",
     "run_two_nodes", "block_attention", "merge_partials", "ring_attention", "ring_attention_worker",
     "Op", "gpipe_schedule", "one_f_one_b_schedule", "interleaved_schedule", "simulate",
-    "interleaved_bubble", "zero_bubble_fraction", "peak_in_flight"]
+    "interleaved_bubble", "zero_bubble_fraction", "peak_in_flight", "plot_schedules"]

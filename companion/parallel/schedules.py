@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .pipeline import Event, bubble_fraction
+from .pipeline import Event, bubble_fraction, measured_bubble
 
 __all__ = ["Op", "gpipe_schedule", "one_f_one_b_schedule", "interleaved_schedule", "simulate",
-           "interleaved_bubble", "zero_bubble_fraction", "peak_in_flight"]
+           "interleaved_bubble", "zero_bubble_fraction", "peak_in_flight", "plot_schedules"]
 
 
 @dataclass(frozen=True)
@@ -151,3 +151,32 @@ def zero_bubble_fraction(p: int, m: int, variant: str = "zb-h1") -> float:
     if variant == "zb-h2":
         return 0.0
     raise ValueError(f"variant must be '1f1b', 'zb-h1' or 'zb-h2', got {variant!r}")
+
+
+def plot_schedules(schedules: dict[str, list[list[Op]]], t_f: float = 1.0, t_b: float = 2.0):
+    """One timeline per schedule, stacked, on a shared time axis in units of one forward.
+
+    For a schedule with v chunks per device, each pass is 1/v as long. Lighter bars: later chunks.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(schedules), 1, sharex=True,
+                             figsize=(9, 0.5 + 0.45 * sum(len(s) for s in schedules.values())))
+    for ax, (title, sched) in zip(list(getattr(axes, "flat", [axes])), schedules.items()):
+        v = 1 + max(op.chunk for ops in sched for op in ops)
+        events = simulate(sched, t_f / v, t_b / v)
+        chunks = [op.chunk for d in range(len(sched)) for op in sched[d]]
+        order = [e for d in range(len(sched)) for e in events if e.stage == d]
+        for e, c in zip(order, chunks):
+            color = "tab:blue" if e.kind == "F" else "tab:orange"
+            ax.barh(e.stage, e.end - e.start, left=e.start, color=color, alpha=1 - 0.45 * c / v,
+                    edgecolor="white", height=0.8)
+            ax.text((e.start + e.end) / 2, e.stage, str(e.microbatch), ha="center", va="center",
+                    color="white", fontsize=7)
+        ax.set_yticks(range(len(sched)))
+        ax.set_yticklabels([f"GPU {d}" for d in range(len(sched))], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(f"{title}: bubble {measured_bubble(events):.2f}", fontsize=9)
+    ax.set_xlabel("time (forward passes)  -  blue: forward, orange: backward, number: micro-batch")
+    fig.tight_layout()
+    return fig
