@@ -27,8 +27,9 @@ def tp_activation_bytes(seq_len: int, batch_size: int, d_model: int, n_heads: in
         raise ValueError(f"recompute must be 'none' or 'selective', got {recompute!r}")
     s, b, h, a, t = seq_len, batch_size, d_model, n_heads, tp
     scores = 5 * a * s / h if recompute == "none" else 0.0  # softmax, its mask, dropped copy
-    # 24 of the 34 live inside the split matmuls; the other 10 (norm inputs, dropout outputs and
-    # masks) are replicated on every TP rank unless sequence parallelism splits them by tokens.
+    # 24 of the 34 live inside the split matmuls; the other 10 (the inputs of the norms and of
+    # the first matmuls, dropout masks) are whole on every TP rank unless sequence parallelism
+    # splits them by tokens.
     unsplit = 10 / t if sequence_parallel else 10
     return s * b * h * (unsplit + 24 / t + scores / t)
 

@@ -3,9 +3,7 @@
 Introduced in chapter 9.
 
 `torchrun_command` builds the command each node runs; `run_two_nodes` starts two of them on
-127.0.0.1 with gloo and returns what their workers printed. Run as a module
-(`torchrun ... -m companion.parallel.multinode`), this file is the worker: it joins the world,
-all-reduces its rank and prints what torchrun told it.
+127.0.0.1 with gloo and returns what their workers printed (`companion.parallel.node_worker`).
 """
 from __future__ import annotations
 
@@ -15,11 +13,12 @@ import sys
 
 __all__ = ["torchrun_command", "run_two_nodes"]
 
+_WORKER = ("-m", "companion.parallel.node_worker")
+
 
 def torchrun_command(node_rank: int, nnodes: int = 2, nproc_per_node: int = 1,
                      master_addr: str = "127.0.0.1", master_port: int = 29500,
-                     rendezvous: str = "static",
-                     target: tuple[str, ...] = ("-m", "companion.parallel.multinode")) -> list[str]:
+                     rendezvous: str = "static", target: tuple[str, ...] = _WORKER) -> list[str]:
     """The argv one node runs: python -m torch.distributed.run (torchrun) with its flags.
 
     rendezvous="static": node 0 hosts the store at master_addr:master_port and node ranks are
@@ -64,24 +63,3 @@ def run_two_nodes(timeout_s: float = 90.0, rendezvous: str = "static") -> list[s
     if bad:
         raise RuntimeError(f"nodes {bad} failed:\n" + "\n".join(outs))
     return outs
-
-
-def _worker() -> None:
-    import torch
-    import torch.distributed as dist
-
-    from .launch import setup
-
-    env = setup("gloo")
-    t = torch.tensor([float(env.rank + 1)])
-    dist.all_reduce(t)  # 1 + 2 = 3 over two nodes
-    e = os.environ
-    print(f"node {e['GROUP_RANK']} local rank {e['LOCAL_RANK']} -> global rank {env.rank} of "
-          f"{env.world_size} (master {e['MASTER_ADDR']}:{e['MASTER_PORT']}): all_reduce "
-          f"{t.item():.0f}", flush=True)
-    dist.barrier()
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    _worker()
