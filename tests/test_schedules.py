@@ -70,3 +70,17 @@ def test_zero_bubble_h1_is_a_third_of_1f1b_bubble_time():
 def test_bad_input_names_the_numbers(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_plot_schedules_titles_each_timeline_with_its_simulated_bubble():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from companion.parallel import plot_schedules
+
+    fig = plot_schedules({"1F1B": one_f_one_b_schedule(4, 8),
+                          "interleaved": interleaved_schedule(4, 8, 2)})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == [f"1F1B: bubble {bubble_fraction(4, 8):.2f}",
+                      f"interleaved: bubble {interleaved_bubble(4, 8, 2):.2f}"]
+    assert len(fig.axes[0].patches) == 2 * 4 * 8  # one bar per pass
