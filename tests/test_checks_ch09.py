@@ -1,85 +1,106 @@
 """Chapter 9's self-checks pass on correct answers, and fail with a specific hint on the stub and on plausible mistakes."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
-import torch.nn.functional as F
 
 from companion.checks import ExerciseFailed, check_9_1, check_9_2, check_9_3, check_9_4
+from companion.parallel import tp_activation_bytes
 from checkhelpers import stub, fails_with
 
 
-# --- 9.1 bubble_fraction ---------------------------------------------------------------
+# --- 9.1 one_f_one_b ---------------------------------------------------------------------
 
-def bubble_fraction(p, m):
-    if p < 1 or m < 1:
-        raise ValueError("need p, m >= 1")
-    return (p - 1) / (m + p - 1)
+def one_f_one_b(p, m, warm_of=lambda p, s, m: min(p - s - 1, m), cooldown_reversed=False):
+    stages = []
+    for s in range(p):
+        warm = warm_of(p, s, m)
+        ops = [("F", i) for i in range(warm)]
+        for i in range(m - warm):
+            ops += [("F", warm + i), ("B", i)]
+        tail = [("B", i) for i in range(m - warm, m)]
+        stages.append(ops + (tail[::-1] if cooldown_reversed else tail))
+    return stages
 
 
 def test_check_9_1_passes_on_a_correct_answer(capsys):
-    check_9_1(bubble_fraction)
+    check_9_1(one_f_one_b)
     assert "passed" in capsys.readouterr().out
 
 
-def test_check_9_1_accepts_the_busy_share_complement():
-    check_9_1(lambda p, m: 1 - m / (m + p - 1) if p >= 1 and m >= 1 else bubble_fraction(p, m))
+def gpipe(p, m):
+    return [[("F", i) for i in range(m)] + [("B", i) for i in range(m)] for _ in range(p)]
+
+
+def deadlock(p, m):  # the last stage runs its backward before its forward
+    st = one_f_one_b(p, m)
+    st[-1] = [("B", 0), ("F", 0)] + st[-1][2:] if p > 1 else st[-1]
+    return st if p > 1 else [[("B", 0)] + st[0]]
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda p, m: (p - 1) / m, "m + p - 1 slots"),
-    (lambda p, m: p / (m + p - 1), "only p - 1 slots"),
-    (lambda p, m: m / (m + p - 1), "busy share"),
-    (lambda p, m: 100 * (p - 1) / (m + p - 1), "not a percentage"),
-    (lambda p, m: (p - 1) / (m + p - 1), "raise ValueError"),  # no input check: (2, 0) gives 1.0
-    (lambda p, m: None, "forget to return"),
+    (gpipe, "GPipe's order"),
+    (lambda p, m: one_f_one_b(p, m, lambda p, s, m: 0), "more forwards in flight"),
+    (lambda p, m: one_f_one_b(p, m, lambda p, s, m: min(p - s, m)), "holds at most p - s"),
+    (lambda p, m: one_f_one_b(p, m, lambda p, s, m: p - s - 1), "once each"),  # forgets m < p
+    (lambda p, m: one_f_one_b(p, m, lambda p, s, m: min(s, m)), "deadlocks"),  # reversed warm-up
+    (lambda p, m: one_f_one_b(p, m, cooldown_reversed=True), "first in, first out"),
+    (deadlock, "deadlocks"),
+    (lambda p, m: one_f_one_b(p, m)[:-1], "list of 2 lists"),
+    (lambda p, m: [[f"{k}{i}" for k, i in ops] for ops in one_f_one_b(p, m)], "a pair like"),
 ])
 def test_check_9_1_rejects_mistakes(wrong, fragment):
     fails_with(check_9_1, wrong, fragment)
 
 
-# --- 9.2 shard_flat --------------------------------------------------------------------
+# --- 9.2 merge ---------------------------------------------------------------------------
 
-def shard_flat(params, world_size):
-    flat = torch.cat([p.detach().flatten() for p in params])
-    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % world_size)])
-    return list(flat.chunk(world_size))
+def merge(o1, lse1, o2, lse2):
+    lse = torch.logaddexp(lse1, lse2)
+    w1 = torch.exp(lse1 - lse).nan_to_num(0.0).unsqueeze(-1)
+    w2 = torch.exp(lse2 - lse).nan_to_num(0.0).unsqueeze(-1)
+    return w1 * o1 + w2 * o2, lse
 
 
 def test_check_9_2_passes_on_a_correct_answer(capsys):
-    check_9_2(shard_flat)
+    check_9_2(merge)
     assert "passed" in capsys.readouterr().out
 
 
-def no_padding(params, world_size):  # torch.chunk without padding: 9 numbers -> 5 and 4
-    return list(torch.cat([p.flatten() for p in params]).chunk(world_size))
+def test_check_9_2_accepts_subtracting_the_max():
+    def with_max(o1, lse1, o2, lse2):
+        top = torch.maximum(lse1, lse2)
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        e1, e2 = torch.exp(lse1 - top), torch.exp(lse2 - top)
+        total = e1 + e2
+        o = (e1[..., None] * o1 + e2[..., None] * o2) / total.clamp_min(1e-30)[..., None]
+        return o, top + torch.log(total)
+    check_9_2(with_max)
 
 
-def per_parameter(params, world_size):  # shards each parameter separately, then joins rank by rank
-    pieces = [shard_flat([p], world_size) for p in params]
-    return [torch.cat([pc[r] for pc in pieces]) for r in range(world_size)]
+def naive(o1, lse1, o2, lse2):  # right on small numbers, overflows on large ones
+    e1, e2 = torch.exp(lse1), torch.exp(lse2)
+    return (e1[..., None] * o1 + e2[..., None] * o2) / (e1 + e2)[..., None], torch.log(e1 + e2)
 
 
-def pad_in_front(params, world_size):
-    flat = torch.cat([p.flatten() for p in params])
-    flat = torch.cat([flat.new_zeros((-flat.numel()) % world_size), flat])
-    return list(flat.chunk(world_size))
-
-
-def in_place(params, world_size):
-    params[0].mul_(0)
-    return shard_flat(params, world_size)
+def nan_on_empty(o1, lse1, o2, lse2):
+    lse = torch.logaddexp(lse1, lse2)
+    return torch.exp(lse1 - lse)[..., None] * o1 + torch.exp(lse2 - lse)[..., None] * o2, lse
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (no_padding, "padding"),
-    (per_parameter, "out of order"),
-    (pad_in_front, "at the end"),
-    (in_place, "changed the parameters"),
-    (lambda params, w: [p.flatten() for p in params], "return 2 shards"),
-    (lambda params, w: [torch.zeros(5, 1) for _ in range(w)], "1-D"),
+    (lambda o1, l1, o2, l2: ((o1 + o2) / 2, torch.logaddexp(l1, l2)), "averaged"),
+    (lambda o1, l1, o2, l2: (torch.exp(l1)[..., None] * o1 + torch.exp(l2)[..., None] * o2,
+                             torch.logaddexp(l1, l2)), "divided by their sum"),
+    (lambda o1, l1, o2, l2: (merge(o1, l1, o2, l2)[0], torch.maximum(l1, l2)), "log 4"),
+    (lambda o1, l1, o2, l2: (merge(o1, l1, o2, l2)[0], l1 + l2), "log 4"),
+    (naive, "overflows"),
+    (nan_on_empty, "gave nan"),
+    (lambda o1, l1, o2, l2: merge(o1, l1, o2, l2)[0], "a pair"),
 ])
 def test_check_9_2_rejects_mistakes(wrong, fragment):
     fails_with(check_9_2, wrong, fragment)
@@ -144,47 +165,39 @@ def test_check_9_3_reports_ranks_out_of_step():
     fails_with(check_9_3, uneven, "fell out of step")
 
 
-# --- 9.4 tp_partial_outputs --------------------------------------------------------------
+# --- 9.4 longest_context -----------------------------------------------------------------
 
-def tp_partial_outputs(x, W1, b1, W2, b2, world_size):
-    n = W1.shape[0] // world_size
-    return [F.gelu(x @ W1[r * n:(r + 1) * n].T + b1[r * n:(r + 1) * n]) @ W2[:, r * n:(r + 1) * n].T + (b2 if r == 0 else 0)
-            for r in range(world_size)]
+def longest_context(gpu_bytes, states_bytes, n_layers, d_model, n_heads, tp, sequence_parallel,
+                    _one_more=False, _layers=None, _states=True, _sp=None):
+    layers = n_layers if _layers is None else _layers
+    sp = sequence_parallel if _sp is None else _sp
+    s = 0
+    while (states_bytes if _states else 0) + layers * tp_activation_bytes(
+            s + 1024, 1, d_model, n_heads, tp, sp, "selective") <= gpu_bytes:
+        s += 1024
+    return s + 1024 if _one_more else s
 
 
 def test_check_9_4_passes_on_a_correct_answer(capsys):
-    check_9_4(tp_partial_outputs)
+    check_9_4(longest_context)
     assert "passed" in capsys.readouterr().out
 
 
-def bias_everywhere(x, W1, b1, W2, b2, world_size):
-    return [p + (0 if r == 0 else b2) for r, p in enumerate(tp_partial_outputs(x, W1, b1, W2, b2, world_size))]
-
-
-def cheat(x, W1, b1, W2, b2, world_size):  # the whole MLP divided evenly: sums right, but nothing is split
-    full = F.gelu(x @ W1.T + b1) @ W2.T + b2
-    return [full / world_size for _ in range(world_size)]
-
-
-def gelu_after_sum(x, W1, b1, W2, b2, world_size):  # splits W1 by input features instead of hidden units
-    d = W1.shape[1]
-    n = d // world_size
-    return [F.gelu(x[:, r * n:(r + 1) * n] @ W1[:, r * n:(r + 1) * n].T + b1 / world_size) @ W2.T + b2 / world_size
-            for r in range(world_size)]
-
-
-def always_two_ranks(x, W1, b1, W2, b2, world_size):
-    parts = tp_partial_outputs(x, W1, b1, W2, b2, 2)
-    return parts + [torch.zeros_like(parts[0])] * (world_size - 2)
+def test_check_9_4_accepts_solving_the_linear_formula():
+    def closed_form(gpu, states, L, h, a, t, sp):
+        per_token = L * h * ((10 / t if sp else 10) + 24 / t)
+        return max(0, int((gpu - states) / per_token) // 1024 * 1024)
+    check_9_4(closed_form)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (bias_everywhere, "add b2 on one rank only"),
-    (cheat, "depends on other ranks' rows"),
-    (gelu_after_sum, "don't sum to the unsplit"),
-    (always_two_ranks, "with 4 ranks, rank 0's partial output depends"),
-    (lambda *a: tp_partial_outputs(*a)[:1], "return a list of 2"),
+    (lambda *a: longest_context(*a, _one_more=True), "one step too long"),
+    (lambda *a: longest_context(*a, _states=False), "ignores the states"),
+    (lambda *a: longest_context(*a, _layers=1), "multiply by n_layers"),
+    (lambda *a: longest_context(*a, _sp=False), "pass sequence_parallel"),
+    (lambda *a: float(longest_context(*a)), "whole number"),
+    (lambda *a: longest_context(*a) + 100, "multiple of 1024"),
 ])
 def test_check_9_4_rejects_mistakes(wrong, fragment):
     fails_with(check_9_4, wrong, fragment)

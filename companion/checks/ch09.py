@@ -1,113 +1,139 @@
 """Self-checks for chapter 9's exercises.
 
-The bubble, flat sharding, an all-reduce gradient average, a Megatron MLP split.
+A 1F1B schedule, the ring-attention merge, an all-reduce gradient average, the longest context
+that fits under TP + ZeRO-1 with and without sequence parallelism.
 """
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..parallel.pipeline import bubble_fraction as _bubble
-from ._core import as_scalar, as_tensor, call, fail, passed
+from ..parallel.arith import tp_activation_bytes
+from ..parallel.pipeline import bubble_fraction, measured_bubble
+from ..parallel.ring import block_attention
+from ..parallel.schedules import Op, peak_in_flight, simulate
+from ._core import as_tensor, call, fail, passed
 
 __all__ = ["check_9_1", "check_9_2", "check_9_3", "check_9_4"]
 
 
-def check_9_1(bubble_fraction: Callable[[int, int], float]) -> None:
-    """bubble_fraction(p, m) -> idle share of a GPipe/1F1B step, p equal stages, m micro-batches."""
+def _as_ops(ex: str, got: object, p: int, m: int) -> list[list[Op]]:
+    if not isinstance(got, (list, tuple)) or len(got) != p:
+        fail(ex, f"for p={p} return a list of {p} lists, one per stage, got "
+                 f"{type(got).__name__}{'' if not hasattr(got, '__len__') else f' of {len(got)}'}")
+    stages = []
+    for s, ops in enumerate(got):
+        row = []
+        for op in ops:
+            if (not isinstance(op, (tuple, list)) or len(op) != 2 or op[0] not in ("F", "B")
+                    or not isinstance(op[1], int)):
+                fail(ex, f"stage {s}: each op should be a pair like ('F', 0) or ('B', 3), got "
+                         f"{op!r}")
+            row.append(Op(op[0], op[1]))
+        stages.append(row)
+    return stages
+
+
+def check_9_1(one_f_one_b: Callable[[int, int], list]) -> None:
+    """one_f_one_b(p, m) -> per stage, the ("F" | "B", micro-batch) passes of a 1F1B step."""
     ex = "9.1"
-    got = as_scalar(ex, call(ex, bubble_fraction, 2, 4), "bubble_fraction(2, 4)")
-    if abs(got - 20.0) < 1e-6:
-        fail(ex, "bubble_fraction(2, 4) gave 20: return a fraction between 0 and 1 (0.2), not a "
-                 "percentage.")
-    if abs(got - 0.25) < 1e-9:
-        fail(ex, "bubble_fraction(2, 4) gave 1/4 = (p-1)/m: the step lasts m + p - 1 slots, not m. "
-                 "Divide by m + p - 1.")
-    if abs(got - 0.4) < 1e-9:
-        fail(ex, "bubble_fraction(2, 4) gave 2/5 = p/(m+p-1): only p - 1 slots of each stage's m + "
-                 "p - 1 are idle.")
-    if abs(got - 0.8) < 1e-9:
-        fail(ex, "bubble_fraction(2, 4) gave 0.8: that is the busy share m/(m+p-1); the bubble is "
-                 "the rest.")
-    for p, m, want in ((2, 4, 0.2), (1, 7, 0.0), (2, 1, 0.5), (4, 13, 3 / 16), (8, 32, 7 / 39)):
-        got = as_scalar(ex, call(ex, bubble_fraction, p, m), f"bubble_fraction({p}, {m})")
-        if abs(got - want) > 1e-9:
-            fail(ex, f"bubble_fraction({p}, {m}) should be (p-1)/(m+p-1) = {want:.4f}, got "
-                     f"{got:.4f}")
-    for p, m in ((2, 0), (0, 4)):
+    for p, m in ((2, 3), (1, 4), (4, 8), (3, 7), (4, 2), (8, 16)):
+        stages = _as_ops(ex, call(ex, one_f_one_b, p, m), p, m)
+        want = sorted((k, i) for k in "FB" for i in range(m))
+        for s, ops in enumerate(stages):
+            if sorted((o.kind, o.microbatch) for o in ops) != want:
+                fail(ex, f"p={p}, m={m}: stage {s} should run F and B of micro-batches 0..{m - 1} "
+                         f"once each, got {[o.kind + str(o.microbatch) for o in ops]}")
+            for kind in "FB":
+                ids = [o.microbatch for o in ops if o.kind == kind]
+                if ids != sorted(ids):
+                    fail(ex, f"p={p}, m={m}: stage {s} runs its {kind} passes in the order {ids}: "
+                             "1F1B takes micro-batches in order, first in, first out.")
         try:
-            bubble_fraction(p, m)
-        except ValueError:
-            continue
-        except Exception as err:  # noqa: BLE001
-            fail(ex, f"bubble_fraction({p}, {m}) should raise ValueError, not {type(err).__name__}")
-        fail(ex, f"bubble_fraction({p}, {m}) has no stage or no micro-batch: raise ValueError.")
-    passed(ex, "the hand-worked cases, one stage (no bubble), one micro-batch (half idle), and bad "
-               "input.")
+            events = simulate(stages)
+        except ValueError as err:
+            fail(ex, f"p={p}, m={m}: {err}. A backward needs the next stage's backward of the "
+                     "same micro-batch, a forward the previous stage's forward.")
+        for s, ops in enumerate(stages):
+            held = peak_in_flight(ops)
+            if held > p - s:
+                gpipe = " That is GPipe's order." if held == m and m > p - s else ""
+                fail(ex, f"p={p}, m={m}: stage {s} holds {held} micro-batches' activations at "
+                         f"once; 1F1B holds at most p - s = {p - s}: start each backward as soon "
+                         f"as it can run.{gpipe}")
+        bubble, want_b = measured_bubble(events), bubble_fraction(p, m)
+        if abs(bubble - want_b) > 1e-9:
+            fail(ex, f"p={p}, m={m}: the schedule idles {bubble:.3f} of the step, 1F1B only "
+                     f"(p-1)/(m+p-1) = {want_b:.3f}. Stages wait for work: the earlier stages "
+                     "need more forwards in flight before their first backward.")
+    passed(ex, "every stage runs each pass once, in order, without deadlock, holds at most p - s "
+               "activations and idles (p-1)/(m+p-1), for six (p, m) including m < p.")
 
 
-def check_9_2(shard_flat: Callable[[list[torch.Tensor], int], list[torch.Tensor]]) -> None:
-    """shard_flat(params, W) -> W equal 1-D shards of all parameters flattened in order.
-
-    Zero-padded at the end.
-    """
+def check_9_2(merge: Callable[..., tuple]) -> None:
+    """merge(o1, lse1, o2, lse2) -> (o, lse): attention over two key blocks from their partials."""
     ex = "9.2"
-    # 9 numbers
-    params = [torch.arange(6.0).reshape(2, 3), torch.tensor([10.0, 11.0]), torch.tensor([[20.0]])]
-    before = [p.clone() for p in params]
-    got = call(ex, shard_flat, params, 2)
-    if any(not torch.equal(a, b) for a, b in zip(params, before)):
-        fail(ex, "your function changed the parameters; build new tensors for the shards.")
-    if not isinstance(got, (list, tuple)):
-        fail(ex, f"return a list of shards, one per rank, got {type(got).__name__}")
-    got = [as_tensor(ex, s, "each shard") for s in got]
-    if len(got) != 2:
-        fail(ex, f"for world_size=2 return 2 shards, got {len(got)}")
-    if any(s.dim() != 1 for s in got):
-        fail(ex, "each shard should be 1-D (a slice of one flat vector), got shapes "
-                 f"{[tuple(s.shape) for s in got]}")
-    if len({s.numel() for s in got}) != 1:
-        fail(ex, f"shards of lengths {[s.numel() for s in got]}: 9 numbers over 2 ranks need one "
-                 "zero of padding so both shards hold 5 (collectives such as all-gather need "
-                 "equal sizes).")
-    flat = torch.cat([p.flatten() for p in params])
-    joined = torch.cat(got)
-    if joined.numel() != 10:
-        fail(ex, "9 numbers over 2 ranks should be padded to 10 (the next multiple of 2), got "
-                 f"{joined.numel()}")
-    if torch.equal(joined[1:], flat) and joined[0] == 0:
-        fail(ex, "the padding belongs at the end, so that the first 9 numbers of the joined shards "
-                 "are the parameters in order.")
-    if not torch.equal(joined[:9], flat):
-        if sorted(joined[:9].tolist()) == sorted(flat.tolist()):
-            fail(
-                ex,
-                "the numbers are all there but out of order: flatten every parameter (p.flatten()) "
-                "and concatenate them in list order first, then cut that one vector into equal "
-                "pieces.",
-            )
-        fail(ex, f"the joined shards should start with the flattened parameters {flat.tolist()}, "
-                 f"got {joined.tolist()}")
-    if joined[9] != 0:
-        fail(ex, f"pad with zeros, got {joined[9].item()}")
+
+    def run(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        got = call(ex, merge, *(a.clone() for a in args))
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            fail(ex, "return a pair (output, log-sum-exp)")
+        return as_tensor(ex, got[0], "the output"), as_tensor(ex, got[1], "the log-sum-exp")
+
+    # Hand-worked: block 1 has softmax mass e^0 = 1, block 2 has e^log3 = 3: weights 1/4 and 3/4.
+    o1, o2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    l1, l2 = torch.tensor([0.0]), torch.tensor([math.log(3.0)])
+    o, lse = run(o1, l1, o2, l2)
+    if tuple(o.shape) != (1, 2) or tuple(lse.shape) != (1,):
+        fail(ex, f"the output should keep o1's shape (1, 2) and the log-sum-exp lse1's (1,), got "
+                 f"{tuple(o.shape)} and {tuple(lse.shape)}")
+    if torch.allclose(o, torch.tensor([[0.5, 0.5]])):
+        fail(ex, "you averaged the two outputs: weigh each by its block's share of the softmax "
+                 "mass (here 1/4 and 3/4), not by 1/2.")
+    if torch.allclose(o, torch.tensor([[1.0, 3.0]])):
+        fail(ex, "the weights exp(lse_i) must be divided by their sum: the merged softmax mass.")
+    if not torch.allclose(o, torch.tensor([[0.25, 0.75]]), atol=1e-6):
+        fail(ex, f"block masses 1 and 3 should merge to weights 1/4 and 3/4, output [[0.25, 0.75]]"
+                 f", got {o.tolist()}")
+    if not torch.allclose(lse, torch.tensor([math.log(4.0)]), atol=1e-6):
+        fail(ex, f"the merged log-sum-exp is log(e^lse1 + e^lse2) = log 4 = {math.log(4):.4f}, got "
+                 f"{lse.tolist()}: it must describe both blocks, for the next merge.")
+    # Against full attention: three key blocks merged in turn.
     g = torch.Generator().manual_seed(92)
-    params = [torch.randn(n, generator=g) for n in (7, 13, 1, 30)]  # 51 numbers
-    flat = torch.cat(params)
-    for w in (1, 3, 4, 51, 64):
-        shards = [as_tensor(ex, s, "each shard") for s in call(ex, shard_flat, params, w)]
-        size = -(-flat.numel() // w)
-        if len(shards) != w or any(s.numel() != size for s in shards):
-            fail(ex, f"51 numbers over world_size={w} should give {w} shards of {size}, got "
-                     f"{len(shards)} shards of sizes {sorted({s.numel() for s in shards})}")
-        joined = torch.cat(shards)
-        if not torch.equal(joined[:51], flat) or joined[51:].abs().sum() != 0:
-            fail(ex, f"with world_size={w}, the joined shards are not the flat parameters followed "
-                     "by zeros")
-    passed(ex, "equal shards, parameters in order, zero padding at the end, for world sizes 1 to "
-               "64.")
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
+    k, v = 3 * k.repeat(1, 1, 3, 1), v.repeat(1, 1, 3, 1) + torch.arange(15.0)[:, None]
+    out, acc = block_attention(q, k[:, :, :5], v[:, :, :5])
+    for b in (1, 2):
+        out, acc = run(out, acc, *block_attention(q, k[:, :, 5 * b:5 * b + 5],
+                                                  v[:, :, 5 * b:5 * b + 5]))
+    full, full_lse = block_attention(q, k, v)
+    if not torch.allclose(out, full, atol=1e-5) or not torch.allclose(acc, full_lse, atol=1e-5):
+        fail(ex, "merging three blocks of keys one after the other does not give attention over "
+                 "all of them")
+    # Large scores: exp(1000) overflows in float32.
+    o, lse = run(o1, torch.tensor([1000.0]), o2, torch.tensor([1000.0 + math.log(3.0)]))
+    # float32 keeps about 5 digits of a number near 1000, hence the looser tolerance
+    if not (torch.isfinite(o).all() and torch.allclose(o, torch.tensor([[0.25, 0.75]]), atol=1e-3)):
+        fail(ex, f"with log-sum-exps near 1000 you got {o.tolist()}: exp(1000) overflows. Work "
+                 "with differences of log-sum-exps, never exp of one alone.")
+    # A block no query could see (a causal rank's later keys): output 0, lse -inf.
+    empty_o, empty_l = torch.zeros(1, 2), torch.tensor([float("-inf")])
+    o, lse = run(o1, l1, empty_o, empty_l)
+    if not torch.allclose(o, o1) or not torch.allclose(lse, l1):
+        fail(ex, f"merging with an empty block (lse = -inf) should change nothing, got {o.tolist()}"
+                 f" and {lse.tolist()}")
+    o, lse = run(empty_o, empty_l, empty_o, empty_l)
+    if torch.isnan(o).any() or torch.isnan(lse).any():
+        fail(ex, "two empty blocks (both lse = -inf) gave nan: -inf - (-inf) is nan. Give an "
+                 "empty merge weight 0, output 0 and lse -inf.")
+    if not (torch.equal(o, empty_o) and torch.isneginf(lse).all()):
+        fail(ex, f"two empty blocks should merge to output 0 and lse -inf, got {o.tolist()} and "
+                 f"{lse.tolist()}")
+    passed(ex, "the hand-worked weights 1/4 and 3/4, three blocks equal full attention, scores "
+               "near 1000, and empty blocks.")
 
 
 class _SimWorld:
@@ -196,58 +222,45 @@ def check_9_3(average_gradients: Callable[[list[torch.Tensor], Callable, int], N
     passed(ex, "every rank ends with the mean gradient, in place, with 2 and 3 ranks in lockstep.")
 
 
-def check_9_4(tp_partial_outputs: Callable[..., list[torch.Tensor]]) -> None:
-    """tp_partial_outputs(x, W1, b1, W2, b2, W) -> each rank's partial output.
+def check_9_4(longest_context: Callable[..., int]) -> None:
+    """longest_context(gpu_bytes, states_bytes, n_layers, d_model, n_heads, tp, sp) -> tokens.
 
-    The partials sum to gelu(x W1^T + b1) W2^T + b2.
+    The longest multiple of 1024 whose activations (one sequence, flash attention) fit beside the
+    states.
     """
     ex = "9.4"
-    g = torch.Generator().manual_seed(94)
-    d, d_ff, world = 6, 8, 2
-    x = torch.randn(3, d, generator=g)
-    W1, b1 = torch.randn(d_ff, d, generator=g), torch.randn(d_ff, generator=g)
-    W2, b2 = torch.randn(d, d_ff, generator=g), torch.randn(d, generator=g)
-    full = F.linear(F.gelu(F.linear(x, W1, b1)), W2, b2)
 
-    def run(W1_: torch.Tensor, world_: int = world) -> list[torch.Tensor]:
-        got = call(ex, tp_partial_outputs, x.clone(), W1_.clone(), b1.clone(), W2.clone(),
-                   b2.clone(), world_)
-        if not isinstance(got, (list, tuple)) or len(got) != world_:
-            fail(ex, f"return a list of {world_} partial outputs, one per rank")
-        return [as_tensor(ex, p, "each partial output") for p in got]
+    def want(gpu: float, states: float, L: int, h: int, a: int, t: int, sp: bool) -> int:
+        s = 0
+        while states + L * tp_activation_bytes(s + 1024, 1, h, a, t, sp, "selective") <= gpu:
+            s += 1024
+        return s
 
-    for world_ in (2, 4):
-        parts = run(W1, world_)
-        if any(tuple(p.shape) != tuple(full.shape) for p in parts):
-            fail(ex, f"each partial output should have the full output's shape {tuple(full.shape)} "
-                     f"(the all-reduce sums them), got {[tuple(p.shape) for p in parts]}")
-        summed = sum(parts)
-        if torch.allclose(summed, full + (world_ - 1) * b2, atol=1e-5):
-            fail(ex, "the second bias was added on every rank, so the sum holds it once per rank: "
-                     "add b2 on one rank only.")
-        if not torch.allclose(summed, full, atol=1e-5):
-            if world_ == 4:
-                fail(ex, "right for 2 ranks but not for 4: take d_ff // world_size hidden units "
-                         "per rank.")
-            fail(
-                ex,
-                "the partial outputs don't sum to the unsplit MLP's output. Rank r keeps rows "
-                "r*d_ff/W:(r+1)*d_ff/W of W1 and b1 (its hidden units) and the same columns of W2, "
-                "and applies GELU before W2.",
-            )
-        # Rank r must read only its own hidden units: changing another rank's rows of W1
-        # must leave its output alone.
-        n = d_ff // world_
-        for r in range(world_):
-            changed = W1.clone()
-            others = [i for i in range(d_ff) if not r * n <= i < (r + 1) * n]
-            changed[others] += 1.0
-            if not torch.allclose(run(changed, world_)[r], parts[r], atol=1e-6):
-                fail(
-                    ex,
-                    f"with {world_} ranks, rank {r}'s partial output depends on other ranks' rows "
-                    "of W1: each rank must compute only its own slice of the hidden layer, then "
-                    "multiply by the matching columns of W2.",
-                )
-    passed(ex, "the partial outputs sum to the unsplit MLP for 2 and 4 ranks, each rank reads only "
-               "its own hidden units, bias once.")
+    cases = [(80e9, 36.1e9, 80, 8192, 64, 8, False), (80e9, 36.1e9, 80, 8192, 64, 8, True),
+             (24e9, 4e9, 32, 4096, 32, 2, False), (24e9, 4e9, 32, 4096, 32, 2, True),
+             (16e9, 15.9e9, 32, 4096, 32, 1, False)]
+    for case in cases:
+        got = call(ex, longest_context, *case)
+        if isinstance(got, bool) or not isinstance(got, int):
+            fail(ex, f"return a whole number of tokens, got {got!r}")
+        right = want(*case)
+        shown = f"gpu={case[0]:.3g}, states={case[1]:.3g}, L={case[2]}, h={case[3]}, " \
+                f"a={case[4]}, tp={case[5]}, sp={case[6]}"
+        if got == right:
+            continue
+        if got == right + 1024:
+            fail(ex, f"{shown}: {got} tokens is one step too long; return the last length that "
+                     "fits, not the first that doesn't.")
+        if got % 1024:
+            fail(ex, f"{shown}: return a multiple of 1024, got {got}")
+        if got == want(case[0], 0.0, *case[2:]):
+            fail(ex, f"{shown}: got {got}, which ignores the states: weights, gradients and "
+                     "optimizer take their bytes before any activation.")
+        if got == want(case[0], case[1], 1, *case[3:]):
+            fail(ex, f"{shown}: got {got}, the activations of one layer: multiply by n_layers.")
+        if got == want(case[0], case[1], case[2], case[3], case[4], case[5], not case[6]):
+            fail(ex, f"{shown}: got {got}, the answer for sp={not case[6]}: pass "
+                     "sequence_parallel through.")
+        fail(ex, f"{shown}: the longest context that fits is {right:,} tokens, got {got:,}")
+    passed(ex, "the 70B layout with and without sequence parallelism, a smaller model, and a GPU "
+               "with no room left (0 tokens).")

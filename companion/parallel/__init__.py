@@ -28,3 +28,17 @@ __all__ = [
     "plot_timeline", "stage_layers", "CommRow", "bytes_per_step", "layout_memory",
     "ring_allreduce_bytes", "RunSpec", "compare_losses", "make_batches", "pipeline_timings",
     "tiny_config", "train_single", "train_steps", "verify"]
+
+# Chapter 9, second pass: sequence/context parallelism, pipeline schedules on paper, multi-node.
+from .arith import ring_attention_traffic, ring_overlap_block, tp_activation_bytes
+from .multinode import run_two_nodes, torchrun_command
+from .ring import block_attention, merge_partials, ring_attention, ring_attention_worker
+from .schedules import (Op, gpipe_schedule, interleaved_bubble, interleaved_schedule,
+                        one_f_one_b_schedule, peak_in_flight, plot_schedules, simulate,
+                        zero_bubble_fraction)
+
+__all__ += [
+    "tp_activation_bytes", "ring_attention_traffic", "ring_overlap_block", "torchrun_command",
+    "run_two_nodes", "block_attention", "merge_partials", "ring_attention", "ring_attention_worker",
+    "Op", "gpipe_schedule", "one_f_one_b_schedule", "interleaved_schedule", "simulate",
+    "interleaved_bubble", "zero_bubble_fraction", "peak_in_flight", "plot_schedules"]
