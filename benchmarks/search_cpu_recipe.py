@@ -2,6 +2,7 @@
 
 Run: python benchmarks/search_cpu_recipe.py            print the recorded trials, in the order they ran
      python benchmarks/search_cpu_recipe.py NAME ...   rerun recorded trials and append them to the record
+     python benchmarks/search_cpu_recipe.py --round R9  run a round of new candidates (ROUNDS below)
 Each trial trains companion.model.GPT (4 x 128 over 64 characters unless it says otherwise) and evaluates val
 every eval_interval steps on eval_iters batches. Trials compare by steps, which a busy machine does not change:
 their wall times were taken while other jobs ran and say nothing. Steps become seconds in bench_train.py.
@@ -12,6 +13,7 @@ round 1 swapped GELU for ReLU by hand, which is mlp="relu" now.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +43,24 @@ def trial(name: str, model: dict, train_kw: dict, train_ids: torch.Tensor, val_i
             "wall": time.perf_counter() - t0, "curve": [[s, round(v, 4)] for s, v in zip(h["eval_step"], h["eval_val"])]}
 
 
+# Round 9 (issue 16): the preset at 1,500 steps (the length that fits nanoGPT's CPU time) against the
+# modded-nanogpt speedrun's levers, one at a time. Judged by the best val at equal steps; each
+# lever's cost per step is timed separately, in bench_train.py.
+PRESET_MODEL = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, d_ff=256, context_length=64)
+PRESET_1500 = dict(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.95, eval_interval=100,
+                   eval_iters=15, max_steps=1500, seed=1337, context_length=64)
+ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
+    "R9": {
+        "R9 preset 1500": ({}, {}),
+        "R9 relu2": ({"mlp": "relu2", "d_ff": 384}, {}),  # 2 x 128 x 384 = SwiGLU's 3 x 128 x 256
+        "R9 softcap 15": ({"logit_softcap": 15.0}, {}),
+        "R9 untied": ({"tie_embeddings": False}, {}),
+        "R9 qk_norm": ({"qk_norm": True}, {}),
+        "R9 lr 5e-3 w50": ({}, {"lr": 5e-3, "min_lr": 5e-4, "warmup_steps": 50}),
+    },
+}
+
+
 def main(names: list[str]) -> None:
     recorded = [json.loads(line) for line in RECORD.read_text().splitlines()]
     if not names:
@@ -54,6 +74,14 @@ def main(names: list[str]) -> None:
     text = load_text("tinyshakespeare")
     tok = CharTokenizer.from_text(text)
     train_ids, val_ids = train_val_split(torch.tensor(tok.encode(text)), 0.1)
+    if names[:1] == ["--round"]:
+        for name, (model, train_kw) in ROUNDS[names[1]].items():
+            r = trial(name, {**PRESET_MODEL, **model}, {**PRESET_1500, **train_kw}, train_ids, val_ids)
+            best = min(v for _, v in r["curve"])
+            print(f"{name}: best val {best:.4f}, final {r['final_val']:.4f}, hit 1.88 at {r['hit_step']}")
+            with open(RECORD, "a") as f:
+                f.write(json.dumps(r) + "\n")
+        return
     by_name = {r["name"]: r for r in recorded}
     for name in names:
         if name not in by_name:
@@ -70,5 +98,6 @@ def main(names: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    # Steps, not seconds, are compared here, so SEARCH_THREADS=1 lets a search share a busy machine.
+    torch.set_num_threads(int(os.environ.get("SEARCH_THREADS", min(2, torch.get_num_threads()))))
     main(sys.argv[1:])
