@@ -7,10 +7,13 @@ D d_head.
 from __future__ import annotations
 
 import math
+import os
+import sys
+from collections.abc import Callable
 
 import torch
 
-__all__ = ["tiled_attention"]
+__all__ = ["tiled_attention", "peak_cpu_bytes"]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -73,3 +76,32 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             m = m_new
         out[:, :, q0:q0 + bq] = acc / l
     return out
+
+
+def peak_cpu_bytes(fn: Callable[[], object]) -> int:
+    """Peak bytes of tensors alive at once while fn() runs, above what was alive before it.
+
+    Example: peak_cpu_bytes(lambda: torch.zeros(1024)) -> 4096
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    # tracemalloc cannot see tensor memory (PyTorch allocates it in C++), and RSS is blurred by
+    # malloc's caching. The profiler with profile_memory=True records every allocation and free
+    # made through PyTorch's CPU allocator, kernels' scratch buffers included, with its size and
+    # time: their running sum is the exact high-water mark of live tensor bytes.
+    sys.stderr.flush()
+    saved = os.dup(2)  # kineto prints start/stop lines straight to fd 2: hide only those
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+                fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for e in sorted(events, key=lambda e: e.start_ns()):
+        live += e.nbytes()  # negative for a free
+        peak = max(peak, live)
+    return peak
