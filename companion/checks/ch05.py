@@ -1,6 +1,7 @@
 """Self-checks for chapter 5's exercises.
 
-Causal attention weights, splitting heads, sharing K/V heads, KV-cache size.
+Causal attention weights, splitting heads, sharing K/V heads, KV-cache size, a cached chunk with
+RoPE, and blockwise attention with the online softmax.
 """
 from __future__ import annotations
 
@@ -291,8 +292,8 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
         out = as_tensor(ex, call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), block),
                         f"blockwise_attention(q, k, v, {block})").float()
         if tuple(out.shape) != (T, D) or not torch.allclose(out, want, atol=1e-4):
-            fail(ex, f"right with blocks of 5 but wrong with block_size={block}: the last block may "
-                     "be shorter, and one block may hold every key.")
+            fail(ex, f"right with blocks of 5 but wrong with block_size={block}: the last block "
+                     "may be shorter, and one block may hold every key.")
     big = as_tensor(ex, call(ex, blockwise_attention, q * 60, k * 60, v, 4), "large scores")
     if not torch.isfinite(big).all():
         fail(ex, "with large scores (q and k times 60) your output overflows: exponentiate scores "
