@@ -187,3 +187,25 @@ def test_sliding_window_row_stops_growing_at_the_window():
     name = "Mistral-7B (GQA, window 4096)"
     assert at_4k[name].gib == at_32k[name].gib == 0.5
     assert at_32k["Llama-3-8B (GQA)"].gib == 4.0
+
+
+# --- measuring memory ----------------------------------------------------------------------
+
+
+def test_peak_cpu_bytes_sees_one_float32_allocation():
+    from companion.tiled import peak_cpu_bytes
+
+    assert peak_cpu_bytes(lambda: torch.zeros(1024)) == 4096
+
+
+def test_tiled_attention_never_holds_the_score_matrix():
+    from companion.attention import causal_mask, scaled_dot_product
+    from companion.tiled import peak_cpu_bytes
+
+    q, k, v = qkv(512, B=1, H=2, D=16)
+    scores = 2 * 512 * 512 * 4  # one (H, T, T) float32 matrix
+    with torch.no_grad():
+        written = peak_cpu_bytes(lambda: scaled_dot_product(q, k, v, causal_mask(512)))
+        tiled = peak_cpu_bytes(lambda: tiled_attention(q, k, v, block_size=64))
+    assert written >= scores
+    assert tiled < scores / 4
