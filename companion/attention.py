@@ -13,9 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tiled import tiled_attention  # chapter 5's online-softmax attention, kept in its own module
+
 __all__ = [
     "causal_mask", "attention_weights", "scaled_dot_product", "repeat_kv",
     "KVCache", "MultiHeadAttention", "kv_cache_bytes", "kv_cache_table", "KVCacheRow",
+    "tiled_attention",
 ]
 
 GIB = 2**30
@@ -305,16 +308,31 @@ _KV_MODELS = [
     ("Llama-2-70B (GQA, as released)", 80, 8, 128),
     ("Llama-2-70B as MQA", 80, 1, 128),
 ]
+# Mistral 7B: GQA with 8 KV heads and a 4,096-token sliding window, so its rolling cache never
+# holds more than 4,096 tokens (Jiang et al. 2023).
+MISTRAL_WINDOW = 4096
+# DeepSeek-V2's MLA caches, per layer and token, one latent c_kv of d_c = 512 and one shared
+# RoPE key of d_h^R = 64: (d_c + d_h^R) * l values, with no factor 2 (arXiv 2405.04434, sec. 2.1).
+DEEPSEEK_V2 = {"n_layers": 60, "d_c": 512, "d_rope": 64}
 
 
 def kv_cache_table(seq_len: int = 4096, bytes_per_value: int = 2) -> list[KVCacheRow]:
-    """KV cache size of MHA, GQA and MQA at real scales; defaults: 4k context, bf16, batch 1.
+    """KV cache size of MHA, GQA, MQA, sliding window and MLA; defaults: 4k context, bf16, batch 1.
 
-    Example: kv_cache_table()[3] -> KVCacheRow('Llama-2-70B (GQA, as released)',
-    80, 8, 128, 327680, 1.25)
+    The MLA row stores one latent "head" of d_c + d_h^R values. Example: kv_cache_table()[3] ->
+    KVCacheRow('Llama-2-70B (GQA, as released)', 80, 8, 128, 327680, 1.25)
     """
-    return [
+    rows = [
         KVCacheRow(name, layers, kv, d, kv_cache_bytes(layers, kv, d, 1, 1, bytes_per_value),
                    kv_cache_bytes(layers, kv, d, seq_len, 1, bytes_per_value) / GIB)
         for name, layers, kv, d in _KV_MODELS
     ]
+    kept = min(seq_len, MISTRAL_WINDOW)  # a rolling cache stops growing at the window
+    rows.append(KVCacheRow(f"Mistral-7B (GQA, window {MISTRAL_WINDOW})", 32, 8, 128,
+                           kv_cache_bytes(32, 8, 128, 1, 1, bytes_per_value),
+                           kv_cache_bytes(32, 8, 128, kept, 1, bytes_per_value) / GIB))
+    n, width = DEEPSEEK_V2["n_layers"], DEEPSEEK_V2["d_c"] + DEEPSEEK_V2["d_rope"]
+    per_token = n * width * bytes_per_value
+    rows.append(KVCacheRow("DeepSeek-V2 (MLA)", n, 1, width, per_token,
+                           per_token * seq_len / GIB))
+    return rows

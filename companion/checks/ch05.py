@@ -1,6 +1,7 @@
 """Self-checks for chapter 5's exercises.
 
-Causal attention weights, splitting heads, sharing K/V heads, KV-cache size.
+Causal attention weights, splitting heads, sharing K/V heads, KV-cache size, a cached chunk with
+RoPE, and blockwise attention with the online softmax.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from ..attention import attention_weights, causal_mask, kv_cache_bytes, repeat_kv
 from ._core import as_scalar, as_tensor, call, fail, passed
 
-__all__ = ["check_5_1", "check_5_2", "check_5_3", "check_5_4"]
+__all__ = ["check_5_1", "check_5_2", "check_5_3", "check_5_4", "check_5_5", "check_5_6"]
 
 
 def check_5_1(
@@ -155,3 +156,147 @@ def check_5_4(kv_bytes: Callable[..., int]) -> None:
                      f"{got:,.0f}. Use every argument, batch_size and bytes_per_value included.")
     passed(ex, "Llama-2-70B (GQA), Llama-2-7B (MHA), GPT-2 in fp32 at batch 8, and MQA all come "
                "out exact.")
+
+
+def _rope(d_head: int):
+    from ..positional import RotaryEmbedding
+
+    return RotaryEmbedding(d_head, 64)
+
+
+def _chunk_reference(q, k, v, past_k, past_v, rope, offset=True, rope_start=None):
+    """The right cached chunk (or one of its classic bugs, for diagnosis)."""
+    L, T = past_k.shape[2], q.shape[2]
+    start = L if rope_start is None else rope_start
+    q, k = rope(q, start), rope(k, start)
+    all_k, all_v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
+    S = L + T
+    mask = causal_mask(S)[L:] if offset else torch.ones(T, S, dtype=torch.bool).tril()
+    return attention_weights(q, all_k, mask) @ all_v, all_k, all_v
+
+
+def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
+    """attend_chunk(q, k, v, past_k, past_v, rope) -> (out, all_k, all_v), chunk after a cache.
+
+    q, k, v (B, H, T, D) new and unrotated; past_k (rotated), past_v (B, H, L, D).
+    """
+    ex = "5.5"
+    g = torch.Generator().manual_seed(55)
+    B, H, D, S = 1, 2, 8, 12
+    rope = _rope(D)
+    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+
+    def run(a: int, b: int, past_k, past_v):
+        got = call(ex, attend_chunk, q[:, :, a:b].clone(), k[:, :, a:b].clone(),
+                   v[:, :, a:b].clone(), past_k.clone(), past_v.clone(), rope)
+        if not isinstance(got, tuple) or len(got) != 3:
+            fail(ex, "return three things: the chunk's output and the grown keys and values.")
+        return [as_tensor(ex, t, "each returned value").float() for t in got]
+
+    empty = torch.zeros(B, H, 0, D)
+    want = _chunk_reference(q[:, :, :5], k[:, :, :5], v[:, :, :5], empty, empty, rope)
+    out, all_k, all_v = run(0, 5, empty, empty)
+    if tuple(out.shape) != (B, H, 5, D) or tuple(all_k.shape) != (B, H, 5, D):
+        fail(ex, f"for a 5-token chunk and an empty cache expected output and keys of shape "
+                 f"{(B, H, 5, D)}, got {tuple(out.shape)} and {tuple(all_k.shape)}")
+    if not torch.allclose(out, want[0], atol=1e-5):
+        fail(ex, "wrong already for the first chunk (an empty cache): this is plain causal "
+                 "attention with RoPE at positions 0..T-1, scaled by 1/sqrt(D).")
+    # a chunk of 4 after 5 cached tokens
+    past_k, past_v = want[1], want[2]
+    a, b = 5, 9
+    args = (q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], past_k, past_v, rope)
+    right = _chunk_reference(*args)
+    out, all_k, all_v = run(a, b, past_k, past_v)
+    if tuple(all_k.shape) != (B, H, 9, D) or not torch.allclose(all_k[:, :, :5], past_k):
+        fail(ex, "the returned keys must be the cached ones followed by the chunk's, in order: "
+                 f"expected shape {(B, H, 9, D)}, got {tuple(all_k.shape)}")
+    new_k = all_k[:, :, 5:]
+    if torch.allclose(new_k, rope(k[:, :, a:b], 0), atol=1e-5):
+        fail(ex, "the chunk's keys were rotated as if they began the text. Its tokens sit after "
+                 "the cached ones, at positions L..L+T-1, and that is the angle they need.")
+    if torch.allclose(new_k, k[:, :, a:b], atol=1e-5):
+        fail(ex, "the chunk's keys went into the cache unrotated. Each key must carry the "
+                 "rotation of its own position when it is stored: a later step cannot redo it.")
+    if not torch.allclose(new_k, right[1][:, :, 5:], atol=1e-5):
+        fail(ex, "the chunk's new keys are not rotated at their absolute positions L..L+T-1.")
+    if not torch.allclose(all_v, right[2], atol=1e-6):
+        fail(ex, "the returned values must be the cached ones followed by the chunk's (values "
+                 "are never rotated).")
+    if torch.allclose(out, _chunk_reference(*args, offset=False)[0], atol=1e-5):
+        fail(ex, "the mask is not offset by the cache: query i of the chunk sits at position "
+                 "L + i and may read every cached key and the chunk's keys up to its own.")
+    if not torch.allclose(out, right[0], atol=1e-5):
+        fail(ex, "keys and values are right but the chunk's output is not: query i may read keys "
+                 "0..L+i, weighted by softmax(q k^T / sqrt(D)).")
+    # a single decoded token after 9, then the full forward
+    out1, k1, v1 = run(9, 10, all_k, all_v)
+    out2, _, _ = run(10, 12, k1, v1)
+    full = _chunk_reference(q, k, v, empty, empty, rope)[0]
+    got = torch.cat([want[0], out, out1, out2], 2)
+    if not torch.allclose(got, full, atol=1e-5):
+        fail(ex, "chunks of 5, 4, 1 and 2 do not add up to the full forward pass; check the "
+                 "single-token step (T = 1), which may read every key.")
+    passed(ex, "chunks of 5, 4, 1 and 2 tokens through your cache equal the uncached forward, "
+               "with RoPE at each chunk's position.")
+
+
+def _blockwise(q, k, v, block, rescale_sum=True, rescale_acc=True, causal=True):
+    """Online-softmax attention for (T, D) queries, or one of its classic slips."""
+    T, S = q.shape[0], k.shape[0]
+    m = torch.full((T, 1), float("-inf"))
+    l, acc = torch.zeros(T, 1), torch.zeros(T, v.shape[1])
+    for j in range(0, S, block):
+        s = q @ k[j:j + block].T / math.sqrt(q.shape[1])
+        if causal:
+            s = s.masked_fill(torch.arange(j, j + s.shape[1])[None] > torch.arange(T)[:, None],
+                              float("-inf"))
+        m_new = torch.maximum(m, s.amax(1, keepdim=True))
+        p, r = torch.exp(s - m_new), torch.exp(m - m_new)
+        l = (l * r if rescale_sum else l) + p.sum(1, keepdim=True)
+        acc = (acc * r if rescale_acc else acc) + p @ v[j:j + block]
+        m = m_new
+    return acc / l
+
+
+def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
+    """blockwise_attention(q, k, v, block_size) -> (T, D) causal attention, keys in blocks.
+
+    q, k, v are (T, D); the answer must equal softmax with the causal mask.
+    """
+    ex = "5.6"
+    g = torch.Generator().manual_seed(56)
+    T, D = 23, 8
+    q, k, v = (torch.randn(T, D, generator=g) * 3 for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None],
+                                                            is_causal=True)[0]
+    got = as_tensor(ex, call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), 5),
+                    "blockwise_attention(q, k, v, 5)").float()
+    if tuple(got.shape) != (T, D):
+        fail(ex, f"expected an output of shape (T, D) = {(T, D)}, got {tuple(got.shape)}")
+    if not torch.isfinite(got).all():
+        fail(ex, "NaN or inf in the output: subtract the running max before exponentiating, and "
+                 "make sure every row has seen at least one key before dividing.")
+    if torch.allclose(got, _blockwise(q, k, v, 5, rescale_sum=False), atol=1e-4):
+        fail(ex, "when the running max grows, the sum collected so far was taken against the old "
+                 "max: it must shrink by the same factor as the output.")
+    if torch.allclose(got, _blockwise(q, k, v, 5, rescale_acc=False), atol=1e-4):
+        fail(ex, "when the running max grows, the unnormalised output collected so far must be "
+                 "rescaled too, not only the sum.")
+    if torch.allclose(got, _blockwise(q, k, v, 5, causal=False), atol=1e-4):
+        fail(ex, "query i reads keys after it: mask the scores of keys j > i inside each block.")
+    if not torch.allclose(got, want, atol=1e-4):
+        fail(ex, f"max |yours - causal softmax attention| = {(got - want).abs().max():.2e}: "
+                 "keep the running max, sum and output per query row, and divide once at the end.")
+    for block in (1, 4, T, 100):
+        out = as_tensor(ex, call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), block),
+                        f"blockwise_attention(q, k, v, {block})").float()
+        if tuple(out.shape) != (T, D) or not torch.allclose(out, want, atol=1e-4):
+            fail(ex, f"right with blocks of 5 but wrong with block_size={block}: the last block "
+                     "may be shorter, and one block may hold every key.")
+    big = as_tensor(ex, call(ex, blockwise_attention, q * 60, k * 60, v, 4), "large scores")
+    if not torch.isfinite(big).all():
+        fail(ex, "with large scores (q and k times 60) your output overflows: exponentiate scores "
+                 "minus the running max, so every exponential is at most 1.")
+    passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, and "
+               "stable for large scores.")
