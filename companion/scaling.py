@@ -257,7 +257,8 @@ def blueprint(
     # the fits were made against DeepSeek's C = M * D, M non-embedding FLOPs per token
     c_ds = deepseek_flops_per_token(n_layers, d_model, context_length) * tokens
     batch_opt, lr = deepseek_batch_lr(c_ds)
-    seqs = max(1, 2 ** round(math.log2(batch_opt / context_length)))  # whole sequences, a power of 2
+    # whole sequences, a power of two
+    seqs = max(1, 2 ** round(math.log2(batch_opt / context_length)))
     batch = seqs * context_length
     steps = max(1, math.ceil(tokens / batch))
     warmup = min(2000, max(100, round(0.01 * steps)))
