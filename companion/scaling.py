@@ -17,7 +17,7 @@ from .sizing import GPU, GPUS, _gpu, flops_per_token, gpus_needed, param_count
 __all__ = [
     "LossFit", "HOFFMANN", "EPOCH", "loss", "optimal_allocation", "chinchilla_optimal",
     "CHINCHILLA_TABLE3", "isoflop", "budget_flops", "Plan", "plan_budget", "describe_plan", "human",
-    "Blueprint", "blueprint", "GPT3_TABLE",
+    "Blueprint", "blueprint", "GPT3_TABLE", "deepseek_flops_per_token", "deepseek_batch_lr",
 ]
 
 
@@ -164,6 +164,26 @@ def describe_plan(plan: Plan) -> str:
 # --- the hyperparameter blueprint ---------------------------------------------------------------
 
 
+def deepseek_flops_per_token(n_layers: int, d_model: int, seq_len: int) -> float:
+    """DeepSeek LLM's compute measure M = 72 L d^2 + 6 L d s: non-embedding FLOPs per token.
+
+    Their fits use C = M * D, not 6ND: M counts attention's score and value matmuls (6 L d s)
+    and leaves out the vocabulary, so it differs from 6N for small and for GQA/SwiGLU models.
+    Example: deepseek_flops_per_token(1, 1, 1) -> 78.0.
+    """
+    return 72.0 * n_layers * d_model**2 + 6.0 * n_layers * d_model * seq_len
+
+
+def deepseek_batch_lr(flops: float) -> tuple[float, float]:
+    """DeepSeek LLM's fits (arXiv 2401.02954): B_opt = 0.2920 C^0.3271 tokens, lr 0.3118 C^-0.125.
+
+    C is their M * D. Example: deepseek_batch_lr(1e20)[0] -> about 1.0e6 tokens.
+    """
+    if flops <= 0:
+        raise ValueError(f"flops must be positive, got {flops}")
+    return 0.2920 * flops**0.3271, 0.3118 * flops**-0.1250
+
+
 class Blueprint(NamedTuple):
     """A model size turned into an architecture, a recipe and a bill."""
 
@@ -215,7 +235,7 @@ def blueprint(
 
     Rules: aspect ratio d_model/n_layers 64 below 1B and 128 above; head size 32/64/128 by width; 8
     KV heads from 1B; SwiGLU at 8/3 d_model; context growing with size; batch and peak learning rate
-    from DeepSeek LLM's compute fits (B = 0.292 C^0.3271 tokens, lr = 0.3118 C^-0.125); warmup
+    from DeepSeek LLM's compute fits (`deepseek_batch_lr`, with C = M D); warmup
     1% of steps in [100, 2000].
     Example: blueprint(7e9).config.d_model -> 4096 (with 38 layers: GQA leaves
     more parameters for depth).
@@ -234,11 +254,12 @@ def blueprint(
     n = param_count(config)
     tokens = tokens_per_param * n
     flops = flops_per_token(config) * tokens
-    c6 = 6 * n * tokens  # the fits were made against C = 6ND-style compute
+    # the fits were made against DeepSeek's C = M * D, M non-embedding FLOPs per token
+    c_ds = deepseek_flops_per_token(n_layers, d_model, context_length) * tokens
+    batch_opt, lr = deepseek_batch_lr(c_ds)
     # whole sequences, a power of two
-    seqs = max(1, 2 ** round(math.log2(0.292 * c6**0.3271 / context_length)))
+    seqs = max(1, 2 ** round(math.log2(batch_opt / context_length)))
     batch = seqs * context_length
-    lr = 0.3118 * c6**-0.125
     steps = max(1, math.ceil(tokens / batch))
     warmup = min(2000, max(100, round(0.01 * steps)))
     g = _gpu(gpu)

@@ -19,9 +19,10 @@ from .attention import kv_cache_bytes
 from .model import GPTConfig, count_params
 
 __all__ = [
-    "PRESETS", "preset", "param_count", "flops_per_token", "training_flops", "mfu",
-    "GPU", "GPUS", "BYTES_PER_PARAM", "activation_bytes_per_layer", "MemoryEstimate",
-    "training_memory", "inference_memory", "fits", "gpus_needed", "saved_activation_bytes", "GIB",
+    "PRESETS", "preset", "param_count", "attention_flops_per_token", "flops_per_token",
+    "training_flops", "mfu", "GPU", "GPUS", "BYTES_PER_PARAM", "activation_bytes_per_layer",
+    "logits_bytes", "zero_bytes_per_param", "MemoryEstimate", "training_memory",
+    "inference_memory", "fits", "gpus_needed", "gpus_to_hold", "saved_activation_bytes", "GIB",
 ]
 
 GIB = 2**30
@@ -86,23 +87,40 @@ def param_count(config: GPTConfig, non_embedding: bool = False) -> int:
     return parts["non_embedding" if non_embedding else "total"]
 
 
-def flops_per_token(config: GPTConfig, seq_len: int | None = None, training: bool = True) -> float:
-    """Matmul FLOPs per token: 2N + 2*n_layers*seq_len*d_attn forward (Kaplan et al.).
+def attention_flops_per_token(
+    config: GPTConfig, seq_len: int | None = None, causal: bool = True, training: bool = True
+) -> float:
+    """FLOPs per token of the attention core: the scores Q·Kᵀ and the weighted sum over V.
 
-    Times 3 with the backward.
-
-    d_attn = n_heads * d_head (d_model unless head_dim differs). N counts every weight a token is
-    multiplied by: the non-embedding parameters plus the output
-    head (the head multiplies even when tied; an embedding lookup multiplies nothing). The attention
-    term uses the full window, as Kaplan's does; a causal mask halves the useful part.
-    Example: flops_per_token(PRESETS["gpt2"]) -> 6 * 123,653,376 + 6 * 12 * 1024 * 768 ~ 7.98e8.
+    Each is a matmul of a query row against T keys or values, d_attn wide, at 2 FLOPs per
+    multiply-add: 4*n_layers*T*d_attn forward for the full window (PaLM's appendix B, nanoGPT's
+    12*L*H*Q*T with the backward). A causal mask leaves each query T/2 keys on average: half that,
+    2*n_layers*T*d_attn (Kaplan et al.'s 2*n_layer*n_ctx*d_attn, llm.c's 6*L*C*T with the backward).
+    Example: attention_flops_per_token(PRESETS["gpt2"], training=False) -> 2 * 12 * 1024 * 768.
     """
     c = config
     seq_len = c.context_length if seq_len is None else seq_len
-    n_matmul = param_count(c, non_embedding=True) + c.vocab_size * c.d_model
     # q·k and weights·v are n_heads * d_head wide: d_model, unless head_dim is set apart from it
-    forward = 2 * n_matmul + 2 * c.n_layers * seq_len * c.n_heads * c.d_head
+    full = 2 * 2 * c.n_layers * seq_len * c.n_heads * c.d_head  # two matmuls, 2 FLOPs per MAC
+    forward = full / 2 if causal else full
     return float(3 * forward if training else forward)  # the backward costs twice the forward
+
+
+def flops_per_token(
+    config: GPTConfig, seq_len: int | None = None, training: bool = True, causal: bool = True
+) -> float:
+    """Matmul FLOPs per token: 2N plus the attention core forward, times 3 with the backward.
+
+    N counts every weight a token is multiplied by: the non-embedding parameters plus the output
+    head (the head multiplies even when tied; an embedding lookup multiplies nothing). The attention
+    term is `attention_flops_per_token`: causal (Kaplan's and llm.c's convention) by default,
+    causal=False for PaLM's full-window count.
+    Example: flops_per_token(PRESETS["gpt2"]) -> 6 * 123,653,376 + 6 * 12 * 1024 * 768 ~ 7.98e8.
+    """
+    c = config
+    n_matmul = param_count(c, non_embedding=True) + c.vocab_size * c.d_model
+    weights = 6 * n_matmul if training else 2 * n_matmul
+    return float(weights + attention_flops_per_token(c, seq_len, causal, training))
 
 
 def training_flops(n_params: float, n_tokens: float) -> float:
@@ -127,19 +145,21 @@ def mfu(
 
 
 class GPU(NamedTuple):
-    """One accelerator: memory in bytes, dense bf16 peak FLOP/s and an on-demand price.
+    """One accelerator: memory in bytes, dense 16-bit peak FLOP/s, an on-demand price, the dtype.
 
-    The price is a snapshot; prices move.
+    The price is a snapshot; prices move. `dtype` names the 16-bit format of the peak.
     """
 
     name: str
     memory: int
     peak_flops: float
     usd_per_hour: float
+    dtype: str = "bf16"
 
 
-# Dense (not 2:4 sparse) bf16 tensor-core peaks from the vendors' data sheets; prices are early-2026
-# third-party cloud snapshots, in the ranges of /work/shared/ANCHORS.md.
+# Dense (not 2:4 sparse) 16-bit tensor-core peaks from the vendors' data sheets; prices are
+# early-2026 third-party cloud snapshots, in the ranges of /work/shared/ANCHORS.md. The T4 (Turing)
+# has no bf16 tensor cores: its 65 TFLOP/s is fp16, so it trains in fp16 with loss scaling.
 GPUS: dict[str, GPU] = {
     g.name: g for g in [
         GPU("H100-SXM-80GB", 80 * 10**9, 989e12, 2.50),
@@ -147,7 +167,7 @@ GPUS: dict[str, GPU] = {
         GPU("A100-80GB", 80 * 10**9, 312e12, 1.80),
         GPU("A100-40GB", 40 * 10**9, 312e12, 1.40),
         GPU("RTX-4090-24GB", 24 * 10**9, 165e12, 0.40),
-        GPU("T4-16GB", 16 * 10**9, 65e12, 0.35),
+        GPU("T4-16GB", 16 * 10**9, 65e12, 0.35, "fp16"),
     ]
 }
 
@@ -199,17 +219,54 @@ def activation_bytes_per_layer(
     return linear + quadratic
 
 
+def logits_bytes(
+    batch_size: int, seq_len: int, vocab_size: int, value_bytes: int = 4, grad: bool = True
+) -> int:
+    """Bytes of the loss's log-probabilities, b*s*V values, and of their gradient in the backward.
+
+    Cross-entropy upcasts the logits and saves the fp32 log-softmax for the backward, which then
+    writes a gradient of the same shape: at the loss's backward both are alive.
+    Example: logits_bytes(4, 4096, 128256, grad=False) -> 8,405,385,216 (Llama-3.2-1B, 8.4 GB).
+    """
+    if min(batch_size, seq_len, vocab_size, value_bytes) < 1:
+        raise ValueError(f"batch_size, seq_len, vocab_size and value_bytes must be >= 1, got "
+                         f"{batch_size}, {seq_len}, {vocab_size} and {value_bytes}")
+    return batch_size * seq_len * vocab_size * value_bytes * (2 if grad else 1)
+
+
+def zero_bytes_per_param(stage: int, world: int, precision: str = "mixed") -> float:
+    """Bytes per parameter on each of `world` GPUs under ZeRO `stage` (Rajbhandari et al. 2020).
+
+    Stage 1 shards the optimizer states, stage 2 also the gradients, stage 3 also the weights.
+    With mixed-precision AdamW (2 + 2 + 12): 16, 4 + 12/W, 2 + 14/W and 16/W for stages 0 to 3.
+    Example: zero_bytes_per_param(2, 8) -> 3.75.
+    """
+    if stage not in (0, 1, 2, 3) or world < 1:
+        raise ValueError(f"stage must be 0, 1, 2 or 3 and world >= 1, got {stage} and {world}")
+    if precision not in BYTES_PER_PARAM:
+        raise ValueError(f"precision must be one of {sorted(BYTES_PER_PARAM)}, got {precision!r}")
+    w, g, o = BYTES_PER_PARAM[precision]
+    return (w / world if stage >= 3 else w) + (g / world if stage >= 2 else g) + (
+        o / world if stage >= 1 else o)
+
+
 class MemoryEstimate(NamedTuple):
-    """Training memory in bytes, by kind; `total` adds them up."""
+    """Training memory in bytes, by kind; `total` adds them up, `states` the first three."""
 
     weights: int
     gradients: int
     optimizer: int
     activations: int
+    logits: int = 0
+
+    @property
+    def states(self) -> int:
+        """Weights, gradients and optimizer states: what sharding (ZeRO, FSDP) divides."""
+        return self.weights + self.gradients + self.optimizer
 
     @property
     def total(self) -> int:
-        return self.weights + self.gradients + self.optimizer + self.activations
+        return self.states + self.activations + self.logits
 
     def gib(self) -> dict[str, float]:
         """Each part and the total in GiB, for printing."""
@@ -218,28 +275,32 @@ class MemoryEstimate(NamedTuple):
 
 def training_memory(
     config: GPTConfig, batch_size: int = 1, seq_len: int | None = None, recompute: str = "none",
-    precision: str = "mixed", n_shards: int = 1,
+    precision: str = "mixed", n_shards: int = 1, zero_stage: int = 3, logits: bool = True,
 ) -> MemoryEstimate:
     """Bytes to train `config` with AdamW on one device.
 
-    States (BYTES_PER_PARAM) plus activations of all layers.
-
-    n_shards > 1 splits weights, gradients and optimizer states evenly (ZeRO-3 / FSDP);
-    activations are per device.
-    The activations leave out the embedding output and the logits, as Korthikanti et al. do.
+    States (BYTES_PER_PARAM) plus activations of all layers plus the loss's fp32 log-probs and
+    their gradient (`logits_bytes`; logits=False leaves them out, as Korthikanti et al. do).
+    n_shards > 1 splits the states over that many GPUs as ZeRO `zero_stage` does (3: all of them,
+    as FSDP does; 2: gradients and optimizer; 1: optimizer only); activations are per device.
     Example: training_memory(PRESETS["llama2-7b"]).gib()["optimizer"] -> 75.3 (12 bytes x 6.74e9).
     """
     if precision not in BYTES_PER_PARAM:
         raise ValueError(f"precision must be one of {sorted(BYTES_PER_PARAM)}, got {precision!r}")
-    if batch_size < 1 or n_shards < 1:
-        raise ValueError(f"batch_size and n_shards must be >= 1, got {batch_size} and {n_shards}")
+    if batch_size < 1 or n_shards < 1 or zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"batch_size and n_shards must be >= 1 and zero_stage 0-3, got "
+                         f"{batch_size}, {n_shards} and {zero_stage}")
     seq_len = config.context_length if seq_len is None else seq_len
     n = param_count(config)
-    w, g, o = (math.ceil(n * k / n_shards) for k in BYTES_PER_PARAM[precision])
+    w, g, o = BYTES_PER_PARAM[precision]
+    # stage k shards the last k of (weights, gradients, optimizer) counted from the optimizer
+    shards = [n_shards if zero_stage >= k else 1 for k in (3, 2, 1)]
+    w, g, o = (math.ceil(n * b / k) for b, k in zip((w, g, o), shards))
     act = config.n_layers * activation_bytes_per_layer(
         seq_len, batch_size, config.d_model, config.n_heads, recompute, dropout=config.dropout > 0
     )
-    return MemoryEstimate(w, g, o, act)
+    out = logits_bytes(batch_size, seq_len, config.vocab_size) if logits else 0
+    return MemoryEstimate(w, g, o, act, out)
 
 
 def inference_memory(
@@ -265,18 +326,32 @@ def fits(
     return est.total <= headroom * _gpu(gpu).memory
 
 
+def gpus_to_hold(n_bytes: float, gpu: GPU | str, headroom: float = 0.9) -> int:
+    """Fewest GPUs whose memory (times `headroom`) holds `n_bytes`: a ceiling, never a rounding.
+
+    Example: gpus_to_hold(16 * 70.55e9, "H100-SXM-80GB", headroom=1.0) -> 15 (14.1 rounds up).
+    """
+    if n_bytes < 0 or not 0 < headroom <= 1:
+        raise ValueError(f"need n_bytes >= 0 and 0 < headroom <= 1, got {n_bytes} and {headroom}")
+    return max(1, math.ceil(n_bytes / (headroom * _gpu(gpu).memory)))
+
+
 def gpus_needed(
     config: GPTConfig, gpu: GPU | str, batch_size: int = 1, seq_len: int | None = None,
     recompute: str = "full", precision: str = "mixed", headroom: float = 0.9,
 ) -> int:
-    """Fewest GPUs whose memory holds the sharded states plus a micro-batch of activations each."""
+    """Fewest GPUs whose memory holds the sharded states plus a micro-batch's activations each.
+
+    The micro-batch's activations include the loss's log-probs and their gradient.
+    """
     g = _gpu(gpu)
     one = training_memory(config, batch_size, seq_len, recompute, precision)
-    room = headroom * g.memory - one.activations
+    per_device = one.activations + one.logits
+    room = headroom * g.memory - per_device
     if room <= 0:
-        raise ValueError(f"one micro-batch of activations ({one.activations / GIB:.1f} GiB) alone "
-                         f"overflows {g.name}; lower batch_size or seq_len, or recompute")
-    return max(1, math.ceil((one.total - one.activations) / room))
+        raise ValueError(f"one micro-batch of activations and logits ({per_device / GIB:.1f} GiB) "
+                         f"alone overflows {g.name}; lower batch_size or seq_len, or recompute")
+    return max(1, math.ceil(one.states / room))
 
 
 # --- measuring what autograd keeps ---------------------------------------------------------------

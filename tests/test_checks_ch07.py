@@ -6,7 +6,11 @@ import math
 import pytest
 import torch
 
-from companion.checks import ExerciseFailed, check_7_1, check_7_2, check_7_3, check_7_4
+from companion.checks import (ExerciseFailed, SWEEP_MODEL, check_7_1, check_7_2, check_7_3, check_7_4,
+                              check_7_5, check_7_6, sweep_config)
+from companion.model import GPT
+from companion.train import train
+from companion.utils import set_seed
 from checkhelpers import stub, fails_with
 from companion.train import next_token_loss
 
@@ -225,3 +229,82 @@ def no_model(path, model, optimizer, generator):
 ])
 def test_check_7_4_rejects_mistakes(wrong, fragment):
     fails_with(check_7_4, wrong, fragment)
+
+
+# --- 7.5 the over-fitting step -------------------------------------------------------------
+
+
+def overfit_step(history, *, earliest=True, index=False, need_train=True, need_rise=True, after=0):
+    steps, train, val = history["eval_step"], history["eval_train"], history["eval_val"]
+    best = min(val)
+    i = val.index(best) if earliest else len(val) - 1 - val[::-1].index(best)
+    if need_rise and val[-1] <= best:
+        return None
+    if need_train and not train[-1] < train[i]:
+        return None
+    i = min(i + after, len(steps) - 1)
+    return i if index else steps[i]
+
+
+def test_check_7_5_passes_on_a_correct_answer(capsys):
+    check_7_5(overfit_step)
+    assert "passed" in capsys.readouterr().out
+
+
+def lowest_train(history):
+    return history["eval_step"][history["eval_train"].index(min(history["eval_train"]))]
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda h: overfit_step(h, index=True), "position in the lists"),
+    (lowest_train, "training loss is lowest"),
+    (lambda h: overfit_step(h, earliest=False), "earliest evaluation"),
+    (lambda h: overfit_step(h, after=1), "first evaluation after"),
+    (lambda h: overfit_step(h, need_rise=False, need_train=False), "still at its best"),
+    (lambda h: overfit_step(h, need_train=False), "so did the training loss"),
+])
+def test_check_7_5_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_5, wrong, fragment)
+
+
+def test_check_7_5_accepts_the_companions_history_format():
+    """The histories the check builds use train()'s keys, so a reader can run it on a real run's."""
+    from companion.checks.ch07 import _curves
+    for _, history, _ in _curves():
+        assert set(history) == {"eval_step", "eval_train", "eval_val"}
+        assert len({len(v) for v in history.values()}) == 1
+
+
+# --- 7.6 the learning-rate sweep ------------------------------------------------------------
+
+
+def sweep(lrs, train_ids, val_ids, *, seed=True, key="eval_val", pick=min):
+    results = {}
+    for lr in lrs:
+        if seed:
+            set_seed(0)
+        history = train(GPT(SWEEP_MODEL), train_ids, val_ids, sweep_config(lr), progress=False)
+        results[lr] = history[key][-1]
+    return results, pick(results, key=results.get)
+
+
+def test_check_7_6_passes_on_a_correct_answer(capsys):
+    check_7_6(sweep)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: sweep(*a, key="eval_train"), "training split's loss"),
+    (lambda *a: sweep(*a, pick=max), "highest loss"),
+    (lambda *a: sweep(*a)[0], "a pair"),
+    (lambda lrs, t, v: sweep(lrs[:2], t, v), "one entry per swept rate"),
+])
+def test_check_7_6_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_6, wrong, fragment)
+
+
+def test_check_7_6_rejects_runs_that_start_from_different_weights():
+    set_seed(123)
+    fails_with(check_7_6, lambda *a: sweep(*a, seed=False), "same seed")

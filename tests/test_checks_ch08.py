@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from companion.checks import ExerciseFailed, check_8_1, check_8_2, check_8_3
+from companion.checks import ExerciseFailed, check_8_1, check_8_2, check_8_3, check_8_4, check_8_5
 from checkhelpers import stub, fails_with
 
 
@@ -90,3 +90,66 @@ def test_check_8_3_passes_on_a_correct_answer(capsys):
 ])
 def test_check_8_3_rejects_mistakes(wrong, fragment):
     fails_with(check_8_3, wrong, fragment)
+
+
+# --- 8.4 zero_gpu_bytes ---------------------------------------------------------------------------
+
+
+def zero_gpu_bytes(n, L, d, V, s, b, stage, world, *, shift=0, logit_bytes=4, logit_grad=True,
+                   act=2, acts=True):
+    stage = max(0, min(3, stage + shift))
+    weights, grads, optim = 2 * n, 2 * n, 12 * n
+    if stage >= 1:
+        optim /= world
+    if stage >= 2:
+        grads /= world
+    if stage >= 3:
+        weights /= world
+    activations = L * act * s * b * d if acts else 0
+    logits = b * s * V * logit_bytes * (2 if logit_grad else 1)
+    return weights + grads + optim + activations + logits
+
+
+def test_check_8_4_passes_on_a_correct_answer(capsys):
+    check_8_4(zero_gpu_bytes)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: zero_gpu_bytes(*a, shift=1), "those of stage"),
+    (lambda *a: zero_gpu_bytes(*a[:6], 3, a[7]), "those of stage"),
+    (lambda *a: zero_gpu_bytes(*a, logit_bytes=0), "left out the loss's fp32 log-probs"),
+    (lambda *a: zero_gpu_bytes(*a, logit_grad=False), "not their gradient"),
+    (lambda *a: zero_gpu_bytes(*a, logit_bytes=2, logit_grad=False), "4 bytes per log-prob"),
+    (lambda *a: zero_gpu_bytes(*a, acts=False), "left out the activations"),
+    (lambda *a: zero_gpu_bytes(*a, act=34), "only its input"),
+    (lambda *a: None, "the byte count"),
+])
+def test_check_8_4_rejects_mistakes(wrong, fragment):
+    fails_with(check_8_4, wrong, fragment)
+
+
+# --- 8.5 attention_flops ---------------------------------------------------------------------------
+
+
+def attention_flops(L, T, d, causal, training, *, matmuls=2, halve=True, backward=3):
+    forward = L * matmuls * 2 * T * d * (0.5 if causal and halve else 1)
+    return forward * backward if training else forward
+
+
+def test_check_8_5_passes_on_a_correct_answer(capsys):
+    check_8_5(attention_flops)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: attention_flops(*a, matmuls=1), "weighted sum over T values"),
+    (lambda *a: attention_flops(*a, halve=False), "causal mask"),
+    (lambda *a: attention_flops(*a, backward=1), "add the backward"),
+    (lambda *a: attention_flops(*a, backward=2), "expected"),
+    (lambda *a: None, "the FLOP count"),
+])
+def test_check_8_5_rejects_mistakes(wrong, fragment):
+    fails_with(check_8_5, wrong, fragment)

@@ -8,12 +8,13 @@ import torch
 
 from companion.model import GPT, Block, GPTConfig
 from companion.scaling import (
-    CHINCHILLA_TABLE3, EPOCH, GPT3_TABLE, HOFFMANN, blueprint, budget_flops, chinchilla_optimal, isoflop, loss,
-    optimal_allocation, plan_budget,
+    CHINCHILLA_TABLE3, EPOCH, GPT3_TABLE, HOFFMANN, blueprint, budget_flops, chinchilla_optimal,
+    deepseek_batch_lr, deepseek_flops_per_token, isoflop, loss, optimal_allocation, plan_budget,
 )
 from companion.sizing import (
-    BYTES_PER_PARAM, GPUS, PRESETS, activation_bytes_per_layer, fits, flops_per_token, gpus_needed,
-    inference_memory, mfu, param_count, preset, saved_activation_bytes, training_flops, training_memory,
+    BYTES_PER_PARAM, GPUS, PRESETS, activation_bytes_per_layer, attention_flops_per_token, fits,
+    flops_per_token, gpus_needed, gpus_to_hold, inference_memory, logits_bytes, mfu, param_count, preset,
+    saved_activation_bytes, training_flops, training_memory, zero_bytes_per_param,
 )
 
 # --- parameters --------------------------------------------------------------------------------------
@@ -98,6 +99,28 @@ def test_flops_per_token_is_6n_plus_attention():
     assert flops_per_token(c, seq_len=1) < flops_per_token(c)
 
 
+def test_attention_flops_count_scores_and_values_and_halve_for_causal():
+    """One layer, T=2, d=1, one head, full window: Q·K^T is 2 MACs per query and A·V another 2, so
+    2 matmuls x 2 keys x 2 FLOPs = 8 per token forward; causal (PaLM -> Kaplan/llm.c) halves it."""
+    c = GPTConfig(vocab_size=3, context_length=2, d_model=1, n_layers=1, n_heads=1)
+    assert attention_flops_per_token(c, causal=False, training=False) == 8
+    assert attention_flops_per_token(c, training=False) == 4
+    g = PRESETS["gpt2"]
+    palm = 12 * 12 * 12 * 64 * 1024  # nanoGPT's estimate_mfu: 12 * L * H * Q * T
+    assert attention_flops_per_token(g, causal=False) == palm
+    assert attention_flops_per_token(g) == 6 * 12 * 768 * 1024  # llm.c: 6 * L * C * T
+    assert flops_per_token(g, causal=False) - flops_per_token(g) == palm / 2
+
+
+def test_attention_flops_match_a_counted_causal_attention():
+    """Count the multiply-adds of a causal attention over T positions: query t meets t + 1 keys, for
+    the scores and again for the values: sum_t (t + 1) = T(T+1)/2, close to T^2/2 per head dim."""
+    T, d = 64, 16
+    macs = sum(2 * (t + 1) * d for t in range(T))  # scores + weighted values, per layer
+    c = GPTConfig(vocab_size=3, context_length=T, d_model=d, n_layers=1, n_heads=2)
+    assert attention_flops_per_token(c, training=False) * T == pytest.approx(2 * macs, rel=2 / T)
+
+
 def test_flops_per_token_close_to_6n_for_big_models():
     c = PRESETS["llama2-70b"]
     assert flops_per_token(c, seq_len=4096) / (6 * param_count(c)) == pytest.approx(1.0, abs=0.05)
@@ -132,6 +155,61 @@ def test_adamw_states_are_16_or_18_bytes_per_param():
     n = PUBLISHED["llama2-7b"]
     assert est.weights + est.gradients + est.optimizer == 16 * n
     assert training_memory(PRESETS["llama2-7b"], n_shards=8).optimizer == math.ceil(12 * n / 8)
+
+
+def test_logits_bytes_of_llama32_1b_at_b4_s4096():
+    """4 * 4096 * 128,256 fp32 log-probs = 8,405,385,216 bytes (8.4 GB); their gradient doubles it."""
+    assert logits_bytes(4, 4096, 128256, grad=False) == 4 * 4096 * 128256 * 4 == 8_405_385_216
+    assert logits_bytes(4, 4096, 128256) == 2 * 8_405_385_216
+    est = training_memory(PRESETS["llama3.2-1b"], 4, 4096)
+    assert est.logits == 2 * 8_405_385_216
+    assert est.total == est.states + est.activations + est.logits
+    assert training_memory(PRESETS["llama3.2-1b"], 4, 4096, logits=False).logits == 0
+    with pytest.raises(ValueError, match="vocab_size"):
+        logits_bytes(1, 1, 0)
+
+
+def test_logits_bytes_match_what_cross_entropy_saves():
+    """F.cross_entropy keeps its fp32 log-softmax for the backward, b*s*V*4 bytes, plus the targets
+    and a scalar; the logits themselves are not kept."""
+    b, s, V = 2, 8, 50
+    logits = torch.randn(b * s, V, requires_grad=True)
+    y = torch.randint(0, V, (b * s,))
+    saved = saved_activation_bytes(lambda z: torch.nn.functional.cross_entropy(z, y), logits)
+    assert 0 <= saved - y.nbytes - logits_bytes(b, s, V, grad=False) <= 16
+
+
+@pytest.mark.parametrize("world", [1, 2, 8, 64])
+def test_zero_stages_follow_the_paper(world):
+    """ZeRO, mixed-precision Adam (2 + 2 + 12): stage 1 = 4 + 12/W, 2 = 2 + 14/W, 3 = 16/W."""
+    assert zero_bytes_per_param(0, world) == 16
+    assert zero_bytes_per_param(1, world) == pytest.approx(4 + 12 / world)
+    assert zero_bytes_per_param(2, world) == pytest.approx(2 + 14 / world)
+    assert zero_bytes_per_param(3, world) == pytest.approx(16 / world)
+    n = PUBLISHED["llama2-7b"]
+    for stage in (1, 2, 3):
+        est = training_memory(PRESETS["llama2-7b"], n_shards=world, zero_stage=stage)
+        assert est.states == pytest.approx(zero_bytes_per_param(stage, world) * n, abs=3)
+
+
+def test_zero_stage_rejects_bad_input():
+    with pytest.raises(ValueError, match="stage"):
+        zero_bytes_per_param(4, 8)
+    with pytest.raises(ValueError, match="world"):
+        zero_bytes_per_param(1, 0)
+
+
+def test_gpus_to_hold_is_a_ceiling():
+    """Llama-3-70B's 16-byte states are 1.13 TB: 14.1 H100s, so 15, or 16 at 90% headroom."""
+    states = 16 * PUBLISHED["llama3-70b"]
+    assert states / GPUS["H100-SXM-80GB"].memory == pytest.approx(14.11, abs=0.01)
+    assert gpus_to_hold(states, "H100-SXM-80GB", headroom=1.0) == 15
+    assert gpus_to_hold(states, "H100-SXM-80GB") == 16
+    assert gpus_to_hold(0, "H100-SXM-80GB") == 1
+
+
+def test_t4_peak_is_fp16():
+    assert GPUS["T4-16GB"].dtype == "fp16" and GPUS["H100-SXM-80GB"].dtype == "bf16"
 
 
 def test_fits_answers_the_obvious_cases():
@@ -266,6 +344,20 @@ def test_blueprint_lr_falls_and_batch_grows_with_size():
     small, big = blueprint(125e6), blueprint(70e9)
     assert big.lr < small.lr and big.batch_tokens > small.batch_tokens
     assert GPT3_TABLE["175B"][-1] < GPT3_TABLE["Small"][-1]  # GPT-3 did the same
+
+
+def test_deepseek_compute_is_72_l_d2_plus_6_l_d_s():
+    """M = 72 L d^2 + 6 L d s per token; L=2, d=3, s=5: 72*2*9 + 6*2*3*5 = 1296 + 180 = 1476."""
+    assert deepseek_flops_per_token(2, 3, 5) == 1476
+    batch, lr = deepseek_batch_lr(1e20)
+    assert batch == pytest.approx(0.2920 * 1e20**0.3271) and lr == pytest.approx(0.3118 * 1e20**-0.125)
+    bp = blueprint(1.3e9)
+    c = bp.config
+    b_opt, lr = deepseek_batch_lr(deepseek_flops_per_token(c.n_layers, c.d_model, c.context_length) * bp.n_tokens)
+    assert bp.lr == pytest.approx(lr)
+    assert 0.5 < bp.batch_tokens / b_opt < 2  # whole sequences, a power of two
+    with pytest.raises(ValueError, match="flops"):
+        deepseek_batch_lr(0)
 
 
 def test_blueprint_rejects_sizes_the_vocabulary_cannot_fit():

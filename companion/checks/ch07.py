@@ -1,6 +1,6 @@
 """Self-checks for chapter 7's exercises.
 
-Warmup + cosine, AdamW groups, gradient accumulation, resuming.
+Warmup + cosine, AdamW groups, gradient accumulation, resuming, the over-fitting step.
 """
 from __future__ import annotations
 
@@ -14,10 +14,12 @@ import torch
 from ..checkpoint import save_checkpoint
 from ..model import GPT, GPTConfig
 from ..train import (TrainConfig, lr_at, make_checkpoint, make_optimizer, next_token_loss,
-                     param_groups)
+                     param_groups, train)
+from ..utils import set_seed
 from ._core import as_scalar, call, fail, passed
 
-__all__ = ["check_7_1", "check_7_2", "check_7_3", "check_7_4"]
+__all__ = ["check_7_1", "check_7_2", "check_7_3", "check_7_4", "check_7_5", "check_7_6",
+           "SWEEP_MODEL", "SWEEP_LRS", "sweep_config"]
 
 TINY = GPTConfig(vocab_size=11, context_length=8, d_model=16, n_layers=2, n_heads=2)
 
@@ -98,9 +100,10 @@ def check_7_2(split_params: Callable[[torch.nn.Module, float], list[dict]]) -> N
         if set(decay) | set(rest) != want_decay | want_rest:
             fail(ex, "every trainable parameter belongs to exactly one group; some are missing")
         if id(model.tok_emb.weight) in decay:
-            fail(ex, "you decay the token embedding. It is 2-D like a weight matrix, but rare "
-                     "tokens' rows would shrink between their rare updates: embeddings go in the "
-                     "no-decay group.")
+            fail(ex, "you decay the token embedding. That is nanoGPT's convention (every "
+                     "parameter of 2 or more dimensions decays), but this exercise follows the "
+                     "companion's: a rare token's row would shrink between its rare updates, so "
+                     "embeddings go in the no-decay group.")
         names = {id(p): n for n, p in model.named_parameters()}
         wrong = sorted(names[i] for i in set(decay) - want_decay)
         if wrong:
@@ -198,3 +201,141 @@ def check_7_4(
                  "generator.set_state(checkpoint['rng']['generators'][0]). Without it the resumed "
                  "run draws different batches than the uninterrupted one.")
     passed(ex, "weights, AdamW moments and the batch generator come back, and the step is 3.")
+
+
+def _history(steps: list[int], train: list[float], val: list[float]) -> dict[str, list]:
+    return {"eval_step": list(steps), "eval_train": list(train), "eval_val": list(val)}
+
+
+def _curves() -> list[tuple[str, dict[str, list], int | None]]:
+    """Histories in companion.train's format, each with the answer."""
+    steps = list(range(0, 2600, 250))
+    # train falls throughout; val bottoms out at step 1250, then creeps up (the 5M recipe's shape)
+    train = [4.2 - 3.0 * (1 - math.exp(-s / 600)) for s in steps]
+    val = [4.2 - 2.7 * (1 - math.exp(-s / 500)) + 2.2e-7 * max(0, s - 1000) ** 2 for s in steps]
+    bumpy = [v + 0.004 * (-1) ** i for i, v in enumerate(val)]
+    # the training loss turns up after validation's best step (1500)
+    rising_train = train[:7] + [train[6] + 0.1 * k for k in range(1, len(train) - 6)]
+    resumed = [0, 100, 200, 400, 800, 1600, 3200]  # uneven intervals
+    return [
+        ("a run that over-fits after step 1250", _history(steps, train, val), steps[min(
+            range(len(val)), key=val.__getitem__)]),
+        ("the same, with noise", _history(steps, train, bumpy), steps[min(
+            range(len(bumpy)), key=bumpy.__getitem__)]),
+        ("a run still improving", _history(steps, train, sorted(val, reverse=True)), None),
+        ("a tie at the bottom", _history(steps[:6], train[:6], [3, 2, 1.5, 1.5, 1.6, 1.7]), 500),
+        ("a run whose training loss rose too", _history(steps, rising_train, val), None),
+        ("uneven evaluation steps", _history(
+            resumed, [4, 3, 2.5, 2.2, 2.0, 1.8, 1.6], [4, 3.1, 2.7, 2.5, 2.6, 2.8, 3.0]), 400),
+    ]
+
+
+def check_7_5(overfit_step: Callable[[dict[str, list]], int | None]) -> None:
+    """overfit_step(history) -> the step where validation bottomed out, or None.
+
+    None when validation is still at its best at the last evaluation, or when the training loss has
+    not kept falling since then.
+    """
+    ex = "7.5"
+    for name, history, want in _curves():
+        got = call(ex, overfit_step, {k: list(v) for k, v in history.items()})
+        if got == want:
+            continue
+        steps, train, val = history["eval_step"], history["eval_train"], history["eval_val"]
+        best = min(val)
+        if want is None and val[-1] == best:
+            fail(ex, f"{name}: validation is still at its best at the last evaluation, so the run "
+                     "has not begun to over-fit: return None.")
+        if want is not None and got == steps.index(want):
+            fail(ex, f"{name}: {got} is a position in the lists; return the step from "
+                     f"history['eval_step'], here {want}.")
+        lowest_train = steps[min(range(len(train)), key=train.__getitem__)]
+        if got == lowest_train and got not in (want, steps[val.index(best)]):
+            fail(ex, f"{name}: {got} is where the training loss is lowest. Over-fitting is read "
+                     "from the validation curve.")
+        if want is not None and got == max(s for s, v in zip(steps, val) if v == best):
+            fail(ex, f"{name}: the validation minimum is first reached at step {want}; return "
+                     "the earliest evaluation that reaches it.")
+        if want is not None and got in steps and steps.index(got) == steps.index(want) + 1:
+            fail(ex, f"{name}: {got} is the first evaluation after the best one; return the step "
+                     f"where validation is lowest, {want}.")
+        if want is None:
+            fail(ex, f"{name}: validation rose, but so did the training loss: that is a run "
+                     "going wrong, not memorisation. Return None unless the training loss kept "
+                     "falling after validation's best step.")
+        fail(ex, f"{name}: expected {want}, got {got!r}")
+    passed(ex, "finds validation's best step, the earliest on a tie, with noise and uneven "
+               "intervals, and returns None while the run still improves or the training loss "
+               "rises too.")
+
+
+# Exercise 7.6's experiment: a one-layer model, 60 steps of 8 x 32 characters per learning rate.
+SWEEP_MODEL = GPTConfig(vocab_size=65, context_length=32, d_model=32, n_layers=1, n_heads=2)
+
+
+def sweep_config(lr: float) -> TrainConfig:
+    """The sweep's run at peak rate `lr`: warmup 6 steps, cosine to lr/10, one final evaluation."""
+    return TrainConfig(max_steps=60, batch_size=8, context_length=32, lr=lr, min_lr=lr / 10,
+                       warmup_steps=6, eval_interval=60, eval_iters=4)
+
+
+SWEEP_LRS = (3e-4, 3e-3, 3e-2, 3e-1)
+
+
+def _shakespeare() -> tuple[torch.Tensor, torch.Tensor]:
+    from ..data import load_text
+    from ..loader import train_val_split
+    from ..tokenizer import CharTokenizer
+
+    text = load_text("tinyshakespeare")
+    return train_val_split(torch.tensor(CharTokenizer.from_text(text).encode(text)), 0.1)
+
+
+def check_7_6(
+    sweep: Callable[[list[float], torch.Tensor, torch.Tensor], tuple[dict[float, float], float]],
+) -> None:
+    """sweep(lrs, train_ids, val_ids) -> ({lr: final val loss}, best lr).
+
+    Each run: set_seed(0), GPT(SWEEP_MODEL), train(..., sweep_config(lr)); the check reruns them.
+    """
+    threads = torch.get_num_threads()
+    # a model this small gains nothing from a second thread, and loses much on a busy machine
+    torch.set_num_threads(1)
+    try:
+        _check_7_6(sweep)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _check_7_6(sweep: Callable[..., tuple[dict[float, float], float]]) -> None:
+    ex = "7.6"
+    train_ids, val_ids = _shakespeare()
+    got = call(ex, sweep, list(SWEEP_LRS), train_ids, val_ids)
+    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], dict)):
+        fail(ex, "return a pair: a dict {lr: final val loss} and the best lr")
+    results, best_lr = got
+    if sorted(results) != sorted(SWEEP_LRS):
+        fail(ex, f"results should have one entry per swept rate {list(SWEEP_LRS)}, got "
+                 f"{sorted(results)}")
+    want = {}
+    for lr in SWEEP_LRS:
+        set_seed(0)
+        history = train(GPT(SWEEP_MODEL), train_ids, val_ids, sweep_config(lr), progress=False)
+        want[lr] = history["eval_val"][-1]
+        loss = as_scalar(ex, results[lr], f"the loss at lr={lr}")
+        if math.isclose(loss, want[lr], rel_tol=1e-4):
+            continue
+        if math.isclose(loss, history["eval_train"][-1], rel_tol=1e-4):
+            fail(ex, f"lr={lr}: {loss:.4f} is the training split's loss; report the validation "
+                     f"loss, {want[lr]:.4f}.")
+        fail(ex, f"lr={lr}: expected a final val loss of {want[lr]:.4f}, got {loss:.4f}. Every run "
+                 "must start from the same seed and so the same weights and batches, so that "
+                 "only the learning rate differs.")
+    best = min(want, key=want.get)
+    if best_lr == max(want, key=want.get):
+        fail(ex, f"{best_lr} has the highest loss; the best rate has the lowest.")
+    if best_lr != best:
+        fail(ex, f"the best rate is the swept one with the lowest val loss; got {best_lr!r}")
+    ends = ", ".join(f"{want[lr]:.3f} at {lr:g}" for lr in (SWEEP_LRS[0], SWEEP_LRS[-1]))
+    passed(ex, f"{len(want)} runs reproduced; on this budget the best peak rate is {best:g} "
+               f"(val {want[best]:.3f}); the ends of the sweep: {ends}.")

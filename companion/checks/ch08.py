@@ -1,6 +1,7 @@
 """Self-checks for chapter 8's exercises.
 
-Counting parameters, training memory, a compute-optimal model for a budget.
+Counting parameters, training memory, a compute-optimal model for a budget, memory per GPU under
+ZeRO, attention FLOPs.
 """
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ from collections.abc import Callable
 
 from ..model import GPTConfig
 from ..scaling import budget_flops, chinchilla_optimal
-from ..sizing import PRESETS, activation_bytes_per_layer, param_count
+from ..sizing import (PRESETS, activation_bytes_per_layer, attention_flops_per_token, param_count,
+                      training_memory)
 from ._core import as_scalar, call, fail, passed
 
-__all__ = ["check_8_1", "check_8_2", "check_8_3"]
+__all__ = ["check_8_1", "check_8_2", "check_8_3", "check_8_4", "check_8_5"]
 
 
 def _close(got: float, want: float, rel: float = 1e-6) -> bool:
@@ -161,3 +163,82 @@ def check_8_3(compute_optimal: Callable[..., tuple[float, float]]) -> None:
                  "FLOPs = dollars / price x 3600 x peak x mfu; then 6 N (r N) = C.")
     passed(ex, "$1M gives a 69B model on 1.4T tokens, $100 a 0.69B one, and other prices, GPUs and "
                "ratios agree too.")
+
+
+def check_8_4(zero_gpu_bytes: Callable[..., float]) -> None:
+    """zero_gpu_bytes(n_params, n_layers, d_model, vocab_size, seq_len, batch_size, stage, world).
+
+    Returns the bytes on each GPU: ZeRO-sharded states + full-recompute activations + logits.
+    """
+    ex = "8.4"
+    for name, b, s in (("llama3.2-1b", 4, 4096), ("llama2-7b", 1, 4096)):
+        c = PRESETS[name]
+        n = param_count(c)
+        for world in (1, 8):
+            for stage in (0, 1, 2, 3):
+                args = (n, c.n_layers, c.d_model, c.vocab_size, s, b, stage, world)
+                got = as_scalar(ex, call(ex, zero_gpu_bytes, *args), "the byte count")
+                est = training_memory(c, b, s, "full", n_shards=world, zero_stage=stage)
+                if _close(got, est.total):
+                    continue
+                where = f"{name}, b={b}, s={s}, stage {stage}, W={world}"
+                rest = est.activations + est.logits
+                others = {k: training_memory(c, b, s, "full", n_shards=world, zero_stage=k).states
+                          for k in range(4) if k != stage}
+                for k, states in others.items():
+                    if _close(got, states + rest):
+                        fail(ex, f"{where}: your states are those of stage {k}. Stage 1 shards "
+                                 "the optimizer states only, stage 2 the gradients too, stage 3 "
+                                 "the weights as well.")
+                if _close(got, est.states + est.activations):
+                    fail(ex, f"{where}: you left out the loss's fp32 log-probs and their gradient, "
+                             f"{est.logits:,} bytes.")
+                if _close(got, est.states + est.activations + est.logits / 2):
+                    fail(ex, f"{where}: the log-probs are there but not their gradient, which the "
+                             "backward writes at the same size.")
+                if _close(got, est.states + est.activations + est.logits / 4):
+                    fail(ex, f"{where}: the loss works in fp32: 4 bytes per log-prob and per "
+                             "gradient, not 2.")
+                if _close(got, est.states + est.logits):
+                    fail(ex, f"{where}: you left out the activations, 2*s*b*h bytes per layer "
+                             "with full recomputation.")
+                if _close(got, est.states + est.activations * 17 + est.logits):
+                    fail(ex, f"{where}: with full recomputation each layer keeps only its input, "
+                             "2*s*b*h bytes, not 34*s*b*h.")
+                fail(ex, f"{where}: expected {est.total:,.0f} bytes, got {got:,.0f}: states "
+                         f"{est.states:,}, activations {est.activations:,}, logits {est.logits:,}.")
+    passed(ex, "states by ZeRO stage on 1 and 8 GPUs, plus activations and fp32 logits with their "
+               "gradient, match companion.sizing.training_memory for Llama-3.2-1B and Llama-2-7B.")
+
+
+def check_8_5(attention_flops: Callable[..., float]) -> None:
+    """attention_flops(n_layers, seq_len, d_attn, causal, training) -> FLOPs per token.
+
+    The attention core only: Q·K^T and the weighted sum over V.
+    """
+    ex = "8.5"
+    cases = [("one layer, T=2, d=1", GPTConfig(vocab_size=3, context_length=2, d_model=1,
+                                              n_layers=1, n_heads=1)),
+             ("GPT-2 small", PRESETS["gpt2"]), ("Llama-3-8B at 8k", PRESETS["llama3-8b"])]
+    for name, c in cases:
+        d_attn = c.n_heads * c.d_head
+        for causal, training in ((False, False), (True, False), (False, True), (True, True)):
+            got = as_scalar(
+                ex, call(ex, attention_flops, c.n_layers, c.context_length, d_attn, causal,
+                         training), "the FLOP count")
+            want = attention_flops_per_token(c, causal=causal, training=training)
+            if _close(got, want):
+                continue
+            where = f"{name} (causal={causal}, training={training})"
+            if _close(got, want / 2) and not causal:
+                fail(ex, f"{where}: half the expected {want:,.0f}. Attention has two matmuls per "
+                         "query, the scores against T keys and the weighted sum over T values, "
+                         "and each multiply-add is 2 FLOPs.")
+            if _close(got, want * 2) and causal:
+                fail(ex, f"{where}: a causal mask leaves query t only t + 1 keys, on average "
+                         "half the window: halve the full-window count.")
+            if training and _close(got, want / 3):
+                fail(ex, f"{where}: with training=True add the backward, twice the forward.")
+            fail(ex, f"{where}: expected {want:,.0f} FLOPs per token, got {got:,.0f}.")
+    passed(ex, "4*L*T*d forward over the full window (PaLM), half under a causal mask (Kaplan, "
+               "llm.c), times 3 with the backward, from one layer to Llama-3-8B.")
