@@ -380,6 +380,11 @@ def train(
                          f"{cfg_model.context_length}")
     if resume is not None:
         cfg = keep_decay_horizon(cfg, resume)
+    # CUDA ranks share the capability of the device asked for
+    dtype = choose_dtype(device, cfg.dtype)
+    if dtype == "float16" and cfg.parallel not in ("none", "ddp"):
+        raise ValueError(f"dtype float16 (loss scaling) is supported single-process and with ddp, "
+                         f"not {cfg.parallel!r}: use bfloat16 or float32")
     par, is_main = None, True
     if cfg.parallel != "none":
         # torch.distributed only when asked for
@@ -387,10 +392,6 @@ def train(
 
         env, par, owned = loop.start(model, cfg, device)
         device, is_main, progress = env.device, env.is_main, progress and env.is_main
-    dtype = choose_dtype(device, cfg.dtype)
-    if dtype == "float16" and cfg.parallel not in ("none", "ddp"):
-        raise ValueError(f"dtype float16 (loss scaling) is supported single-process and with ddp, "
-                         f"not {cfg.parallel!r}: use bfloat16 or float32")
     # on for fp16 only: a no-op pass-through otherwise
     scaler = make_scaler(device, dtype)
     # a pipeline stage holds its own blocks
