@@ -361,7 +361,8 @@ def train(
     out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
     and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
     the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume`
-    is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early
+    is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`; a sharded one's
+    folder resolved by companion.checkpoint.resolve_sharded); `stop_at` ends early
     as if interrupted (the schedule still runs to max_steps). A non-finite loss raises
     NonFiniteLossError and leaves the last good checkpoints as they were.
     `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
