@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 __all__ = ["FORMAT_VERSION", "CheckpointError", "rng_state", "set_rng_state", "save_checkpoint",
-           "load_checkpoint", "require_keys"]
+           "load_checkpoint", "require_keys", "check_sharded", "resolve_sharded"]
 
 FORMAT_VERSION = 1
 REQUIRED = ("format_version", "model", "step")
@@ -138,6 +138,51 @@ def require_keys(checkpoint: dict[str, Any], keys: tuple[str, ...], path: str | 
     missing = [k for k in keys if checkpoint.get(k) is None]
     if missing:
         raise CheckpointError(f"{path} cannot {purpose}: it lacks {', '.join(missing)}")
+
+
+def check_sharded(folder: str | os.PathLike) -> None:
+    """Raise CheckpointError unless `folder` holds a whole torch.distributed.checkpoint save.
+
+    Its .metadata must read, and every shard file it names must exist and be long enough, so a
+    missing, unfinished or truncated folder is refused before any rank starts. Example:
+    check_sharded("runs/x/ckpt.dcp").
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is missing: the sharded checkpoint's folder of shards")
+    if not (folder / ".metadata").is_file():
+        raise CheckpointError(f"{folder} has no .metadata: an unfinished or foreign sharded "
+                              "checkpoint")
+    from torch.distributed.checkpoint import FileSystemReader  # only for sharded runs
+
+    try:
+        metadata = FileSystemReader(str(folder)).read_metadata()
+    except Exception as err:  # noqa: BLE001 - a corrupt .metadata fails in many ways
+        raise CheckpointError(f"{folder / '.metadata'} cannot be read ({type(err).__name__}): "
+                              "a corrupt sharded checkpoint") from None
+    need: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        end = info.offset + info.length
+        need[info.relative_path] = max(need.get(info.relative_path, 0), end)
+    for name, size in sorted(need.items()):
+        shard = folder / name
+        if not shard.is_file():
+            raise CheckpointError(f"{folder} lacks its shard file {name}")
+        if shard.stat().st_size < size:
+            raise CheckpointError(f"{shard} is truncated: {shard.stat().st_size} bytes of {size}")
+
+
+def resolve_sharded(checkpoint: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """Point a sharded checkpoint's "sharded" at its folder beside `path`, checked; in place.
+
+    Example: resolve_sharded(load_checkpoint("runs/x/ckpt.pt"), "runs/x/ckpt.pt")["sharded"]
+    -> "runs/x/ckpt.dcp". A checkpoint without shards is returned as it is.
+    """
+    if checkpoint.get("sharded") is not None:
+        folder = Path(path).parent / checkpoint["sharded"]
+        check_sharded(folder)
+        checkpoint["sharded"] = str(folder)
+    return checkpoint
 
 
 def _first_line(err: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any, Literal, Union
 
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, require_keys
+from .checkpoint import CheckpointError, load_checkpoint, require_keys, resolve_sharded
 from .data import load_text
 from .loader import train_val_split
 from .model import GPT, GPTConfig
@@ -172,7 +172,10 @@ RESUME_KEYS = ("model_config", "train_config", "optimizer", "rng", "history", "t
 def _resume_configs(path: str, overrides: dict[str, str]) -> tuple[dict, GPTConfig, TrainConfig]:
     """The checkpoint at `path` and its two configs, the run's overrides applied to TrainConfig."""
     ckpt = load_checkpoint(path)
-    require_keys(ckpt, RESUME_KEYS, path)
+    # a sharded run's optimizer state is in its folder of shards, not in the file
+    require_keys(ckpt, RESUME_KEYS if ckpt.get("sharded") is None
+                 else tuple(k for k in RESUME_KEYS if k != "optimizer"), path)
+    resolve_sharded(ckpt, path)
     if not isinstance(ckpt["tokenizer"], dict) or ckpt["tokenizer"].get("kind") != "char":
         raise CheckpointError(f"{path} holds no character tokenizer to rebuild the run from")
     train_d = dict(ckpt["train_config"])
@@ -286,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except (CheckpointError, ValueError) as err:  # e.g. shards that another world size wrote
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not is_main:
         return 0
     print(f"step {history['eval_step'][-1]}: train {history['eval_train'][-1]:.4f}, val "

@@ -39,7 +39,7 @@ def single(tmp_path_factory):
     return run(out, "none"), load_checkpoint(out / "ckpt.pt")
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "pipeline"])
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp", "pipeline", "tp"])
 def test_torchrun_losses_and_weights_match_single_process(tmp_path, single, parallel):
     ref, ref_ckpt = single
     got = run(tmp_path, parallel)
@@ -51,8 +51,12 @@ def test_torchrun_losses_and_weights_match_single_process(tmp_path, single, para
     assert ckpt["model"].keys() == ref_ckpt["model"].keys()
     for name, t in ref_ckpt["model"].items():
         assert torch.allclose(ckpt["model"][name], t, atol=1e-4), name
-    # Only ddp keeps the whole optimizer state on every rank, so only its checkpoint can resume.
+    # Only ddp keeps the whole optimizer state on every rank, in ckpt.pt; the sharded strategies
+    # name the folder where torch.distributed.checkpoint wrote each rank's shards.
     assert (ckpt["optimizer"] is not None) == (parallel == "ddp")
+    assert ckpt["sharded"] == (None if parallel == "ddp" else "ckpt.dcp")
+    assert (tmp_path / "ckpt.dcp" / ".metadata").is_file() == (parallel != "ddp")
+    assert load_checkpoint(tmp_path / "best.pt")["sharded"] is None
 
 
 def test_parallel_setting_is_validated():

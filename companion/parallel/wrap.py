@@ -8,6 +8,8 @@ whole global batch (same on every rank).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -41,17 +43,33 @@ class Parallel:
     def parameters(self):
         return self.module.parameters()
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0, *,
+                         sync: bool = True, reduce: bool = True) -> float | torch.Tensor:
         """Forward and backward on this rank's share of the batch.
 
         Returns the global batch's mean loss.
 
         scale multiplies the loss before backward (1 / accumulation steps), not the returned value.
+        sync=False keeps the gradients on this rank (DDP's no_sync, FSDP's
+        set_requires_gradient_sync(False)): under accumulation only the last micro-batch
+        all-reduces. reduce=False returns this rank's loss as a tensor, for `global_loss` once
+        per step (no collective and no device sync per micro-batch).
         """
-        loss = lm_loss(self.module(x), y)
-        (loss * scale).backward()
+        if self.strategy == "fsdp":
+            self.module.set_requires_gradient_sync(sync)
+        quiet = self.module.no_sync() if self.strategy == "ddp" and not sync else nullcontext()
+        with quiet:
+            loss = lm_loss(self.module(x), y)
+            (loss * scale).backward()
         loss = loss.detach()
-        return self._global(loss)
+        return self._global(loss) if reduce else loss
+
+    def global_loss(self, local: torch.Tensor) -> torch.Tensor:
+        """The global batch's loss from this rank's (a sum of `forward_backward(reduce=False)`)."""
+        if self.strategy in ("ddp", "fsdp"):
+            local = local.clone()
+            dist.all_reduce(local, op=dist.ReduceOp.AVG)
+        return local
 
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -87,26 +105,38 @@ class PipelineParallel(Parallel):
         # step (TimedStage skips it).
         self.pipe_stage = PipelineStage(stage, r, p, env.device)
         self.scale = 1.0
+        # The schedule would divide the stage's summed gradients by m at the end of each step,
+        # gradients accumulated by earlier steps too: the loss carries the 1/m instead.
+        self.n_microbatches = n_microbatches
         self.schedule = schedules[schedule](
-            self.pipe_stage, n_microbatches=n_microbatches, loss_fn=self._loss
+            self.pipe_stage, n_microbatches=n_microbatches, loss_fn=self._loss, scale_grads=False
         )
 
     def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return lm_loss(logits, y) * self.scale
+        return lm_loss(logits, y) * (self.scale / self.n_microbatches)
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0) -> float:
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, scale: float = 1.0, *,
+                         sync: bool = True, reduce: bool = True) -> float | torch.Tensor:
+        # each stage owns its gradients: there is no gradient all-reduce to skip
         self.scale = scale
-        loss = self._run(self.schedule.step, x, y) / scale
+        loss = self._run(self.schedule.step, x, y, reduce) * (self.n_microbatches / scale)
         # the first training step began with a trial pass; time the ones after it
         self.stage.recording = True
         return loss
 
+    def global_loss(self, local: torch.Tensor) -> torch.Tensor:
+        # only the last stage saw the loss; it tells the others
+        local = local.clone()
+        dist.broadcast(local, src=self.env.world_size - 1)
+        return local
+
     @torch.no_grad()
     def eval_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.scale = 1.0
-        return self._run(self.schedule.eval, x, y)
+        return self._run(self.schedule.eval, x, y) * self.n_microbatches
 
-    def _run(self, step, x: torch.Tensor, y: torch.Tensor) -> float:
+    def _run(self, step, x: torch.Tensor, y: torch.Tensor,
+             reduce: bool = True) -> float | torch.Tensor:
         first, last = self.env.rank == 0, self.env.rank == self.env.world_size - 1
         losses: list[torch.Tensor] = []
         if first and last:
@@ -117,9 +147,12 @@ class PipelineParallel(Parallel):
             step(target=y, losses=losses)
         else:
             step()
-        # Only the last stage sees the loss; it tells the others. The schedule
-        # already scaled gradients by 1/m.
-        loss = torch.stack(losses).mean().detach() if last else torch.zeros(())
+        # Only the last stage sees the loss; it tells the others. The loss already carried the
+        # 1/m of the mean over micro-batches.
+        loss = (torch.stack(losses).mean().detach() if last
+                else torch.zeros((), device=self.env.device))
+        if not reduce:
+            return loss
         dist.broadcast(loss, src=self.env.world_size - 1)
         return float(loss)
 
@@ -132,9 +165,13 @@ def wrap_model(model: nn.Module, strategy: str, env: DistEnv, *, n_microbatches:
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    if strategy != "none" and getattr(model.config, "dropout", 0.0) > 0:
-        raise ValueError(f"dropout={model.config.dropout}: each rank would drop different units; "
-                         "use dropout=0 to compare")
+    # Dropout is allowed where each rank computes its own activations: data-parallel ranks
+    # draw their own masks, as real runs do, so a run tracks one process's curve rather than
+    # repeating it bit for bit. Tensor-parallel ranks share activations: their masks would
+    # have to agree.
+    if strategy == "tp" and getattr(model.config, "dropout", 0.0) > 0:
+        raise ValueError(f"dropout={model.config.dropout} under tp: the ranks would drop "
+                         "different units of the activations they share; use dropout=0")
     if strategy == "none":
         return Parallel(model, model, "none", env)
     if strategy == "ddp":

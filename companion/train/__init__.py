@@ -29,14 +29,22 @@ from tqdm.auto import tqdm
 from ..checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
 from ..loader import TokenIds, random_batch
 from ..moe import moe_aux_loss  # chapter 6: zero for a dense model
+from .logs import peak_flops, throughput, write_logs
+from .precision import DTYPES, autocast, choose_dtype, make_scaler
+from .schedule import decay_start, keep_decay_horizon, lr_at
 
 # companion.parallel.STRATEGIES, spelled out so that single-process training never
 # imports torch.distributed
 PARALLEL = ("none", "ddp", "fsdp", "pipeline", "tp")
+# strategies whose ranks hold different parts of the state: they checkpoint through
+# torch.distributed.checkpoint, one folder of shards beside ckpt.pt
+SHARDED = ("fsdp", "pipeline", "tp")
+SHARDED_DIR = "ckpt.dcp"
 
 __all__ = ["train_model", "next_token_loss", "TrainConfig", "lr_at", "param_groups",
            "make_optimizer", "estimate_loss", "train", "make_checkpoint", "resume_state",
-           "keep_decay_horizon", "NonFiniteLossError"]
+           "keep_decay_horizon", "NonFiniteLossError", "choose_dtype", "decay_start",
+           "peak_flops"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -113,13 +121,18 @@ class TrainConfig:
     min_lr: float = 1e-4
     warmup_steps: int = 100
     lr_decay_steps: int | None = None  # None: decay over the whole run (max_steps)
+    # "cosine", or "wsd": warmup, the peak held, a straight decay over the last decay_fraction
+    lr_schedule: str = "cosine"
+    decay_fraction: float = 0.2  # wsd only
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 turns clipping off
     eval_interval: int = 250
     eval_iters: int = 200
-    dtype: str = "auto"  # "auto": bfloat16 autocast on CUDA, float32 elsewhere
+    # "auto": bf16 autocast on CUDA with bf16 (capability >= 8.0), fp16 with loss scaling on
+    # older CUDA (a T4), float32 elsewhere: see choose_dtype
+    dtype: str = "auto"
     compile: bool = False
     seed: int = 1337
     val_fraction: float = 0.1
@@ -151,8 +164,11 @@ class TrainConfig:
             raise ValueError(
                 f"betas must lie in [0, 1), got beta1={self.beta1}, beta2={self.beta2}"
             )
-        if self.dtype not in ("auto", "float32", "bfloat16"):
-            raise ValueError(f"dtype must be 'auto', 'float32' or 'bfloat16', got {self.dtype!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.lr_schedule not in ("cosine", "wsd") or not 0 < self.decay_fraction <= 1:
+            raise ValueError("need lr_schedule 'cosine' or 'wsd' and 0 < decay_fraction <= 1, got "
+                             f"{self.lr_schedule!r}, {self.decay_fraction}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.microbatches < 1 or self.schedule not in ("1f1b", "gpipe"):
@@ -164,7 +180,7 @@ class TrainConfig:
 
     @property
     def decay_steps(self) -> int:
-        """The step at which the cosine reaches min_lr."""
+        """The step at which the schedule reaches min_lr."""
         return self.max_steps if self.lr_decay_steps is None else self.lr_decay_steps
 
     @property
@@ -183,21 +199,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown TrainConfig keys: {unknown}")
         return cls(**d)
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr over warmup_steps, a half cosine to min_lr at decay_steps, then flat.
-
-    Example (lr 1e-3, min_lr 1e-4, warmup 10, decay 110): step 0 -> 1e-4, step 9 -> 1e-3,
-    step 60 -> 5.5e-4.
-    """
-    if step < cfg.warmup_steps:
-        # step 0 already moves; step warmup-1 reaches lr
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if step >= cfg.decay_steps:
-        return cfg.min_lr
-    progress = (step - cfg.warmup_steps) / (cfg.decay_steps - cfg.warmup_steps)  # 0 -> 1
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -248,16 +249,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
                              betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def _autocast(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bfloat16 autocast where asked (or on CUDA under "auto").
-
-    Matmuls run in bf16, reductions stay fp32.
-    """
-    if dtype == "bfloat16" or (dtype == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def estimate_loss(model: nn.Module, ids: TokenIds, cfg: TrainConfig, device: torch.device | str,
                   seed: int | None = None) -> float:
@@ -272,7 +263,7 @@ def estimate_loss(model: nn.Module, ids: TokenIds, cfg: TrainConfig, device: tor
     total = 0.0
     for _ in range(cfg.eval_iters):
         x, y = random_batch(ids, cfg.batch_size, cfg.context_length, g)
-        with _autocast(device, cfg.dtype):
+        with autocast(device, choose_dtype(device, cfg.dtype)):
             total += next_token_loss(model(x.to(device)), y.to(device)).item()
     model.train(was_training)
     return total / cfg.eval_iters
@@ -286,14 +277,16 @@ def _model_config(model: nn.Module) -> dict[str, Any] | None:
 def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, step: int,
                     history: dict[str, list], batch_generator: torch.Generator,
                     extra: dict[str, Any] | None = None,
-                    weights: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+                    weights: dict[str, torch.Tensor] | None = None, sharded: str | None = None,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
     """Everything a run needs to continue exactly: a plain dict for `save_checkpoint`.
 
     Introduced in chapter 7.
 
-    A parallel run passes `weights` gathered from its ranks; its optimizer state is kept only where
-    every rank holds all of it (none, ddp), so a sharded run's checkpoint holds
-    weights but cannot resume.
+    A parallel run passes `weights` gathered from its ranks. Its optimizer state is in the dict
+    only where every rank holds all of it (none, ddp); a sharded run (fsdp, pipeline, tp) names
+    instead the folder, beside the file, where torch.distributed.checkpoint wrote each rank's
+    shards of weights and optimizer state (`sharded`).
     """
     # torch.compile wraps the module; save the original's names
     model = getattr(model, "_orig_mod", model)
@@ -302,10 +295,13 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
         "format_version": FORMAT_VERSION,
         "model": model.state_dict() if weights is None else weights,
         "optimizer": optimizer.state_dict() if whole_optimizer else None,
+        "sharded": sharded,
+        # fp16's loss scale; None where no scaler runs
+        "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "model_config": _model_config(model),
         "train_config": cfg.to_dict(),
         "step": step,
-        # the cosine's end, kept on resume (see keep_decay_horizon)
+        # the schedule's end, kept on resume (see keep_decay_horizon)
         "decay_steps": cfg.decay_steps,
         "history": {k: list(v) for k, v in history.items()},
         "rng": rng_state(batch_generator),
@@ -314,90 +310,32 @@ def make_checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Tra
 
 
 def resume_state(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-                 batch_generator: torch.Generator) -> tuple[int, dict[str, list]]:
-    """Load a checkpoint's weights, optimizer and RNG states in place; returns (step, history)."""
-    if checkpoint["optimizer"] is None:
-        raise ValueError("this checkpoint holds no optimizer state (a sharded parallel run): it "
-                         "cannot resume exactly")
-    getattr(model, "_orig_mod", model).load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+                 batch_generator: torch.Generator, *, par: Any = None,
+                 scaler: torch.amp.GradScaler | None = None) -> tuple[int, dict[str, list]]:
+    """Load a checkpoint's weights, optimizer and RNG states in place; returns (step, history).
+
+    A sharded checkpoint's "sharded" must be the path of its shards' folder (the command line
+    resolves it beside the file), and `par` the run's companion.parallel wrapper.
+    """
+    saved = TrainConfig.from_dict(checkpoint["train_config"]).parallel
+    # first: a sharded checkpoint then restores each rank's own torch stream over rank 0's
     set_rng_state(checkpoint["rng"], batch_generator)
+    if checkpoint.get("sharded") is not None:
+        if par is None or par.strategy != saved:
+            raise ValueError(f"this checkpoint was saved in shards by parallel={saved!r}: resume "
+                             "it with the same strategy and world size")
+        from ..parallel import loop
+
+        loop.load_sharded(par, optimizer, checkpoint["sharded"], checkpoint["step"])
+    elif checkpoint["optimizer"] is None:
+        raise ValueError("this checkpoint holds no optimizer state (best.pt of a sharded run, or "
+                         "an old one): it cannot resume exactly; resume from ckpt.pt")
+    else:
+        getattr(model, "_orig_mod", model).load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    if scaler is not None and scaler.is_enabled() and checkpoint.get("scaler") is not None:
+        scaler.load_state_dict(checkpoint["scaler"])
     return checkpoint["step"], {k: list(v) for k, v in checkpoint["history"].items()}
-
-
-def keep_decay_horizon(cfg: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
-    """The config to resume with: once decay has begun, the cosine keeps the checkpoint's end.
-
-    A longer max_steps then adds steps at min_lr instead of lifting the lr back up the cosine.
-    An explicit cfg.lr_decay_steps wins. Example: a 600-step run resumed with max_steps=800
-    decays to min_lr at step 600 and stays there.
-    """
-    horizon = checkpoint.get("decay_steps")
-    if horizon is None:  # a checkpoint written before the horizon was stored
-        horizon = TrainConfig.from_dict(checkpoint["train_config"]).decay_steps
-    if cfg.lr_decay_steps is not None or checkpoint["step"] <= cfg.warmup_steps:
-        return cfg  # chosen by hand, or still warming up: the new horizon lowers nothing yet
-    return dataclasses.replace(cfg, lr_decay_steps=horizon)
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """The dense bf16 peak FLOP/s of `device` from companion.sizing.GPUS; None where unknown (CPU).
-
-    Example: on an "NVIDIA H100 80GB HBM3", 989e12.
-    """
-    if device.type != "cuda":
-        return None
-    from ..sizing import GPUS  # only on a GPU
-
-    name = torch.cuda.get_device_name(device)
-    words = name.replace("-", " ").split()  # "NVIDIA A100-SXM4-80GB" -> [..., "A100", ...]
-    gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-    if "PCIe" in words:  # a PCIe H100 peaks lower than the SXM one the table holds
-        return None
-    for key, gpu in GPUS.items():
-        family = next(w for w in key.split("-") if any(c.isdigit() for c in w))  # "H100", "4090"
-        # the A100 comes in 40 and 80 GB: match the memory too
-        if family in words and (family != "A100" or (gib > 60) == ("80GB" in key)):
-            return gpu.peak_flops
-    return None
-
-
-def _throughput(model: nn.Module, cfg: TrainConfig, tokens: int, seconds: float,
-                peak: float | None, n_devices: int) -> tuple[float, float | None]:
-    """Tokens per second of training, and MFU where the model is a GPT and the peak is known."""
-    tok_s = tokens / max(seconds, 1e-9)
-    config = getattr(model, "config", None)
-    if peak is None or not hasattr(config, "n_layers"):
-        return tok_s, None
-    from ..sizing import flops_per_token, mfu
-
-    return tok_s, mfu(tok_s, flops_per_token(config, cfg.context_length), peak, n_devices)
-
-
-def _write_logs(out: Path, history: dict[str, list]) -> None:
-    """log.json holds the whole history.
-
-    log.csv one row per step (with its gradient norm), with val_loss, tokens/s and MFU where an
-    evaluation ran.
-    """
-    (out / "log.json").write_text(json.dumps(history) + "\n")
-    n_eval = len(history["eval_step"])
-    rates = zip(history.get("tokens_per_s", [None] * n_eval), history.get("mfu", [None] * n_eval))
-    val = {s: (t, v, *("" if r is None else f"{r:.4g}" for r in rate))
-           for s, t, v, rate in zip(history["eval_step"], history["eval_train"],
-                                    history["eval_val"], rates)}
-    norms = history.get("grad_norm", [])
-    with open(out / "log.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["step", "lr", "train_loss", "eval_train_loss", "val_loss", "grad_norm",
-                    "tokens_per_s", "mfu"])
-        blank = ("", "", "", "")
-        if 0 in val:
-            w.writerow([0, "", "", *val[0][:2], "", *val[0][2:]])
-        for i, (lr, loss) in enumerate(zip(history["lr"], history["train_loss"]), start=1):
-            t, v, *rate = val.get(i, blank)
-            norm = f"{norms[i - 1]:.4g}" if i <= len(norms) else ""
-            w.writerow([i, f"{lr:.6g}", f"{loss:.6f}", t, v, norm, *(rate or ("", ""))])
 
 
 def train(
@@ -424,7 +362,8 @@ def train(
     out_dir, each evaluation also writes ckpt.pt (the latest weights), log.csv and log.json there,
     and best.pt when its validation loss is the lowest so far (chapter 7 samples from the model as
     the loop leaves it, the weights of ckpt.pt; the command line samples from best.pt). `resume`
-    is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`); `stop_at` ends early
+    is a loaded checkpoint (its decay horizon is kept: `keep_decay_horizon`; a sharded one's
+    folder resolved by companion.checkpoint.resolve_sharded); `stop_at` ends early
     as if interrupted (the schedule still runs to max_steps). A non-finite loss raises
     NonFiniteLossError and leaves the last good checkpoints as they were.
     `extra` goes into every checkpoint (e.g. the tokenizer). Introduced in chapter 7; cfg.parallel
@@ -441,11 +380,13 @@ def train(
     ):
         raise ValueError(f"context_length={cfg.context_length} exceeds the model's "
                          f"{cfg_model.context_length}")
-    if resume is not None and cfg.parallel not in ("none", "ddp"):
-        raise ValueError("resume is supported single-process and with parallel='ddp', not "
-                         f"{cfg.parallel!r}")
     if resume is not None:
         cfg = keep_decay_horizon(cfg, resume)
+    # CUDA ranks share the capability of the device asked for
+    dtype = choose_dtype(device, cfg.dtype)
+    if dtype == "float16" and cfg.parallel not in ("none", "ddp"):
+        raise ValueError(f"dtype float16 (loss scaling) is supported single-process and with ddp, "
+                         f"not {cfg.parallel!r}: use bfloat16 or float32")
     par, is_main = None, True
     if cfg.parallel != "none":
         # torch.distributed only when asked for
@@ -453,6 +394,8 @@ def train(
 
         env, par, owned = loop.start(model, cfg, device)
         device, is_main, progress = env.device, env.is_main, progress and env.is_main
+    # on for fp16 only: a no-op pass-through otherwise
+    scaler = make_scaler(device, dtype)
     # a pipeline stage holds its own blocks
     optimizer = make_optimizer(model if par is None else par.module, cfg)
     # the batch sampler's own stream, saved in checkpoints
@@ -462,12 +405,16 @@ def train(
                                 "tokens_per_s": [], "mfu": []}
     step = 0
     if resume is not None:
-        # ddp: every rank loads the same state
-        step, history = resume_state(resume, model, optimizer, gen)
+        # ddp: every rank loads the same state; fsdp, pipeline, tp: each its own shard
+        step, history = resume_state(resume, model, optimizer, gen, par=par, scaler=scaler)
         for key in ("grad_norm", "tokens_per_s", "mfu"):  # older checkpoints lack them
             history.setdefault(key, [])
     else:
         torch.manual_seed(cfg.seed)  # dropout masks repeat too
+    if par is not None and resume is None:
+        # Each rank draws its own dropout masks, as a real run does; rank 0 those of one process.
+        # A sharded resume restores each rank's stream; ddp's checkpoint holds rank 0's only.
+        torch.manual_seed(cfg.seed + env.rank)
     end = cfg.max_steps if stop_at is None else min(stop_at, cfg.max_steps)
     forward = torch.compile(model) if cfg.compile else model
     out = Path(out_dir) if out_dir is not None else None
@@ -492,25 +439,34 @@ def train(
         for key, loss in losses.items():
             history[key].append(loss)
         history["elapsed"].append(time.perf_counter() - t0)
-        tok_s, util = (None, None) if not since["steps"] else _throughput(
+        tok_s, util = (None, None) if not since["steps"] else throughput(
             model, cfg, cfg.tokens_per_step * since["steps"], since["seconds"], peak, n_devices)
         history["tokens_per_s"].append(tok_s)
         history["mfu"].append(util)
         since.update(seconds=0.0, steps=0)
         checkpoint(best=losses["eval_val"] <= min(history["eval_val"]))
         if out is not None and is_main:
-            _write_logs(out, history)
+            write_logs(out, history)
 
     def checkpoint(best: bool = False) -> None:
         if out is None:
             return
+        sharded = None
+        if par is not None and cfg.parallel in SHARDED:
+            # each rank writes its own shards of weights and optimizer state (a collective)
+            sharded = loop.save_sharded(par, optimizer, out / SHARDED_DIR, step)
         # full_weights is a collective: every rank calls it
         ckpt = make_checkpoint(model, optimizer, cfg, step, history, gen, extra,
-                               weights=None if par is None else loop.full_weights(par))
+                               weights=None if par is None else loop.full_weights(par),
+                               sharded=sharded, scaler=scaler)
         if is_main:
             save_checkpoint(out / "ckpt.pt", ckpt)
             if best:  # the weights to keep when the run goes on to over-fit
-                save_checkpoint(out / "best.pt", ckpt)
+                # best.pt's step has no shards of its own: it samples, it does not resume
+                save_checkpoint(out / "best.pt", {**ckpt, "sharded": None})
+        if par is not None:
+            # no rank goes on (or reads ckpt.pt back) before rank 0 has written it
+            torch.distributed.barrier()
         saved[0] = step
 
     def stop(what: str) -> None:
@@ -529,35 +485,47 @@ def train(
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss_sum: torch.Tensor | float = 0.0
-        for _ in range(cfg.grad_accum_steps):
+        # a tensor on the device: no host sync per micro-batch, one per step (below)
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum_steps):
             x, y = random_batch(train_ids, cfg.batch_size, cfg.context_length, gen)
             x, y = x.to(device), y.to(device)
             # every rank drew the same batch; each runs its share, the loss is the whole batch's
             if par is not None:
-                with _autocast(device, cfg.dtype):
+                # only the last micro-batch all-reduces the gradients: the others add them up
+                # locally, as one process would
+                with autocast(device, dtype):
                     loss_sum += par.forward_backward(
-                        *shard_batch(x, y, env, cfg.parallel), scale=1 / cfg.grad_accum_steps
-                    )
+                        *shard_batch(x, y, env, cfg.parallel), scale=1 / cfg.grad_accum_steps,
+                        sync=micro == cfg.grad_accum_steps - 1, reduce=False)
                 continue
-            with _autocast(device, cfg.dtype):
+            with autocast(device, dtype):
                 loss = next_token_loss(forward(x), y)
             # Dividing by the number of micro-batches makes the summed gradients their mean:
-            # accumulating k batches of B gives the gradient of one batch of k*B.
+            # accumulating k batches of B gives the gradient of one batch of k*B. The scaler
+            # multiplies fp16's loss up so that small gradients do not underflow (else x1).
             # MoE (chapter 6): the routers' load-balancing loss joins the gradient, not the log.
-            ((loss + moe_aux_loss(model)) / cfg.grad_accum_steps).backward()
-            loss_sum = loss_sum + loss.detach()  # a tensor: no device sync per micro-batch
-        train_loss = float(loss_sum) / cfg.grad_accum_steps
-        if not math.isfinite(train_loss):
-            stop(f"step {step + 1}: the training loss is {train_loss}")
+            scaler.scale((loss + moe_aux_loss(model)) / cfg.grad_accum_steps).backward()
+            loss_sum += loss.detach()
+        if par is not None:
+            loss_sum = par.global_loss(loss_sum)
+        # unscale before measuring and clipping: the norm is the true gradient's
+        scaler.unscale_(optimizer)
         # the norm before clipping, logged; an infinite limit measures without clipping
         limit = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
         if par is not None:
             # the norm of the whole gradient, summed across the ranks' parts
-            grad_norm = float(clip_grad_norm(par, limit))
+            norm = torch.as_tensor(clip_grad_norm(par, limit), dtype=torch.float32)
         else:
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), limit))
-        optimizer.step()
+            norm = nn.utils.clip_grad_norm_(model.parameters(), limit)
+        # the step's one host sync: loss and norm together
+        train_loss, grad_norm = torch.stack(
+            [loss_sum.float() / cfg.grad_accum_steps, norm.float().to(loss_sum.device)]).tolist()
+        if not math.isfinite(train_loss):
+            stop(f"step {step + 1}: the training loss is {train_loss}")
+        # fp16: skips the update when a gradient overflowed (and lowers the scale)
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1  # from here on, `step` counts completed optimizer steps
         history["lr"].append(lr)
