@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from ..checkpoint import FORMAT_VERSION, rng_state, save_checkpoint, set_rng_state
 from ..loader import TokenIds, random_batch
 from ..moe import moe_aux_loss  # chapter 6: zero for a dense model
+from ..muon import Muon, muon_param_groups
 from .logs import peak_flops, throughput, write_logs
 from .precision import DTYPES, autocast, choose_dtype, make_scaler
 from .schedule import decay_start, keep_decay_horizon, lr_at
@@ -142,6 +143,10 @@ class TrainConfig:
     parallel: str = "none"
     microbatches: int = 4  # pipeline only: micro-batches per batch
     schedule: str = "1f1b"  # pipeline only: "1f1b" or "gpipe"
+    # chapter 7's race: "muon" orthogonalises the hidden matrices' momentum (companion.muon) at
+    # muon_lr, the peak of their own schedule; embeddings, head and norms keep AdamW at lr
+    optimizer: str = "adamw"
+    muon_lr: float = 0.02
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "context_length", "grad_accum_steps",
@@ -174,6 +179,12 @@ class TrainConfig:
         if self.microbatches < 1 or self.schedule not in ("1f1b", "gpipe"):
             raise ValueError("need microbatches >= 1 and schedule '1f1b' or 'gpipe', got "
                              f"{self.microbatches}, {self.schedule!r}")
+        if self.optimizer not in ("adamw", "muon") or not self.muon_lr > 0:
+            raise ValueError("need optimizer 'adamw' or 'muon' and muon_lr > 0, got "
+                             f"{self.optimizer!r}, {self.muon_lr}")
+        if self.optimizer == "muon" and self.parallel not in ("none", "ddp"):
+            raise ValueError(f"optimizer='muon' needs whole matrices: parallel 'none' or 'ddp', "
+                             f"got {self.parallel!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must lie strictly between 0 and 1, got "
                              f"{self.val_fraction}")
@@ -229,13 +240,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW over `param_groups`, with the config's betas; the loop sets each group's lr every step.
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over `param_groups` (or Muon, cfg.optimizer), with the config's betas.
+
+    The loop sets each group's lr every step, times the group's "lr_scale" (Muon's groups).
 
     The fused implementation (one kernel for all tensors) where PyTorch has it: plain float
     parameters on CPU or CUDA. Sharded parameters (chapter 9's DTensors) get
     the default implementation.
     """
+    if cfg.optimizer == "muon":
+        groups = muon_param_groups(model, lr=cfg.lr, muon_lr=cfg.muon_lr,
+                                   weight_decay=cfg.weight_decay)
+        for g in groups:
+            g["lr"] = lr_at(0, cfg) * g["lr_scale"]
+        return Muon(groups, betas=(cfg.beta1, cfg.beta2))
     params = [p for p in model.parameters() if p.requires_grad]
     fused = bool(params) and all(
         type(p) is nn.Parameter
@@ -484,7 +503,7 @@ def train(
         t_step = time.perf_counter()
         lr = lr_at(step, cfg)
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         # a tensor on the device: no host sync per micro-batch, one per step (below)
         loss_sum = torch.zeros((), device=device)
         for micro in range(cfg.grad_accum_steps):
