@@ -58,6 +58,13 @@ ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "R9 qk_norm": ({"qk_norm": True}, {}),
         "R9 lr 5e-3 w50": ({}, {"lr": 5e-3, "min_lr": 5e-4, "warmup_steps": 50}),
     },
+    # Round 10: Muon (companion.muon) on the hidden matrices, AdamW at lr on the rest.
+    "R10": {
+        "R10 muon 0.02": ({}, {"optimizer": "muon", "muon_lr": 0.02}),
+        "R10 muon 0.05": ({}, {"optimizer": "muon", "muon_lr": 0.05}),
+        "R10 muon 0.02 softcap 15": ({"logit_softcap": 15.0}, {"optimizer": "muon", "muon_lr": 0.02}),
+        "R10 wsd": ({}, {"lr_schedule": "wsd"}),
+    },
 }
 
 
