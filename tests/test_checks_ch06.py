@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from companion.checks import ExerciseFailed, check_6_1, check_6_2, check_6_3, check_6_4
-from checkhelpers import stub, fails_with
+from checkhelpers import fails_with, passes, stub
 from companion.model import count_params
 
 
@@ -68,85 +68,172 @@ def test_check_6_1_rejects_mistakes(wrong, fragment):
     fails_with(check_6_1, wrong, fragment)
 
 
-# --- 6.2 rms_norm ---------------------------------------------------------------
+# --- 6.2 convert_gpt2 -------------------------------------------------------------
 
-def rms_norm(x, weight, eps):
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+def convert_gpt2(sd, n_layers, d_model, transpose=True, split=None, qkv_order="qkv"):
+    """The solution, with switches for the plausible mistakes."""
+    t = (lambda w: w.t()) if transpose else (lambda w: w)
+    out = {"tok_emb.weight": sd["transformer.wte.weight"],
+           "pos_emb.embedding.weight": sd["transformer.wpe.weight"],
+           "norm.weight": sd["transformer.ln_f.weight"], "norm.bias": sd["transformer.ln_f.bias"],
+           "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(n_layers):
+        h, b = f"transformer.h.{i}.", f"blocks.{i}."
+        w, bias = sd[h + "attn.c_attn.weight"], sd[h + "attn.c_attn.bias"]
+        if split == "wrong_axis":
+            parts = w.t().chunk(3, dim=1)
+        elif split == "interleaved":
+            parts = w.t().view(d_model, 3, d_model).unbind(1)
+        else:
+            parts = t(w).chunk(3, dim=0) if transpose else w.chunk(3, dim=1)
+        for name, wp, bp in zip(qkv_order, parts, bias.chunk(3)):
+            out[b + f"attn.{name}_proj.weight"], out[b + f"attn.{name}_proj.bias"] = wp, bp
+        for theirs, ours in [("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
+                             ("mlp.c_proj", "mlp.down_proj")]:
+            out[b + ours + ".weight"] = t(sd[h + theirs + ".weight"])
+            out[b + ours + ".bias"] = sd[h + theirs + ".bias"]
+        for theirs, ours in [("ln_1", "attn_norm"), ("ln_2", "mlp_norm")]:
+            out[b + ours + ".weight"] = sd[h + theirs + ".weight"]
+            out[b + ours + ".bias"] = sd[h + theirs + ".bias"]
+    return out
 
 
 def test_check_6_2_passes_on_a_correct_answer(capsys):
-    check_6_2(rms_norm)
-    assert "passed" in capsys.readouterr().out
+    passes(check_6_2, convert_gpt2, capsys)
+
+
+def test_check_6_2_solution_matches_a_real_transformers_gpt2():
+    transformers = pytest.importorskip("transformers")
+    from companion.hf import from_hf
+
+    torch.manual_seed(0)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=24, n_layer=2, n_head=4)).eval()
+    sd = hf.state_dict()
+    mine = convert_gpt2(sd, 2, 24)
+    theirs = from_hf(sd, hf.config.to_dict()).state_dict()
+    assert set(mine) == set(theirs)
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+
+
+def no_bias_split(sd, n, d):
+    out = convert_gpt2(sd, n, d)
+    for i in range(n):
+        for name in "qkv":
+            out[f"blocks.{i}.attn.{name}_proj.bias"] = sd[f"transformer.h.{i}.attn.c_attn.bias"]
+    return out
+
+
+def missing_head(sd, n, d):
+    out = convert_gpt2(sd, n, d)
+    del out["lm_head.weight"]
+    return out
+
+
+def hf_names(sd, n, d):
+    return dict(sd)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda x, w, eps: x / x.norm(dim=-1, keepdim=True) * w, "Euclidean norm"),
-    (lambda x, w, eps: F.layer_norm(x, x.shape[-1:], eps=eps) * w, "LayerNorm"),
-    (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps), "multiply by `weight`"),
-    (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w, "eps is missing"),
-    (lambda x, w, eps: x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w, "inside the square root"),
-    (lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-2, keepdim=True) + eps) * w, "last dimension"),
-    (lambda x, w, eps: (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w).sum(-1), "shape"),
+    (lambda sd, n, d: convert_gpt2(sd, n, d, transpose=False), "transposed"),
+    (lambda sd, n, d: convert_gpt2(sd, n, d, split="wrong_axis"), "packed side by side"),
+    (lambda sd, n, d: convert_gpt2(sd, n, d, split="interleaved"), "not interleaved"),
+    (lambda sd, n, d: convert_gpt2(sd, n, d, qkv_order="kqv"), "queries, then keys"),
+    (no_bias_split, "packed side by side"),
+    (missing_head, "missing"),
+    (hf_names, "missing"),
+    (lambda sd, n, d: None, "return a dict"),
 ])
 def test_check_6_2_rejects_mistakes(wrong, fragment):
     fails_with(check_6_2, wrong, fragment)
 
 
-# --- 6.3 swiglu ------------------------------------------------------------------
+def only_c_proj_untransposed(sd, n, d):
+    out = convert_gpt2(sd, n, d)
+    for i in range(n):
+        out[f"blocks.{i}.attn.o_proj.weight"] = sd[f"transformer.h.{i}.attn.c_proj.weight"]
+    return out
 
-def swiglu(x, wg, wu, wd):
-    return (F.silu(x @ wg.T) * (x @ wu.T)) @ wd.T
+
+def test_check_6_2_names_a_forgotten_square_transpose():
+    fails_with(check_6_2, only_c_proj_untransposed, "o_proj.weight is transposed")
+
+
+# --- 6.3 top_p -------------------------------------------------------------------
+
+
+def top_p(logits, p, keep_boundary=True, unsort=True, dim=-1):
+    probs, order = logits.softmax(dim=dim).sort(dim=-1, descending=True)
+    before = probs.cumsum(-1) - probs
+    keep = before < p if keep_boundary else probs.cumsum(-1) < p
+    if unsort:
+        keep = torch.zeros_like(keep).scatter(-1, order, keep)
+    return logits.masked_fill(~keep, float("-inf"))
 
 
 def test_check_6_3_passes_on_a_correct_answer(capsys):
-    check_6_3(swiglu)
-    assert "passed" in capsys.readouterr().out
+    passes(check_6_3, top_p, capsys)
+
+
+def test_check_6_3_passes_on_the_companion_filter(capsys):
+    from companion.generate import top_p_filter
+
+    passes(check_6_3, top_p_filter, capsys)
+
+
+def keeps_at_most_p(logits, p):
+    probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
+    keep = probs.cumsum(-1) <= p + 1e-6
+    return logits.masked_fill(~torch.zeros_like(keep).scatter(-1, order, keep), float("-inf"))
+
+
+def zeros_instead_of_inf(logits, p):
+    out = top_p(logits, p)
+    return out.masked_fill(torch.isinf(out), 0.0)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda x, wg, wu, wd: (F.silu(x @ wu.T) * (x @ wg.T)) @ wd.T, "swapped"),
-    (lambda x, wg, wu, wd: (F.gelu(x @ wg.T) * (x @ wu.T)) @ wd.T, "not GELU"),
-    (lambda x, wg, wu, wd: (torch.sigmoid(x @ wg.T) * (x @ wu.T)) @ wd.T, "bare sigmoid"),
-    (lambda x, wg, wu, wd: F.silu(x @ wg.T) @ wd.T, "up projection is missing"),
-    (lambda x, wg, wu, wd: (F.silu(x @ wg.T) + (x @ wu.T)) @ wd.T, "differs from"),
-    (lambda x, wg, wu, wd: x @ wg, "raised"),  # forgot the transposes: shapes do not line up
+    (lambda lg, p: top_p(lg, p, keep_boundary=False), "carries the total past p"),
+    (keeps_at_most_p, "carries the total past p"),
+    (lambda lg, p: top_p(lg, p, unsort=False), "vocabulary order"),
+    (lambda lg, p: top_p(lg, p, dim=0), "each row on its own"),
+    (zeros_instead_of_inf, "keep their logits"),
+    (lambda lg, p: lg[:, :2], "shape"),
 ])
 def test_check_6_3_rejects_mistakes(wrong, fragment):
     fails_with(check_6_3, wrong, fragment)
 
 
-# --- 6.4 tie_embeddings ------------------------------------------------------------
+# --- 6.4 route_tokens ----------------------------------------------------------------
 
-def tie(model):
-    model.lm_head.weight = model.tok_emb.weight
-    return model
+
+def route_tokens(logits, k, renorm=True, n_factor=True, f_from_probs=False, detach=False):
+    E = logits.shape[-1]
+    probs = logits.softmax(-1)
+    gates, experts = probs.topk(k, -1)
+    if renorm:
+        gates = gates / gates.sum(-1, keepdim=True)
+    f = torch.bincount(experts.flatten(), minlength=E).float() / experts.numel()
+    P = probs.mean(0)
+    aux = ((P * P) if f_from_probs else (f * P)).sum() * (E if n_factor else 1)
+    return gates, experts, aux.detach() if detach else aux
 
 
 def test_check_6_4_passes_on_a_correct_answer(capsys):
-    check_6_4(tie)
-    assert "passed" in capsys.readouterr().out
-
-
-def test_check_6_4_accepts_tying_the_other_way():
-    def other_way(model):
-        model.tok_emb.weight = model.lm_head.weight
-        return model
-    check_6_4(other_way)
-
-
-def copy_values(model):
-    with torch.no_grad():
-        model.lm_head.weight.copy_(model.tok_emb.weight)
-    return model
+    passes(check_6_4, route_tokens, capsys)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda m: None, "forget `return model`"),
-    (copy_values, "a copy is not a tie"),
-    (lambda m: m, "still two tensors"),
+    (lambda lg, k: route_tokens(lg, k, renorm=False), "renormalise"),
+    (lambda lg, k: route_tokens(lg, k, n_factor=False), "factor N"),
+    (lambda lg, k: route_tokens(lg, k, f_from_probs=True), "a count"),
+    (lambda lg, k: route_tokens(lg, k, detach=True), "gradient"),
+    (lambda lg, k: route_tokens(-lg, k), "highest router probability"),
+    (lambda lg, k: route_tokens(lg, k)[:2], "three things"),
 ])
 def test_check_6_4_rejects_mistakes(wrong, fragment):
     fails_with(check_6_4, wrong, fragment)

@@ -1,15 +1,18 @@
 """Self-checks for chapter 6's exercises.
 
-A block's parameter count, RMSNorm, SwiGLU, tied embeddings.
+A block's parameter count, GPT-2's checkpoint converted by hand, top-p at its boundary, and an
+MoE router with its load-balancing loss.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 
-from ..model import GPT, Block, GPTConfig, RMSNorm
+from ..generate import top_p_filter
+from ..hf import from_hf
+from ..model import GPT, Block, GPTConfig
+from ..moe import load_balancing_loss, route
 from ._core import as_tensor, call, fail, passed
 
 __all__ = ["check_6_1", "check_6_2", "check_6_3", "check_6_4"]
@@ -73,116 +76,197 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
                f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA and no biases.")
 
 
-def check_6_2(rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]) -> None:
-    """rms_norm(x, weight, eps) -> x / sqrt(mean(x^2 over the last dim) + eps) * weight."""
+# --- 6.2: GPT-2's checkpoint into our names -----------------------------------------------------
+
+
+def _gpt2_checkpoint(model: GPT) -> dict[str, torch.Tensor]:
+    """Our GPT-2 weights in Hugging Face's layout: Conv1D (in, out) matrices, q/k/v packed."""
+    sd, c = model.state_dict(), model.config
+    hf = {"transformer.wte.weight": sd["tok_emb.weight"],
+          "transformer.wpe.weight": sd["pos_emb.embedding.weight"],
+          "transformer.ln_f.weight": sd["norm.weight"], "transformer.ln_f.bias": sd["norm.bias"]}
+    for i in range(c.n_layers):
+        b, h = f"blocks.{i}.", f"transformer.h.{i}."
+        qkv = [b + f"attn.{n}_proj" for n in "qkv"]
+        hf[h + "attn.c_attn.weight"] = torch.cat([sd[n + ".weight"] for n in qkv]).t()
+        hf[h + "attn.c_attn.bias"] = torch.cat([sd[n + ".bias"] for n in qkv])
+        for theirs, ours in (("attn.c_proj", "attn.o_proj"), ("mlp.c_fc", "mlp.up_proj"),
+                             ("mlp.c_proj", "mlp.down_proj"), ("ln_1", "attn_norm"),
+                             ("ln_2", "mlp_norm")):
+            w = sd[b + ours + ".weight"]
+            hf[h + theirs + ".weight"] = w.t() if w.ndim == 2 else w
+            hf[h + theirs + ".bias"] = sd[b + ours + ".bias"]
+    hf["lm_head.weight"] = sd["lm_head.weight"]
+    return {k: v.clone().contiguous() for k, v in hf.items()}
+
+
+def _gpt2_hint(got: torch.Tensor, want: torch.Tensor, key: str, ours: dict) -> str:
+    """What a tensor that differs from the right one most likely got wrong."""
+    if "q_proj" in key or "k_proj" in key or "v_proj" in key:
+        if got.shape == want.shape and torch.equal(got, want.t()):
+            return (f"{key} is the right block but transposed: Conv1D stores (in, out), nn.Linear "
+                    "(out, in).")
+        for other in ("q_proj", "k_proj", "v_proj"):
+            if other not in key and torch.equal(got, ours[key.replace(key.split(".")[-2],
+                                                                      other)]):
+                return (f"{key} holds {other}'s values: the packed matrix lists queries, then "
+                        "keys, then values.")
+        return (f"{key} has the right shape but the wrong values: q, k and v sit one after the "
+                "other along the packed matrix's output axis, each d_model wide, not interleaved.")
+    if got.ndim == 2 and got.shape == want.t().shape and torch.equal(got, want.t()):
+        return (f"{key} is transposed: every GPT-2 matrix is a Conv1D stored (in, out), and "
+                "nn.Linear wants (out, in).")
+    return f"{key} differs from the companion's conversion."
+
+
+def check_6_2(convert: Callable[[dict, int, int], dict]) -> None:
+    """convert(state_dict, n_layers, d_model) -> our state dict, from GPT-2's Hugging Face names."""
     ex = "6.2"
-    x = torch.tensor([[3.0, 4.0]])
-    got = as_tensor(ex, call(ex, rms_norm, x.clone(), torch.ones(2), 0.0), "rms_norm's output")
-    want = x / (12.5 ** 0.5)
-    if got.shape != x.shape:
-        fail(ex, f"the output must have the input's shape {tuple(x.shape)}, got {tuple(got.shape)}")
-    if torch.allclose(got.float(), x / 5.0, atol=1e-4):
-        fail(ex, "you divided by the Euclidean norm sqrt(sum(x^2)); RMSNorm divides by the root "
-                 "*mean* square.")
-    if torch.allclose(got.float(), F.layer_norm(x, (2,)), atol=1e-3):
-        fail(ex, "that is LayerNorm: RMSNorm does not subtract the mean.")
-    if torch.allclose(got.float(), torch.ones(1, 2), atol=1e-4):
-        fail(ex, "every value came out as 1: take the mean over the last dimension (the features), "
-                 "not over the tokens.")
-    if not torch.allclose(got.float(), want, atol=1e-5):
-        fail(ex, f"for x = [[3, 4]], weight = 1, eps = 0 expected {want.tolist()} "
-                 f"(rms = sqrt(12.5)), got {got.tolist()}")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, 16, generator=g) * 3 + 1
-    w = torch.randn(16, generator=g)
-    ref = RMSNorm(16, eps=1e-2)
-    ref.weight.data = w.clone()
-    got = as_tensor(ex, call(ex, rms_norm, x.clone(), w.clone(), 1e-2), "rms_norm's output").float()
-    if got.shape != x.shape:
-        fail(ex, f"for x of shape {tuple(x.shape)} the output must keep that shape, got "
-                 f"{tuple(got.shape)}")
-    no_weight = ref(x) / w
-    if torch.allclose(got, no_weight, atol=1e-4):
-        fail(ex, "multiply by `weight` at the end: it is RMSNorm's learned per-feature scale.")
-    if torch.allclose(got, x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True)) * w, atol=1e-5):
-        fail(ex, "eps is missing: add it to the mean square before the square root.")
-    if torch.allclose(got, x / (x.pow(2).mean(-1, keepdim=True).sqrt() + 1e-2) * w, atol=1e-5):
-        fail(ex, "eps goes inside the square root: sqrt(mean(x^2) + eps), as in LLaMA.")
-    other = x / (x.pow(2).mean(dim=1, keepdim=True) + 1e-2).sqrt() * w
-    if torch.allclose(got, other, atol=1e-4):
-        fail(ex, "take the mean over the last dimension (the features), not over the tokens.")
-    if not torch.allclose(got, ref(x).detach(), atol=1e-5):
-        fail(ex, "right on [[3, 4]] but different from companion.model.RMSNorm on a (2, 5, 16) "
-                 "batch with eps = 0.01.")
-    passed(ex, "matches the hand-worked case and companion.model.RMSNorm on a batch, weight and "
-               "eps included.")
-
-
-def check_6_3(swiglu: Callable[..., torch.Tensor]) -> None:
-    """swiglu(x, w_gate, w_up, w_down) -> (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T.
-
-    Weights as nn.Linear stores them.
-    """
-    ex = "6.3"
-    g = torch.Generator().manual_seed(0)
-    d, f = 6, 10
-    x = torch.randn(2, 3, d, generator=g)
-    wg, wu, wd = (torch.randn(f, d, generator=g), torch.randn(f, d, generator=g),
-                  torch.randn(d, f, generator=g))
-    got = as_tensor(
-        ex, call(ex, swiglu, x.clone(), wg.clone(), wu.clone(), wd.clone()), "swiglu's output"
-    ).float()
-    if got.shape != x.shape:
-        fail(ex, f"the output must have the input's shape {tuple(x.shape)}, got {tuple(got.shape)}")
-    gate, up = x @ wg.T, x @ wu.T
-    want = (F.silu(gate) * up) @ wd.T
-    wrong = {
-        "the gate and the up projection are swapped: silu goes on x @ w_gate.T":
-            (F.silu(up) * gate) @ wd.T,
-        "use SiLU (x * sigmoid(x)) on the gate, not GELU": (F.gelu(gate) * up) @ wd.T,
-        "use SiLU (x * sigmoid(x)), not a bare sigmoid: the gate is silu(gate) = gate * "
-        "sigmoid(gate)":
-            (torch.sigmoid(gate) * up) @ wd.T,
-        "the up projection is missing: multiply silu(gate) by x @ w_up.T before projecting down":
-            F.silu(gate) @ wd.T,
-    }
-    for hint, value in wrong.items():
-        if torch.allclose(got, value, atol=1e-4):
-            fail(ex, hint + ".")
-    if not torch.allclose(got, want, atol=1e-4):
-        fail(ex, "the output differs from (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T; weights "
-                 "are (out, in), as nn.Linear stores them.")
-    passed(ex, "equals silu(gate) * up, projected down, on a (2, 3, 6) batch with d_ff = 10.")
-
-
-def check_6_4(tie_embeddings: Callable[[GPT], GPT]) -> None:
-    """tie_embeddings(model) -> the same model with lm_head sharing tok_emb's weight matrix."""
-    ex = "6.4"
     torch.manual_seed(0)
-    cfg = GPTConfig(**_SMALL, tie_embeddings=False)
-    model = GPT(cfg)
-    before = model.num_params()
-    got = call(ex, tie_embeddings, model)
-    if not isinstance(got, GPT):
-        fail(
-            ex,
-            f"return the model, got {type(got).__name__}"
-            + (": did you forget `return model`?" if got is None else ""),
-        )
-    if got.lm_head.weight is not got.tok_emb.weight:
-        same = torch.equal(got.lm_head.weight.detach(), got.tok_emb.weight.detach())
-        fail(ex, "lm_head.weight and tok_emb.weight are still two tensors" + (
-            " with equal values: a copy is not a tie, training would move them apart. Assign the "
-            "Parameter itself."
-            if same else ". Make lm_head.weight the very same nn.Parameter as tok_emb.weight."))
-    saved = cfg.vocab_size * cfg.d_model
-    if got.num_params() != before - saved:
-        fail(ex, f"tying should save vocab_size * d_model = {saved:,} parameters: {before:,} -> "
-                 f"{before - saved:,}, got {got.num_params():,}")
-    x = torch.randint(0, cfg.vocab_size, (2, 8))
-    loss = F.cross_entropy(got(x).flatten(0, 1), x.flatten())
-    loss.backward()
-    if got.tok_emb.weight.grad is None:
-        fail(ex, "the shared matrix received no gradient.")
-    passed(ex, f"one shared matrix, {saved:,} parameters saved, and the loss trains it from both "
-               "ends.")
+    cfg = GPTConfig(vocab_size=50, context_length=16, d_model=24, n_layers=2, n_heads=4)
+    model = GPT(cfg).eval()
+    with torch.no_grad():  # biases and norms away from 0 and 1, so a swap shows
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    ours = model.state_dict()
+    got = call(ex, convert, _gpt2_checkpoint(model), cfg.n_layers, cfg.d_model)
+    if not isinstance(got, dict):
+        fail(ex, f"return a dict of tensors in our names, got {type(got).__name__}")
+    missing = sorted(set(ours) - set(got))
+    if missing:
+        fail(ex, f"{len(missing)} of our tensors are missing, e.g. {missing[:3]}")
+    extra = sorted(set(got) - set(ours))
+    if extra:
+        fail(ex, f"names that our GPT does not have: {extra[:3]}")
+    for key, want in ours.items():
+        value = as_tensor(ex, got[key], key)
+        if value.shape != want.shape and not (value.ndim == 2 and value.shape == want.t().shape):
+            fail(ex, f"{key} should be {tuple(want.shape)}, got {tuple(value.shape)}: q, k and v "
+                     "are packed side by side along the output axis, so each is one d_model-wide "
+                     "slice of it.")
+        if not torch.equal(value, want):
+            fail(ex, _gpt2_hint(value, want, key, ours))
+    fresh = GPT(cfg).eval()
+    fresh.load_state_dict(got, strict=True)
+    idx = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        same = torch.allclose(fresh(idx), model(idx), atol=1e-5)
+        agrees = torch.allclose(from_hf(_gpt2_checkpoint(model), _hf_config(cfg))(idx),
+                                fresh(idx), atol=1e-5)
+    if not (same and agrees):
+        fail(ex, "the tensors match but the logits do not; is a tensor shared where it should "
+                 "not be?")
+    passed(ex, f"all {len(ours)} tensors of a {cfg.n_layers}-layer GPT-2 are converted, and the "
+               "logits equal the original model's and companion.hf.from_hf's.")
+
+
+def _hf_config(cfg: GPTConfig) -> dict:
+    return dict(model_type="gpt2", vocab_size=cfg.vocab_size, n_positions=cfg.context_length,
+                n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps)
+
+
+# --- 6.3: top-p at its boundary ---------------------------------------------------------------
+
+
+def check_6_3(top_p: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
+    """top_p(logits (B, V), p) -> logits with the tokens outside the nucleus set to -inf."""
+    ex = "6.3"
+
+    def kept(logits: torch.Tensor, p: float) -> list[bool]:
+        out = as_tensor(ex, call(ex, top_p, logits.clone(), p), "the filtered logits")
+        if out.shape != logits.shape:
+            fail(ex, f"keep the logits' shape {tuple(logits.shape)}, got {tuple(out.shape)}")
+        finite = torch.isfinite(out)
+        if not torch.equal(out[finite], logits[finite]):
+            fail(ex, "the tokens you keep must keep their logits; only the others become -inf.")
+        if (out[~finite] != float("-inf")).any():
+            fail(ex, "set the dropped tokens to -inf (not NaN or +inf).")
+        return finite.flatten().tolist()
+
+    probs = torch.tensor([[0.5, 0.3, 0.2]])
+    pair = torch.tensor([[0.5, 0.3, 0.2], [0.8, 0.1, 0.1]]).log()
+    if kept(probs.log(), 0.7) != kept(pair, 0.7)[:3]:
+        fail(ex, "the first row's answer changed when a second row was added: filter each row on "
+                 "its own, with the softmax over the vocabulary (the last dimension).")
+    if kept(probs.log(), 0.7) != [True, True, False]:
+        fail(ex, "with probabilities [0.5, 0.3, 0.2] and p = 0.7, keep the first two: 0.5 falls "
+                 "short of 0.7, and the token that carries the total past p belongs to the "
+                 f"nucleus too. Got kept = {kept(probs.log(), 0.7)}.")
+    if kept(probs.log(), 0.3) != [True, False, False]:
+        fail(ex, "with p = 0.3 only the likeliest token (0.5) stays: it alone reaches p. The most "
+                 "likely token is always kept, however small p is.")
+    shuffled = torch.tensor([[0.2, 0.5, 0.3]]).log()
+    if kept(shuffled, 0.7) != [False, True, True]:
+        fail(ex, "for probabilities [0.2, 0.5, 0.3] (not sorted) and p = 0.7 keep the tokens "
+                 "with 0.5 and 0.3, at their own positions: rank by probability, then put the "
+                 "decision back in vocabulary order.")
+    if not all(kept(probs.log(), 1.0)):
+        fail(ex, "p = 1 keeps every token.")
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 50, generator=gen) * 2
+    for p in (0.1, 0.5, 0.9):
+        want = torch.isfinite(top_p_filter(logits, p)).flatten().tolist()
+        if kept(logits, p) != want:
+            fail(ex, f"on a batch of 4 rows of 50 logits at p = {p} the kept tokens differ from "
+                     "companion.generate.top_p_filter; filter each row on its own, with the "
+                     "softmax over the vocabulary (the last dimension).")
+    passed(ex, "keeps the token that crosses p, always the likeliest one, and works row by row "
+               "in vocabulary order.")
+
+
+# --- 6.4: an MoE router and its load-balancing loss ----------------------------------------------
+
+
+def check_6_4(route_tokens: Callable[[torch.Tensor, int], tuple]) -> None:
+    """route_tokens(logits (N, E), k) -> (gates (N, k), experts (N, k), aux loss)."""
+    ex = "6.4"
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(32, 4, generator=gen) * 2
+    out = call(ex, route_tokens, logits.clone(), 2)
+    if not isinstance(out, tuple) or len(out) != 3:
+        fail(ex, "return three things: (gates, experts, aux_loss)")
+    gates, experts, aux = (as_tensor(ex, v, w) for v, w in zip(out, ("gates", "experts", "aux")))
+    probs, want_gates, want_experts = route(logits, 2)
+    if gates.shape != (32, 2) or experts.shape != (32, 2):
+        fail(ex, f"gates and experts should both be (N, k) = (32, 2), got {tuple(gates.shape)} "
+                 f"and {tuple(experts.shape)}")
+    if not torch.equal(experts.sort(-1).values, want_experts.sort(-1).values):
+        fail(ex, "each token should go to the k experts with the highest router probability.")
+    order = experts.argsort(-1)
+    g = gates.gather(-1, order).float()
+    want_g = want_gates.gather(-1, want_experts.argsort(-1))
+    top = probs.topk(2, dim=-1).values
+    if torch.allclose(g, top.gather(-1, want_experts.argsort(-1)), atol=1e-5):
+        fail(ex, "the gates are the raw probabilities: renormalise the k kept ones so that each "
+                 "token's gates sum to 1.")
+    if not torch.allclose(g, want_g, atol=1e-5):
+        fail(ex, "the gates should be the chosen experts' softmax probabilities, renormalised "
+                 "over the k chosen; each token's gates sum to 1.")
+    want_aux = load_balancing_loss(probs, want_experts)
+    aux_v = float(aux.reshape(-1)[0]) if aux.numel() == 1 else float("nan")
+    if aux.numel() != 1:
+        fail(ex, f"the aux loss is one number, got a tensor of shape {tuple(aux.shape)}")
+    if abs(aux_v - want_aux.item() / 4) < 1e-4:
+        fail(ex, "the aux loss is missing its factor N (the number of experts): it should be 1 "
+                 "when the load is perfectly balanced.")
+    if (abs(aux_v - 4 * (probs.mean(0) ** 2).sum().item()) < 1e-4
+            and abs(aux_v - want_aux.item()) > 1e-4):
+        fail(ex, "f_i is the share of routing choices that went to expert i (a count), not the "
+                 "mean probability.")
+    if abs(aux_v - want_aux.item()) > 1e-4:
+        fail(ex, f"aux loss {aux_v:.4f}, expected {want_aux.item():.4f}: N times the sum over "
+                 "experts of (share of choices) x (mean router probability).")
+    uniform = call(ex, route_tokens, torch.zeros(8, 4), 1)
+    if isinstance(uniform, tuple) and len(uniform) == 3:
+        # all-equal logits: topk picks expert 0 for everyone, P is uniform, so N * 1 * 1/4 = 1
+        if abs(float(as_tensor(ex, uniform[2], "aux")) - 1.0) > 1e-5:
+            fail(ex, "with uniform router probabilities the aux loss should be exactly 1.")
+    logits_g = logits.clone().requires_grad_(True)
+    aux_g = call(ex, route_tokens, logits_g, 2)[2]
+    if not isinstance(aux_g, torch.Tensor) or not aux_g.requires_grad:
+        fail(ex, "the aux loss must stay a tensor with a gradient to the router logits (through "
+                 "the mean probabilities); did you call .item() or detach it?")
+    passed(ex, "top-k experts with renormalised gates, and the Switch Transformer loss "
+               f"({want_aux.item():.3f} here, 1 when balanced).")
