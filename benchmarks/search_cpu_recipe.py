@@ -2,7 +2,7 @@
 
 Run: python benchmarks/search_cpu_recipe.py            print the recorded trials, in the order they ran
      python benchmarks/search_cpu_recipe.py NAME ...   rerun recorded trials and append them to the record
-     python benchmarks/search_cpu_recipe.py --round R9  run a round of new candidates (ROUNDS below)
+     python benchmarks/search_cpu_recipe.py --round R9  run a round's trials not yet recorded (ROUNDS below)
 Each trial trains companion.model.GPT (4 x 128 over 64 characters unless it says otherwise) and evaluates val
 every eval_interval steps on eval_iters batches. Trials compare by steps, which a busy machine does not change:
 their wall times were taken while other jobs ran and say nothing. Steps become seconds in bench_train.py.
@@ -59,11 +59,11 @@ ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "R9 lr 5e-3 w50": ({}, {"lr": 5e-3, "min_lr": 5e-4, "warmup_steps": 50}),
     },
     # Round 10: Muon (companion.muon) on the hidden matrices, AdamW at lr on the rest.
+    # Then warmup-stable-decay, and the batch trade: half the batch for twice the steps, equal tokens.
     "R10": {
         "R10 muon 0.02": ({}, {"optimizer": "muon", "muon_lr": 0.02}),
-        "R10 muon 0.05": ({}, {"optimizer": "muon", "muon_lr": 0.05}),
-        "R10 muon 0.02 softcap 15": ({"logit_softcap": 15.0}, {"optimizer": "muon", "muon_lr": 0.02}),
         "R10 wsd": ({}, {"lr_schedule": "wsd"}),
+        "R10 batch 8 x 3000": ({}, {"batch_size": 8, "max_steps": 3000, "eval_interval": 200}),
     },
 }
 
@@ -82,7 +82,10 @@ def main(names: list[str]) -> None:
     tok = CharTokenizer.from_text(text)
     train_ids, val_ids = train_val_split(torch.tensor(tok.encode(text)), 0.1)
     if names[:1] == ["--round"]:
+        done = {r["name"] for r in recorded}
         for name, (model, train_kw) in ROUNDS[names[1]].items():
+            if name in done:  # a round resumes where it stopped; rerun one by name
+                continue
             r = trial(name, {**PRESET_MODEL, **model}, {**PRESET_1500, **train_kw}, train_ids, val_ids)
             best = min(v for _, v in r["curve"])
             print(f"{name}: best val {best:.4f}, final {r['final_val']:.4f}, hit 1.88 at {r['hit_step']}")

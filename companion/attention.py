@@ -18,7 +18,7 @@ from .tiled import tiled_attention  # chapter 5's online-softmax attention, kept
 __all__ = [
     "causal_mask", "attention_weights", "scaled_dot_product", "repeat_kv",
     "KVCache", "MultiHeadAttention", "kv_cache_bytes", "kv_cache_table", "KVCacheRow",
-    "tiled_attention",
+    "tiled_attention", "linear_many",
 ]
 
 GIB = 2**30
@@ -83,6 +83,27 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     if n_rep == 1:
         return x  # plain multi-head attention: nothing to share, so nothing to copy
     return x.repeat_interleave(n_rep, dim=1)  # (B, H_kv, S, D) -> (B, H_kv * n_rep, S, D)
+
+
+def linear_many(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
+    """(layer(x) for layer in layers), as one matmul when training. Introduced in chapter 7.
+
+    Example: q, k, v = linear_many(x, (attn.q_proj, attn.k_proj, attn.v_proj))
+
+    The modules keep their own weights (and Llama's names, for checkpoints and LoRA); under
+    autograd their weights are concatenated for the step, which costs one copy of them and
+    saves two matmul launches forward and four backward (nanoGPT fuses q, k, v in one c_attn
+    for the same reason). Without grad (evaluation, decoding one token) that copy would be
+    paid per token, so the layers run one by one. A layer that is not a plain nn.Linear (LoRA,
+    a quantised one) always runs as itself.
+    """
+    plain = all(type(m) is nn.Linear for m in layers)
+    if not (plain and torch.is_grad_enabled()) or len(layers) == 1:
+        return tuple(m(x) for m in layers)
+    biases = [m.bias for m in layers]
+    bias = None if biases[0] is None else torch.cat(biases)
+    y = F.linear(x, torch.cat([m.weight for m in layers]), bias)
+    return y.split([m.out_features for m in layers], dim=-1)
 
 
 # --- the KV cache ----------------------------------------------------------------------------
@@ -218,12 +239,10 @@ class MultiHeadAttention(nn.Module):
             raise ValueError(f"expected x of shape (B, T, d_model={self.d_model}), got "
                              f"{tuple(x.shape)}")
         B, T, _ = x.shape
-        # (B, T, H*D) -> (B, H, T, D)
-        q = self.q_proj(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
-        # (B, T, H_kv*D) -> (B, H_kv, T, D)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
-        # (B, T, H_kv*D) -> (B, H_kv, T, D)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)
+        q, k, v = linear_many(x, (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(B, T, self.n_heads, self.d_head).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_heads, self.d_head).transpose(1, 2)  # (B, H_kv, T, D)
 
         if self.q_norm is not None:
             q = self.q_norm(q)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import KVCache, MultiHeadAttention, linear_many
 from .moe import MoE, check_moe
 from .positional import (
     LearnedPositionalEmbedding,
@@ -315,7 +315,8 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The gate decides, per hidden unit, how much of the up-projection passes.
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = linear_many(x, (self.gate_proj, self.up_proj))  # one matmul when training
+        return self.down_proj(F.silu(gate) * up)
 
 
 def make_mlp(config: GPTConfig) -> nn.Module:

@@ -16,33 +16,46 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["NS_COEFFICIENTS", "newton_schulz", "muon_param_groups", "Muon"]
+__all__ = ["NS_COEFFICIENTS", "ns_dtype", "newton_schulz", "muon_param_groups", "Muon"]
 
 # The quintic's coefficients from Keller Jordan's post (and torch.optim.Muon): chosen to make the
 # slope at 0 steep, so five steps push every singular value into roughly [0.7, 1.2].
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 
 
+def ns_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on CUDA, float32 elsewhere. Example: ns_dtype(torch.device("cpu")) == torch.float32
+
+    bf16 is enough precision (the result only has to be near 1), but a CPU without bf16 matmul
+    units emulates it: on this course's 2-core AVX2 machine a 128 x 128 iteration took 23 ms in
+    bf16 and 1.3 ms in float32 (benchmarks/bench_train.py, "costs").
+    """
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
 def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, float, float] =
-                  NS_COEFFICIENTS, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16
+                  NS_COEFFICIENTS, eps: float = 1e-7, dtype: torch.dtype | None = None
                   ) -> torch.Tensor:
     """Approximately U Vᵀ for g = U S Vᵀ, without an SVD. Example: newton_schulz(w).shape == w.shape
 
     Each step maps X -> aX + b(XXᵀ)X + c(XXᵀ)²X, an odd polynomial applied to every singular
-    value at once (Uᵀ X V stays diagonal). bf16 is enough: the result only has to be near 1.
+    value at once (Uᵀ X V stays diagonal). g may be a stack (n, rows, cols) of same-shape
+    matrices: one batched matmul is cheaper than n small ones. dtype None: ns_dtype(g.device).
     """
-    if g.ndim != 2:
-        raise ValueError(f"newton_schulz needs a matrix, got shape {tuple(g.shape)}")
+    if g.ndim not in (2, 3):
+        raise ValueError(f"newton_schulz needs a matrix or a stack of them, got shape "
+                         f"{tuple(g.shape)}")
     a, b, c = coefficients
-    x = g.to(dtype)
-    tall = g.size(0) > g.size(1)
+    x = g.to(dtype or ns_dtype(g.device))
+    tall = g.size(-2) > g.size(-1)
     if tall:  # iterate on the short side: XXᵀ is then the smaller Gram matrix
-        x = x.T
-    x = x / x.norm().clamp(min=eps)  # Frobenius >= spectral norm, so every singular value <= 1
+        x = x.mT
+    # Frobenius >= spectral norm, so every singular value starts <= 1
+    x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return (x.T if tall else x).to(g.dtype)
+    return (x.mT if tall else x).to(g.dtype)
 
 
 def muon_param_groups(model: nn.Module, lr: float, muon_lr: float, weight_decay: float = 0.1,
@@ -107,22 +120,33 @@ class Muon(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    (self._muon if group["use_muon"] else self._adamw)(p, group)
+            params = [p for p in group["params"] if p.grad is not None]
+            if group["use_muon"]:
+                self._muon(params, group)
+            else:
+                for p in params:
+                    self._adamw(p, group)
         return loss
 
-    def _muon(self, p: torch.Tensor, group: dict) -> None:
-        state = self.state[p]
-        buf = state.setdefault("momentum_buffer", torch.zeros_like(p))
+    def _muon(self, params: list[torch.Tensor], group: dict) -> None:
         mu = group["momentum"]
-        buf.lerp_(p.grad, 1 - mu)  # an EMA of gradients: (1 - mu) * sum of mu^k g_{t-k}
-        update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-        update = newton_schulz(update, group["ns_steps"])
-        # A tall matrix's U Vᵀ has a smaller RMS per entry; this scale evens that out.
-        scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update, alpha=-group["lr"] * scale)
+        updates = []
+        for p in params:
+            buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+            buf.lerp_(p.grad, 1 - mu)  # an EMA of gradients: (1 - mu) * sum of mu^k g_{t-k}
+            updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
+        # Same-shape matrices (every layer's q, k, v, o) go through one batched iteration
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for i, p in enumerate(params):
+            by_shape.setdefault((*p.shape, p.device.index or -1), []).append(i)
+        for idx in by_shape.values():
+            ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_steps"])
+            for i, o in zip(idx, ortho):
+                p = params[i]
+                # A tall matrix's U Vᵀ has a smaller RMS per entry; this scale evens that out.
+                scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(o, alpha=-group["lr"] * scale)
 
     def _adamw(self, p: torch.Tensor, group: dict) -> None:
         state = self.state[p]

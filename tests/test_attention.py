@@ -416,3 +416,30 @@ def test_head_dim_must_be_positive_and_frees_the_divisibility_rule():
     with pytest.raises(ValueError, match="divide d_model=30"):
         MultiHeadAttention(30, 4)
     assert MultiHeadAttention(30, 4, head_dim=6).d_head == 6
+
+
+def test_linear_many_fuses_under_autograd_and_matches_the_layers_one_by_one():
+    from companion.attention import linear_many
+    from companion.lora import LoRALinear
+    torch.manual_seed(0)
+    layers = (torch.nn.Linear(16, 16), torch.nn.Linear(16, 8), torch.nn.Linear(16, 8))
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    fused = linear_many(x, layers)
+    assert [t.shape[-1] for t in fused] == [16, 8, 8]
+    assert fused[0]._base is not None and fused[0]._base is fused[2]._base  # one matmul's views
+    sum((t * (i + 1)).sum() for i, t in enumerate(fused)).backward()
+    grads = [m.weight.grad.clone() for m in layers] + [x.grad.clone()]
+    for m in layers:
+        m.zero_grad()
+    x.grad = None
+    sum((m(x) * (i + 1)).sum() for i, m in enumerate(layers)).backward()
+    for got, want in zip(grads, [m.weight.grad for m in layers] + [x.grad]):
+        torch.testing.assert_close(got, want)
+    with torch.no_grad():  # one by one without grad: no copy of the weights per decoded token
+        for got, m in zip(linear_many(x, layers), layers):
+            torch.testing.assert_close(got, m(x))
+    # a wrapped layer (LoRA) is called as itself, so its adapter is not skipped
+    wrapped = (LoRALinear(layers[0], rank=2, alpha=4.0), layers[1])
+    torch.nn.init.normal_(wrapped[0].lora_B)
+    torch.testing.assert_close(linear_many(x, wrapped)[0], wrapped[0](x))
+    assert not torch.allclose(linear_many(x, wrapped)[0], layers[0](x))

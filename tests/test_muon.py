@@ -23,12 +23,22 @@ def test_newton_schulz_puts_every_singular_value_near_one(shape):
         assert out.min() > 0.6 and out.max() < 1.25, (dtype, out.min(), out.max())
     assert torch.linalg.svdvals(g).max() / torch.linalg.svdvals(g).min() > 90
     with pytest.raises(ValueError, match="matrix"):
-        newton_schulz(torch.ones(2, 2, 2))
+        newton_schulz(torch.ones(4))
+
+
+def test_a_stack_of_matrices_iterates_each_on_its_own():
+    torch.manual_seed(0)
+    stack = torch.randn(3, 40, 24) * torch.tensor([1.0, 10.0, 0.01]).view(3, 1, 1)
+    together = newton_schulz(stack)
+    for g, out in zip(stack, together):
+        torch.testing.assert_close(out, newton_schulz(g), atol=1e-5, rtol=1e-5)
+    # each matrix is normalised by its own norm: a shared norm would shrink the 0.01 one to ~0
+    assert torch.linalg.svdvals(together[2]).min() > 0.6
 
 
 def _params(seed: int = 0) -> list[torch.nn.Parameter]:
     g = torch.Generator().manual_seed(seed)
-    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(48, 16), (16, 48), (24, 24)]]
+    return [torch.nn.Parameter(torch.randn(s, generator=g)) for s in [(48, 16), (16, 48), (24, 24), (24, 24)]]
 
 
 def _run(opt_cls, params, steps: int = 5, **kw) -> list[torch.Tensor]:
@@ -48,8 +58,8 @@ def test_muon_steps_like_torch_optim_muon():
     start = _params()
     for o, t, s in zip(ours, theirs, start):
         moved = (t - s).abs().max()
-        assert moved > 0.05  # the step is large enough for the comparison to mean something
-        assert (o - t).abs().max() < 0.05 * moved  # both round to bf16 inside Newton–Schulz
+        assert moved > 0.04  # the step is large enough for the comparison to mean something
+        assert (o - t).abs().max() < 0.05 * moved  # torch's iteration runs in bf16, ours in fp32 on CPU
     # Without Nesterov, the two differ from ours-with-Nesterov: the comparison is not vacuous.
     plain = _run(torch.optim.Muon, _params(), **{**kw, "nesterov": False})
     assert max((o - p).abs().max() for o, p in zip(ours, plain)) > 0.05 * moved
