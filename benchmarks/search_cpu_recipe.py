@@ -49,6 +49,8 @@ def trial(name: str, model: dict, train_kw: dict, train_ids: torch.Tensor, val_i
 PRESET_MODEL = dict(norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, d_ff=256, context_length=64)
 PRESET_1500 = dict(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=0.95, eval_interval=100,
                    eval_iters=15, max_steps=1500, seed=1337, context_length=64)
+SPRINT_MODEL = {"logit_softcap": 15.0, "qk_norm": True}
+SPRINT_TRAIN = {"optimizer": "muon", "max_steps": 300, "warmup_steps": 50, "eval_interval": 25}
 ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
     "R9": {
         "R9 preset 1500": ({}, {}),
@@ -64,6 +66,20 @@ ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "R10 muon 0.02": ({}, {"optimizer": "muon", "muon_lr": 0.02}),
         "R10 wsd": ({}, {"lr_schedule": "wsd"}),
         "R10 batch 8 x 3000": ({}, {"batch_size": 8, "max_steps": 3000, "eval_interval": 200}),
+    },
+    # Round 11: Muon won by far; on top of it, the levers that helped AdamW, and Muon's own rate.
+    "R11": {
+        "R11 muon softcap qk_norm": ({"logit_softcap": 15.0, "qk_norm": True}, {"optimizer": "muon"}),
+        "R11 muon 0.04": ({}, {"optimizer": "muon", "muon_lr": 0.04}),
+        "R11 muon softcap qk_norm wsd": ({"logit_softcap": 15.0, "qk_norm": True},
+                                         {"optimizer": "muon", "lr_schedule": "wsd"}),
+    },
+    # Round 12: the sprint to 1.88, that recipe on a short schedule (its cosine decays over it).
+    "R12": {
+        "R12 sprint 300": (SPRINT_MODEL, {**SPRINT_TRAIN, "warmup_steps": 100}),
+        "R12 sprint 300 w50": (SPRINT_MODEL, SPRINT_TRAIN),
+        "R12 sprint 300 w50 seed 7": (SPRINT_MODEL, {**SPRINT_TRAIN, "seed": 7}),
+        "R12 sprint 250 w50": (SPRINT_MODEL, {**SPRINT_TRAIN, "max_steps": 250}),
     },
 }
 

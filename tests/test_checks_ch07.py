@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from companion.checks import (ExerciseFailed, SWEEP_MODEL, check_7_1, check_7_2, check_7_3, check_7_4,
-                              check_7_5, check_7_6, sweep_config)
+                              check_7_5, check_7_6, check_7_7, sweep_config)
 from companion.model import GPT
 from companion.train import train
 from companion.utils import set_seed
@@ -308,3 +308,48 @@ def test_check_7_6_rejects_mistakes(wrong, fragment):
 def test_check_7_6_rejects_runs_that_start_from_different_weights():
     set_seed(123)
     fails_with(check_7_6, lambda *a: sweep(*a, seed=False), "same seed")
+
+
+# --- 7.7 Newton–Schulz ---------------------------------------------------------------------
+
+A, B, C = 3.4445, -4.7750, 2.0315
+
+
+def orthogonalise(g, steps=5, normalise=True, transpose_back=True, eps=1e-7):
+    tall = g.shape[0] > g.shape[1]
+    x = g.T if tall else g
+    if normalise:
+        x = x / x.norm().clamp(min=eps)
+    for _ in range(steps):
+        gram = x @ x.T
+        x = A * x + (B * gram + C * gram @ gram) @ x
+    return x.T if tall and transpose_back else x
+
+
+def by_svd(g):
+    u, _, vh = torch.linalg.svd(g, full_matrices=False)
+    return u @ vh
+
+
+def other_directions(g):  # the right singular values, but g's directions rotated away
+    r, _ = torch.linalg.qr(torch.randn(g.shape[1], g.shape[1], generator=torch.Generator().manual_seed(0)))
+    return orthogonalise(g) @ r
+
+
+def test_check_7_7_passes_on_a_correct_answer(capsys):
+    check_7_7(orthogonalise)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda g: orthogonalise(g, normalise=False), "Frobenius"),
+    (lambda g: orthogonalise(g, steps=1), "five steps"),
+    (lambda g: orthogonalise(g, transpose_back=False), "transpose the result back"),
+    (by_svd, "SVD"),
+    (other_directions, "U and V stay"),
+    (lambda g: orthogonalise(g, eps=0.0), "zero gradient"),
+    (lambda g: None, "tensor"),
+])
+def test_check_7_7_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_7, wrong, fragment)

@@ -1,6 +1,7 @@
 """Self-checks for chapter 7's exercises.
 
-Warmup + cosine, AdamW groups, gradient accumulation, resuming, the over-fitting step.
+Warmup + cosine, AdamW groups, gradient accumulation, resuming, the over-fitting step, a
+learning-rate sweep, and Muon's Newton–Schulz iteration.
 """
 from __future__ import annotations
 
@@ -13,13 +14,14 @@ import torch
 
 from ..checkpoint import save_checkpoint
 from ..model import GPT, GPTConfig
+from ..muon import newton_schulz
 from ..train import (TrainConfig, lr_at, make_checkpoint, make_optimizer, next_token_loss,
                      param_groups, train)
 from ..utils import set_seed
-from ._core import as_scalar, call, fail, passed
+from ._core import as_scalar, as_tensor, call, fail, passed
 
 __all__ = ["check_7_1", "check_7_2", "check_7_3", "check_7_4", "check_7_5", "check_7_6",
-           "SWEEP_MODEL", "SWEEP_LRS", "sweep_config"]
+           "check_7_7", "SWEEP_MODEL", "SWEEP_LRS", "sweep_config"]
 
 TINY = GPTConfig(vocab_size=11, context_length=8, d_model=16, n_layers=2, n_heads=2)
 
@@ -339,3 +341,52 @@ def _check_7_6(sweep: Callable[..., tuple[dict[float, float], float]]) -> None:
     ends = ", ".join(f"{want[lr]:.3f} at {lr:g}" for lr in (SWEEP_LRS[0], SWEEP_LRS[-1]))
     passed(ex, f"{len(want)} runs reproduced; on this budget the best peak rate is {best:g} "
                f"(val {want[best]:.3f}); the ends of the sweep: {ends}.")
+
+
+def _spread_matrix(rows: int, cols: int, seed: int) -> torch.Tensor:
+    """A random matrix whose singular values span two decades (1 down to 0.01), times 7."""
+    g = torch.Generator().manual_seed(seed)
+    k = min(rows, cols)
+    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=g))
+    v, _ = torch.linalg.qr(torch.randn(cols, k, generator=g))
+    return 7.0 * u @ torch.diag(torch.logspace(0, -2, k)) @ v.T
+
+
+def check_7_7(orthogonalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """orthogonalise(g) ~ U Vᵀ for g = U S Vᵀ: five steps of Muon's quintic, as companion.muon."""
+    ex = "7.7"
+    for rows, cols in ((32, 32), (16, 48), (48, 16)):
+        g = _spread_matrix(rows, cols, seed=rows + cols)
+        out = as_tensor(ex, call(ex, orthogonalise, g.clone()), f"orthogonalise of a {rows} x {cols}")
+        if out.shape != g.shape:
+            fail(ex, f"a {rows} x {cols} matrix came back as {tuple(out.shape)}: if you iterate on "
+                     "the transpose of a tall matrix, transpose the result back.")
+        out = out.float()
+        if not torch.isfinite(out).all():
+            fail(ex, f"the {rows} x {cols} result has inf or NaN: the iteration diverges when a "
+                     "singular value starts above about 1.3. Divide by the Frobenius norm first.")
+        s = torch.linalg.svdvals(out)
+        if torch.allclose(s, torch.ones_like(s), atol=1e-4):
+            fail(ex, f"every singular value of the {rows} x {cols} result is exactly 1: that is U Vᵀ "
+                     "from an SVD (or a QR). The exercise is the iteration, matrix products only, "
+                     "whose values land in about [0.7, 1.2].")
+        if s.max() > 1.3 or s.min() < 0.6:
+            hint = (" Some are far above 1: normalise by the Frobenius norm (never smaller than "
+                    "the largest singular value) before iterating." if s.max() > 1.3 else
+                    " The small ones stayed small: use five steps with a, b, c = 3.4445, -4.7750, "
+                    "2.0315, applying X -> aX + b(XXᵀ)X + c(XXᵀ)²X.")
+            fail(ex, f"for a {rows} x {cols} matrix with singular values 7 .. 0.07 the result's "
+                     f"run from {s.min():.3f} to {s.max():.3f}; Muon's should lie in about "
+                     f"[0.7, 1.2].{hint}")
+        want = newton_schulz(g, dtype=torch.float32)
+        # Same singular values but other directions: the singular vectors were not kept
+        if not torch.allclose(out, want, atol=2e-3):
+            fail(ex, f"for a {rows} x {cols} matrix the singular values are near 1, but the "
+                     "matrix differs from companion.muon.newton_schulz: the polynomial must act on "
+                     "X itself (XXᵀ multiplied onto X), so that U and V stay those of g.")
+    zero = call(ex, orthogonalise, torch.zeros(8, 8))
+    if not torch.isfinite(as_tensor(ex, zero, "orthogonalise of zeros")).all():
+        fail(ex, "a zero gradient gave inf or NaN: guard the division by the norm (clamp it to a "
+                 "small minimum, as companion.muon does with eps=1e-7).")
+    passed(ex, "every singular value lands near 1, and the directions are g's own: this is what "
+               "Muon does to the momentum of each hidden matrix before it steps.")
