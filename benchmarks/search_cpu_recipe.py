@@ -81,6 +81,13 @@ ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "R12 sprint 300 w50 seed 7": (SPRINT_MODEL, {**SPRINT_TRAIN, "seed": 7}),
         "R12 sprint 250 w50": (SPRINT_MODEL, {**SPRINT_TRAIN, "max_steps": 250}),
     },
+    # Round 13: QK-norm costs about 14 ms of a 120 ms step on 2 cores (bench_train.py): does the
+    # sprint need it? And a sprint of 275 steps, which the 0.30x goal would like.
+    "R13": {
+        "R13 sprint 300 w50 softcap only": ({"logit_softcap": 15.0}, SPRINT_TRAIN),
+        "R13 sprint 275 w50": (SPRINT_MODEL, {**SPRINT_TRAIN, "max_steps": 275}),
+        "R13 sprint 275 w50 seed 7": (SPRINT_MODEL, {**SPRINT_TRAIN, "max_steps": 275, "seed": 7}),
+    },
 }
 
 

@@ -42,8 +42,12 @@ def _positions(
         pos = torch.as_tensor(seq, dtype=torch.long, device=device) + start_pos
         if pos.numel() and int(pos.min()) < 0:
             raise ValueError(f"positions must be >= 0, got {int(pos.min())}")
-    # a sequence reaching position p holds p + 1 tokens
-    n_tokens = int(pos.max()) + 1 if pos.numel() else 0
+    # a sequence reaching position p holds p + 1 tokens; for an int T that is known without
+    # reading the tensor back (which would also break a torch.compile graph in two)
+    if isinstance(seq, int):
+        n_tokens = start_pos + seq if seq else 0
+    else:
+        n_tokens = int(pos.max()) + 1 if pos.numel() else 0
     if n_tokens > context_length:
         raise ValueError(f"sequence of {n_tokens} tokens does not fit the context length "
                          f"{context_length}")

@@ -310,46 +310,55 @@ def test_check_7_6_rejects_runs_that_start_from_different_weights():
     fails_with(check_7_6, lambda *a: sweep(*a, seed=False), "same seed")
 
 
-# --- 7.7 Newton–Schulz ---------------------------------------------------------------------
+# --- 7.7 one Muon step ---------------------------------------------------------------------
 
-A, B, C = 3.4445, -4.7750, 2.0315
-
-
-def orthogonalise(g, steps=5, normalise=True, transpose_back=True, eps=1e-7):
-    tall = g.shape[0] > g.shape[1]
-    x = g.T if tall else g
-    if normalise:
-        x = x / x.norm().clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = A * x + (B * gram + C * gram @ gram) @ x
-    return x.T if tall and transpose_back else x
+from companion.checks.ch07 import _muon_reference
+from companion.muon import Muon, newton_schulz
 
 
-def by_svd(g):
-    u, _, vh = torch.linalg.svd(g, full_matrices=False)
-    return u @ vh
+def muon_step(p, grad, buf, lr, momentum, weight_decay, nesterov=True, scaled=True, orthogonal=True,
+              ema=True, decay_first=True):
+    _muon_reference(p, grad, buf, lr, momentum, weight_decay, nesterov=nesterov, scaled=scaled,
+                    orthogonal=orthogonal, ema=ema, decay_first=decay_first)
 
 
-def other_directions(g):  # the right singular values, but g's directions rotated away
-    r, _ = torch.linalg.qr(torch.randn(g.shape[1], g.shape[1], generator=torch.Generator().manual_seed(0)))
-    return orthogonalise(g) @ r
+def test_the_checks_reference_steps_like_companion_muon():
+    torch.manual_seed(0)
+    for shape in [(24, 24), (12, 36), (36, 12)]:
+        p = torch.nn.Parameter(torch.randn(shape))
+        q, buf = p.detach().clone(), torch.zeros(shape)
+        opt = Muon([{"params": [p], "use_muon": True}], lr=0.05, momentum=0.9, weight_decay=0.2)
+        for _ in range(4):
+            grad = torch.randn(shape)
+            p.grad = grad.clone()
+            opt.step()
+            _muon_reference(q, grad, buf, 0.05, 0.9, 0.2)
+        torch.testing.assert_close(p.detach(), q)
+
+
+def rebinds(p, grad, buf, lr, momentum, weight_decay):  # p = ... makes a new tensor: the caller sees nothing
+    buf = buf * momentum + grad * (1 - momentum)
+    p = p - lr * newton_schulz(grad.lerp(buf, momentum))
+
+
+def plain_sgd(p, grad, buf, lr, momentum, weight_decay):
+    p.add_(grad, alpha=-lr)
 
 
 def test_check_7_7_passes_on_a_correct_answer(capsys):
-    check_7_7(orthogonalise)
+    check_7_7(muon_step)
     assert "passed" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda g: orthogonalise(g, normalise=False), "Frobenius"),
-    (lambda g: orthogonalise(g, steps=1), "five steps"),
-    (lambda g: orthogonalise(g, transpose_back=False), "transpose the result back"),
-    (by_svd, "SVD"),
-    (other_directions, "U and V stay"),
-    (lambda g: orthogonalise(g, eps=0.0), "zero gradient"),
-    (lambda g: None, "tensor"),
+    (rebinds, "in place"),
+    (lambda *a: muon_step(*a, nesterov=False), "Nesterov"),
+    (lambda *a: muon_step(*a, scaled=False), "sqrt(rows / cols)"),
+    (lambda *a: muon_step(*a, orthogonal=False), "newton_schulz"),
+    (lambda *a: muon_step(*a, ema=False), "running sum"),
+    (lambda *a: muon_step(*a, decay_first=False), "before the update"),
+    (plain_sgd, "differ from companion.muon.Muon"),
 ])
 def test_check_7_7_rejects_mistakes(wrong, fragment):
     fails_with(check_7_7, wrong, fragment)

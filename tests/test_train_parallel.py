@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # RoPE on purpose: its cos/sin tables are non-persistent buffers, which the gathered checkpoint must leave out.
 ARGS = ["--preset", "shakespeare-char-cpu", "--max-steps", "3", "--device", "cpu", "--sample=0", "--d_model=32",
         "--n_layers=2", "--n_heads=2", "--context_length=16", "--batch_size=8", "--eval_iters=2", "--eval_interval=3",
-        "--tie_embeddings=False", "--pos=rope"]
+        "--tie_embeddings=False", "--pos=rope", "--optimizer=adamw", "--qk_norm=False", "--logit_softcap=None"]
 
 
 def run(out, parallel: str) -> dict:

@@ -18,7 +18,7 @@ from ..muon import newton_schulz
 from ..train import (TrainConfig, lr_at, make_checkpoint, make_optimizer, next_token_loss,
                      param_groups, train)
 from ..utils import set_seed
-from ._core import as_scalar, as_tensor, call, fail, passed
+from ._core import as_scalar, call, fail, passed
 
 __all__ = ["check_7_1", "check_7_2", "check_7_3", "check_7_4", "check_7_5", "check_7_6",
            "check_7_7", "SWEEP_MODEL", "SWEEP_LRS", "sweep_config"]
@@ -343,50 +343,70 @@ def _check_7_6(sweep: Callable[..., tuple[dict[float, float], float]]) -> None:
                f"(val {want[best]:.3f}); the ends of the sweep: {ends}.")
 
 
-def _spread_matrix(rows: int, cols: int, seed: int) -> torch.Tensor:
-    """A random matrix whose singular values span two decades (1 down to 0.01), times 7."""
-    g = torch.Generator().manual_seed(seed)
-    k = min(rows, cols)
-    u, _ = torch.linalg.qr(torch.randn(rows, k, generator=g))
-    v, _ = torch.linalg.qr(torch.randn(cols, k, generator=g))
-    return 7.0 * u @ torch.diag(torch.logspace(0, -2, k)) @ v.T
+def _muon_reference(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor, lr: float,
+                    momentum: float, weight_decay: float, nesterov: bool = True,
+                    scaled: bool = True, orthogonal: bool = True, ema: bool = True,
+                    decay_first: bool = True) -> None:
+    """One Muon step for one matrix, in place, with switches for the plausible mistakes."""
+    if ema:
+        buf.lerp_(grad, 1 - momentum)
+    else:
+        buf.mul_(momentum).add_(grad)
+    update = grad.lerp(buf, momentum) if nesterov else buf
+    if orthogonal:
+        update = newton_schulz(update, dtype=torch.float32)
+    scale = math.sqrt(max(1.0, p.size(0) / p.size(1))) if scaled else 1.0
+    if decay_first:
+        p.mul_(1 - lr * weight_decay)
+        p.add_(update, alpha=-lr * scale)
+    else:
+        p.add_(update, alpha=-lr * scale)
+        p.mul_(1 - lr * weight_decay)
 
 
-def check_7_7(orthogonalise: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """orthogonalise(g) ~ U Vᵀ for g = U S Vᵀ: five steps of Muon's quintic, as companion.muon."""
+def check_7_7(muon_step: Callable[..., object]) -> None:
+    """muon_step(p, grad, buf, lr, momentum, weight_decay) updates p and buf in place, as Muon."""
     ex = "7.7"
-    for rows, cols in ((32, 32), (16, 48), (48, 16)):
-        g = _spread_matrix(rows, cols, seed=rows + cols)
-        out = as_tensor(ex, call(ex, orthogonalise, g.clone()), f"orthogonalise of a {rows} x {cols}")
-        if out.shape != g.shape:
-            fail(ex, f"a {rows} x {cols} matrix came back as {tuple(out.shape)}: if you iterate on "
-                     "the transpose of a tall matrix, transpose the result back.")
-        out = out.float()
-        if not torch.isfinite(out).all():
-            fail(ex, f"the {rows} x {cols} result has inf or NaN: the iteration diverges when a "
-                     "singular value starts above about 1.3. Divide by the Frobenius norm first.")
-        s = torch.linalg.svdvals(out)
-        if torch.allclose(s, torch.ones_like(s), atol=1e-4):
-            fail(ex, f"every singular value of the {rows} x {cols} result is exactly 1: that is U Vᵀ "
-                     "from an SVD (or a QR). The exercise is the iteration, matrix products only, "
-                     "whose values land in about [0.7, 1.2].")
-        if s.max() > 1.3 or s.min() < 0.6:
-            hint = (" Some are far above 1: normalise by the Frobenius norm (never smaller than "
-                    "the largest singular value) before iterating." if s.max() > 1.3 else
-                    " The small ones stayed small: use five steps with a, b, c = 3.4445, -4.7750, "
-                    "2.0315, applying X -> aX + b(XXᵀ)X + c(XXᵀ)²X.")
-            fail(ex, f"for a {rows} x {cols} matrix with singular values 7 .. 0.07 the result's "
-                     f"run from {s.min():.3f} to {s.max():.3f}; Muon's should lie in about "
-                     f"[0.7, 1.2].{hint}")
-        want = newton_schulz(g, dtype=torch.float32)
-        # Same singular values but other directions: the singular vectors were not kept
-        if not torch.allclose(out, want, atol=2e-3):
-            fail(ex, f"for a {rows} x {cols} matrix the singular values are near 1, but the "
-                     "matrix differs from companion.muon.newton_schulz: the polynomial must act on "
-                     "X itself (XXᵀ multiplied onto X), so that U and V stay those of g.")
-    zero = call(ex, orthogonalise, torch.zeros(8, 8))
-    if not torch.isfinite(as_tensor(ex, zero, "orthogonalise of zeros")).all():
-        fail(ex, "a zero gradient gave inf or NaN: guard the division by the norm (clamp it to a "
-                 "small minimum, as companion.muon does with eps=1e-7).")
-    passed(ex, "every singular value lands near 1, and the directions are g's own: this is what "
-               "Muon does to the momentum of each hidden matrix before it steps.")
+    lr, mu, wd = 0.05, 0.9, 0.2
+    mistakes = {
+        "nesterov": ("the update should look ahead (Nesterov): orthogonalise grad.lerp(buf, "
+                     "momentum), not the buffer itself"),
+        "scaled": ("a tall matrix (more rows than columns) needs its update scaled by "
+                   "sqrt(rows / cols): its U Vᵀ has smaller entries"),
+        "orthogonal": "the update must go through newton_schulz before the step: that is Muon",
+        "ema": ("the buffer is an average, buf <- momentum * buf + (1 - momentum) * grad "
+                "(buf.lerp_(grad, 1 - momentum)), not a running sum"),
+        "decay_first": ("decoupled weight decay shrinks p by (1 - lr * weight_decay) before the "
+                        "update is added"),
+    }
+    g = torch.Generator().manual_seed(7)
+    for rows, cols in ((24, 24), (12, 36), (36, 12)):
+        p0 = torch.randn(rows, cols, generator=g)
+        grads = [torch.randn(rows, cols, generator=g) for _ in range(4)]
+        p, buf = p0.clone(), torch.zeros(rows, cols)
+        for step, grad in enumerate(grads):
+            before = p.clone()
+            call(ex, muon_step, p, grad.clone(), buf, lr, mu, wd)
+            if step == 0 and torch.equal(p, before):
+                fail(ex, f"p did not change after a step on a {rows} x {cols} matrix: update it "
+                         "in place (p.mul_, p.add_), do not rebind the name.")
+        if not torch.isfinite(p).all():
+            fail(ex, f"the {rows} x {cols} weights became inf or NaN after {len(grads)} steps")
+
+        def replay(**switch: bool) -> torch.Tensor:
+            q, b = p0.clone(), torch.zeros(rows, cols)
+            for grad in grads:
+                _muon_reference(q, grad.clone(), b, lr, mu, wd, **switch)
+            return q
+        if torch.allclose(p, replay(), atol=1e-4):
+            continue
+        for switch, message in mistakes.items():
+            if torch.allclose(p, replay(**{switch: False}), atol=1e-4):
+                fail(ex, f"after {len(grads)} steps on a {rows} x {cols} matrix the weights match "
+                         f"a Muon with one thing different: {message}.")
+        fail(ex, f"after {len(grads)} steps on a {rows} x {cols} matrix the weights differ from "
+                 "companion.muon.Muon's (largest gap "
+                 f"{(p - replay()).abs().max():.3g}): check the order buffer, look-ahead, "
+                 "orthogonalise, scale, decay, step.")
+    passed(ex, "your steps match companion.muon.Muon on a square, a wide and a tall matrix: "
+               "Muon is momentum, made orthogonal.")

@@ -184,7 +184,7 @@ class TrainConfig:
                              f"{self.optimizer!r}, {self.muon_lr}")
         if self.optimizer == "muon" and self.parallel not in ("none", "ddp"):
             raise ValueError(f"optimizer='muon' needs whole matrices: parallel 'none' or 'ddp', "
-                             f"got {self.parallel!r}")
+                             f"got {self.parallel!r} (pass optimizer='adamw', --optimizer=adamw)")
         if not 0 < self.val_fraction < 1:
             raise ValueError("val_fraction must lie strictly between 0 and 1, got "
                              f"{self.val_fraction}")
