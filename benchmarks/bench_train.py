@@ -107,7 +107,8 @@ class RefGPT(nn.Module):
 def step_times(models: list[nn.Module], cfg: TrainConfig, ids: torch.Tensor, steps: int, repeats: int) -> list[float]:
     """Best-of-`repeats` seconds per training step (forward, backward, clip, AdamW) for each model.
 
-    The models take turns within each repeat, so a burst of load on a shared machine hits both alike.
+    The models take turns within each repeat, in alternating order, so a burst of load on a shared
+    machine hits both alike.
     """
     g = torch.Generator().manual_seed(0)
     batches = [random_batch(ids, cfg.batch_size, cfg.context_length, g) for _ in range(steps)]
@@ -127,9 +128,11 @@ def step_times(models: list[nn.Module], cfg: TrainConfig, ids: torch.Tensor, ste
     for run in runs:
         run()  # warm-up: allocations and AdamW's state stay out of the timing
     best = [math.inf] * len(runs)
-    for _ in range(repeats):
-        for i, run in enumerate(runs):
-            best[i] = min(best[i], best_of(run, 1)[0])
+    for r in range(repeats):
+        # The order flips every repeat: the first of a round ran a few percent slower or faster
+        # than the second with identical models (benchmarks/bench_fused_qkv.py, 2026-12-02).
+        for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
+            best[i] = min(best[i], best_of(runs[i], 1)[0])
     return [b / steps for b in best]
 
 

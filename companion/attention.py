@@ -85,20 +85,24 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x.repeat_interleave(n_rep, dim=1)  # (B, H_kv, S, D) -> (B, H_kv * n_rep, S, D)
 
 
+# Fuse q, k and v (and SwiGLU's gate and up) into one matmul under autograd, as nanoGPT's c_attn
+# does? Off: on this course's 2-core CPU the copy of the weights and the split of their gradient
+# cost more than the saved matmul launches (benchmarks/bench_fused_qkv.py measures both).
+FUSE_PROJECTIONS = False
+
+
 def linear_many(x: torch.Tensor, layers: tuple[nn.Module, ...]) -> tuple[torch.Tensor, ...]:
-    """(layer(x) for layer in layers), as one matmul when training. Introduced in chapter 7.
+    """(layer(x) for layer in layers); one concatenated matmul if FUSE_PROJECTIONS. Chapter 7.
 
     Example: q, k, v = linear_many(x, (attn.q_proj, attn.k_proj, attn.v_proj))
 
-    The modules keep their own weights (and Llama's names, for checkpoints and LoRA); under
-    autograd their weights are concatenated for the step, which costs one copy of them and
-    saves two matmul launches forward and four backward (nanoGPT fuses q, k, v in one c_attn
-    for the same reason). Without grad (evaluation, decoding one token) that copy would be
-    paid per token, so the layers run one by one. A layer that is not a plain nn.Linear (LoRA,
-    a quantised one) always runs as itself.
+    The modules keep their own weights (and Llama's names, for checkpoints and LoRA). Fused, their
+    weights are concatenated for the step, under autograd only: without grad (evaluation,
+    decoding one token) that copy would be paid per token. A layer that is not a plain
+    nn.Linear (LoRA, a quantised one) always runs as itself.
     """
-    plain = all(type(m) is nn.Linear for m in layers)
-    if not (plain and torch.is_grad_enabled()) or len(layers) == 1:
+    fuse = FUSE_PROJECTIONS and torch.is_grad_enabled() and len(layers) > 1
+    if not (fuse and all(type(m) is nn.Linear for m in layers)):
         return tuple(m(x) for m in layers)
     biases = [m.bias for m in layers]
     bias = None if biases[0] is None else torch.cat(biases)

@@ -315,7 +315,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The gate decides, per hidden unit, how much of the up-projection passes.
-        gate, up = linear_many(x, (self.gate_proj, self.up_proj))  # one matmul when training
+        gate, up = linear_many(x, (self.gate_proj, self.up_proj))  # see FUSE_PROJECTIONS
         return self.down_proj(F.silu(gate) * up)
 
 

@@ -418,8 +418,13 @@ def test_head_dim_must_be_positive_and_frees_the_divisibility_rule():
     assert MultiHeadAttention(30, 4, head_dim=6).d_head == 6
 
 
-def test_linear_many_fuses_under_autograd_and_matches_the_layers_one_by_one():
+def test_linear_many_fuses_under_autograd_and_matches_the_layers_one_by_one(monkeypatch):
+    import companion.attention as attention
     from companion.attention import linear_many
+    x0 = torch.randn(2, 3, 16)
+    off = linear_many(x0, (torch.nn.Linear(16, 4), torch.nn.Linear(16, 4)))
+    assert off[0].untyped_storage().data_ptr() != off[1].untyped_storage().data_ptr()  # off: two products
+    monkeypatch.setattr(attention, "FUSE_PROJECTIONS", True)
     from companion.lora import LoRALinear
     torch.manual_seed(0)
     layers = (torch.nn.Linear(16, 16), torch.nn.Linear(16, 8), torch.nn.Linear(16, 8))
