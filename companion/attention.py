@@ -86,8 +86,8 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 # Fuse q, k and v (and SwiGLU's gate and up) into one matmul under autograd, as nanoGPT's c_attn
-# does? Off: on this course's 2-core CPU the copy of the weights and the split of their gradient
-# cost more than the saved matmul launches (benchmarks/bench_fused_qkv.py measures both).
+# does? Off: on this course's 2-core CPU it times within noise of three products, 0.96-1.07x
+# (benchmarks/bench_fused_qkv.py), and its weight copy would count as activation memory.
 FUSE_PROJECTIONS = False
 
 

@@ -136,9 +136,9 @@ class Muon(torch.optim.Optimizer):
             buf.lerp_(p.grad, 1 - mu)  # an EMA of gradients: (1 - mu) * sum of mu^k g_{t-k}
             updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
         # Same-shape matrices (every layer's q, k, v, o) go through one batched iteration
-        by_shape: dict[tuple[int, ...], list[int]] = {}
+        by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            by_shape.setdefault((*p.shape, p.device.index or -1), []).append(i)
+            by_shape.setdefault((tuple(p.shape), p.device, p.dtype), []).append(i)
         for idx in by_shape.values():
             ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_steps"])
             for i, o in zip(idx, ortho):
