@@ -51,6 +51,7 @@ PRESET_1500 = dict(batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100, beta2=
                    eval_iters=15, max_steps=1500, seed=1337, context_length=64)
 SPRINT_MODEL = {"logit_softcap": 15.0, "qk_norm": True}
 SPRINT_TRAIN = {"optimizer": "muon", "max_steps": 300, "warmup_steps": 50, "eval_interval": 25}
+SPRINT_275 = {**SPRINT_TRAIN, "max_steps": 275}
 ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
     "R9": {
         "R9 preset 1500": ({}, {}),
@@ -87,6 +88,29 @@ ROUNDS: dict[str, dict[str, tuple[dict, dict]]] = {
         "R13 sprint 300 w50 softcap only": ({"logit_softcap": 15.0}, SPRINT_TRAIN),
         "R13 sprint 275 w50": (SPRINT_MODEL, {**SPRINT_TRAIN, "max_steps": 275}),
         "R13 sprint 275 w50 seed 7": (SPRINT_MODEL, {**SPRINT_TRAIN, "max_steps": 275, "seed": 7}),
+    },
+    # Round 14: Newton–Schulz is a fifth of the preset's step on 2 cores (16 x 64 tokens amortise
+    # little): do 3 or 4 iterations train as well as 5? And the width trade at about equal
+    # parameters (4 x 128 has 655k in its blocks; 3 x 144, 622k; 6 x 104, 649k), with the budget
+    # recipe (Muon, soft-cap, QK-norm).
+    "R14": {
+        "R14 sprint 275 ns3": (SPRINT_MODEL, {**SPRINT_275, "muon_ns_steps": 3}),
+        "R14 sprint 275 ns3 seed 7": (SPRINT_MODEL, {**SPRINT_275, "muon_ns_steps": 3, "seed": 7}),
+        "R14 sprint 275 ns4": (SPRINT_MODEL, {**SPRINT_275, "muon_ns_steps": 4}),
+        "R14 sprint 275 ns4 seed 7": (SPRINT_MODEL, {**SPRINT_275, "muon_ns_steps": 4, "seed": 7}),
+        "R14 muon softcap qk_norm ns3": (SPRINT_MODEL, {"optimizer": "muon", "muon_ns_steps": 3}),
+        "R14 3 x 144": ({**SPRINT_MODEL, "n_layers": 3, "d_model": 144, "d_ff": 288},
+                        {"optimizer": "muon"}),
+        "R14 6 x 104": ({**SPRINT_MODEL, "n_layers": 6, "d_model": 104, "d_ff": 208},
+                        {"optimizer": "muon"}),
+    },
+    # Round 15: the sprint's batch trade. Newton–Schulz costs the same per step at any batch, so a
+    # larger batch amortises it: 24 x 200 and 32 x 150 see about the tokens of 16 x 275.
+    "R15": {
+        "R15 sprint 24 x 200": (SPRINT_MODEL, {**SPRINT_TRAIN, "batch_size": 24, "max_steps": 200,
+                                               "warmup_steps": 40}),
+        "R15 sprint 32 x 150": (SPRINT_MODEL, {**SPRINT_TRAIN, "batch_size": 32, "max_steps": 150,
+                                               "warmup_steps": 30}),
     },
 }
 

@@ -52,9 +52,12 @@ def newton_schulz(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, fl
         x = x.mT
     # Frobenius >= spectral norm, so every singular value starts <= 1
     x = x / x.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
+    # addmm's beta * input + alpha * (m1 @ m2) is one call: each step costs three matmuls and
+    # none of the elementwise passes that a * x + (...) would add
+    fma = torch.addmm if x.ndim == 2 else torch.baddbmm
     for _ in range(steps):
         gram = x @ x.mT
-        x = a * x + (b * gram + c * gram @ gram) @ x
+        x = fma(x, fma(gram, gram, gram, beta=b, alpha=c), x, beta=a)
     return (x.mT if tall else x).to(g.dtype)
 
 
@@ -135,14 +138,19 @@ class Muon(torch.optim.Optimizer):
             buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
             buf.lerp_(p.grad, 1 - mu)  # an EMA of gradients: (1 - mu) * sum of mu^k g_{t-k}
             updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
-        # Same-shape matrices (every layer's q, k, v, o) go through one batched iteration
+        # Matrices of one shape up to a transpose (every layer's q, k, v, o; SwiGLU's up and down)
+        # go through one batched iteration: one large matmul is cheaper than many small ones.
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
-            by_shape.setdefault((tuple(p.shape), p.device, p.dtype), []).append(i)
+            key = (min(p.shape), max(p.shape), p.device, p.dtype)
+            by_shape.setdefault(key, []).append(i)
         for idx in by_shape.values():
-            ortho = newton_schulz(torch.stack([updates[i] for i in idx]), group["ns_steps"])
+            wide = [updates[i] if updates[i].size(0) <= updates[i].size(1) else updates[i].mT
+                    for i in idx]
+            ortho = newton_schulz(torch.stack(wide), group["ns_steps"])
             for i, o in zip(idx, ortho):
                 p = params[i]
+                o = o if p.size(0) <= p.size(1) else o.mT
                 # A tall matrix's U Vᵀ has a smaller RMS per entry; this scale evens that out.
                 scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
                 p.mul_(1 - group["lr"] * group["weight_decay"])

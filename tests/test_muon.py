@@ -115,3 +115,15 @@ def test_muon_refuses_bad_settings():
         Muon(_params(), momentum=1.0)
     with pytest.raises(ValueError, match="matrices only"):
         Muon([{"params": [torch.nn.Parameter(torch.ones(3))], "use_muon": True}])
+
+
+def test_train_config_sets_the_iteration_count():
+    from companion.train import TrainConfig, make_optimizer
+    model = GPT(GPTConfig(vocab_size=11, context_length=8, d_model=16, n_layers=1, n_heads=2))
+    opt = make_optimizer(model, TrainConfig(optimizer="muon", muon_ns_steps=3))
+    assert {g["ns_steps"] for g in opt.param_groups} == {3}
+    with pytest.raises(ValueError, match="muon_ns_steps"):
+        TrainConfig(optimizer="muon", muon_ns_steps=0)
+    # fewer iterations leave the singular values further from 1: the count reaches the iteration
+    g = torch.randn(24, 24)
+    assert not torch.allclose(newton_schulz(g, steps=3), newton_schulz(g, steps=5), atol=1e-3)

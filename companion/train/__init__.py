@@ -147,6 +147,7 @@ class TrainConfig:
     # muon_lr, the peak of their own schedule; embeddings, head and norms keep AdamW at lr
     optimizer: str = "adamw"
     muon_lr: float = 0.02
+    muon_ns_steps: int = 5  # Newton–Schulz iterations per Muon step
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "context_length", "grad_accum_steps",
@@ -179,9 +180,10 @@ class TrainConfig:
         if self.microbatches < 1 or self.schedule not in ("1f1b", "gpipe"):
             raise ValueError("need microbatches >= 1 and schedule '1f1b' or 'gpipe', got "
                              f"{self.microbatches}, {self.schedule!r}")
-        if self.optimizer not in ("adamw", "muon") or not self.muon_lr > 0:
-            raise ValueError("need optimizer 'adamw' or 'muon' and muon_lr > 0, got "
-                             f"{self.optimizer!r}, {self.muon_lr}")
+        if self.optimizer not in ("adamw", "muon") or not self.muon_lr > 0 \
+                or self.muon_ns_steps < 1:
+            raise ValueError("need optimizer 'adamw' or 'muon', muon_lr > 0 and muon_ns_steps >= 1, "
+                             f"got {self.optimizer!r}, {self.muon_lr}, {self.muon_ns_steps}")
         if self.optimizer == "muon" and self.parallel not in ("none", "ddp"):
             raise ValueError(f"optimizer='muon' needs whole matrices: parallel 'none' or 'ddp', "
                              f"got {self.parallel!r} (pass optimizer='adamw', --optimizer=adamw)")
@@ -254,7 +256,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
                                    weight_decay=cfg.weight_decay)
         for g in groups:
             g["lr"] = lr_at(0, cfg) * g["lr_scale"]
-        return Muon(groups, betas=(cfg.beta1, cfg.beta2))
+        return Muon(groups, betas=(cfg.beta1, cfg.beta2), ns_steps=cfg.muon_ns_steps)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = bool(params) and all(
         type(p) is nn.Parameter
