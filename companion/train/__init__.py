@@ -182,8 +182,8 @@ class TrainConfig:
                              f"{self.microbatches}, {self.schedule!r}")
         if self.optimizer not in ("adamw", "muon") or not self.muon_lr > 0 \
                 or self.muon_ns_steps < 1:
-            raise ValueError("need optimizer 'adamw' or 'muon', muon_lr > 0 and "
-                             f"muon_ns_steps >= 1, got {self.optimizer!r}, {self.muon_lr}, {self.muon_ns_steps}")
+            raise ValueError("need optimizer 'adamw' or 'muon', muon_lr > 0 and muon_ns_steps >= 1,"
+                             f" got {self.optimizer!r}, {self.muon_lr}, {self.muon_ns_steps}")
         if self.optimizer == "muon" and self.parallel not in ("none", "ddp"):
             raise ValueError(f"optimizer='muon' needs whole matrices: parallel 'none' or 'ddp', "
                              f"got {self.parallel!r} (pass optimizer='adamw', --optimizer=adamw)")
