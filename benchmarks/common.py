@@ -30,6 +30,19 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def cpu_features() -> list[str]:
+    """The vector and matrix extensions that decide CPU speed in low precision (from /proc/cpuinfo)."""
+    wanted = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in flags]
+    except OSError:
+        pass
+    return []
+
+
 def write_results(path: Path, result: dict) -> None:
     """Write a benchmark's result as JSON and say where it went."""
     import json

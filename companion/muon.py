@@ -27,8 +27,10 @@ def ns_dtype(device: torch.device) -> torch.dtype:
     """bf16 on CUDA, float32 elsewhere. Example: ns_dtype(torch.device("cpu")) == torch.float32
 
     bf16 is enough precision (the result only has to be near 1), but a CPU without bf16 matmul
-    units emulates it: on this course's 2-core AVX2 machine a 128 x 128 iteration took 20 ms in
-    bf16 and 1.7 ms in float32 (benchmarks/bench_train.py, "costs", 2026-12-02).
+    units emulates it: on a 2-core AVX2 machine five iterations on a 128 x 128 matrix took 20 ms
+    in bf16 and 1.7 ms in float32; on a 2-core machine with AVX-512 BF16, 1.4 and 1.3 ms
+    (benchmarks/bench_train.py, "costs"; results/train-avx2-2026-12-02.json and train.json).
+    float32 is never the slow choice on a CPU.
     """
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
