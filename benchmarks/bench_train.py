@@ -219,10 +219,6 @@ def preset_step_ms(repeats: int, steps: int = 20) -> dict[str, float]:
         cfg = TrainConfig(**{**train_d, **t_kw})
         batches = [random_batch(corpus, cfg.batch_size, cfg.context_length, g) for _ in range(n)]
         opt = make_optimizer(model, cfg)
-        if compile_:
-            # An empty on-disk cache, so the first steps pay the compilation that a first run pays;
-            # with inductor's cache warm from an earlier run they took 4 s instead of 38 (2026-12-02).
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_train_inductor_")
         fwd = torch.compile(model) if compile_ else model
 
         def run(model=model, fwd=fwd, opt=opt, batches=batches, bf16=bf16, n_threads=n_threads) -> None:
@@ -235,10 +231,19 @@ def preset_step_ms(repeats: int, steps: int = 20) -> dict[str, float]:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             torch.set_num_threads(threads)
-        t0 = time.perf_counter()
-        run()  # warm-up: compilation (timed apart), allocations, optimizer state
-        if compile_:
-            out["torch.compile's first steps (s, compilation)"] = time.perf_counter() - t0
+        # An empty on-disk cache for the compiled variant, so its first steps pay what a first run
+        # pays: with inductor's cache warm from an earlier run they took about 4 s (2026-12-02).
+        with tempfile.TemporaryDirectory(prefix="bench_train_inductor_") as cache:
+            saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
+            t0 = time.perf_counter()
+            run()  # warm-up: compilation (timed apart), allocations, optimizer state
+            if compile_:
+                out["torch.compile's first steps (s, compilation)"] = time.perf_counter() - t0
+            if saved is None:
+                os.environ.pop("TORCHINDUCTOR_CACHE_DIR")
+            else:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
         runs[label] = (run, n)
     best = {label: math.inf for label in runs}
     for r in range(repeats):

@@ -28,7 +28,7 @@ def ns_dtype(device: torch.device) -> torch.dtype:
 
     bf16 is enough precision (the result only has to be near 1), but a CPU without bf16 matmul
     units emulates it: on a 2-core AVX2 machine five iterations on a 128 x 128 matrix took 20 ms
-    in bf16 and 1.7 ms in float32; on a 2-core machine with AVX-512 BF16, 1.4 and 1.3 ms
+    in bf16 and 1.7 ms in float32; on a 2-core machine with AVX-512 BF16, 0.54 and 0.53 ms
     (benchmarks/bench_train.py, "costs"; results/train-avx2-2026-12-02.json and train.json).
     float32 is never the slow choice on a CPU.
     """
@@ -142,17 +142,16 @@ class Muon(torch.optim.Optimizer):
             updates.append(p.grad.lerp(buf, mu) if group["nesterov"] else buf)
         # Matrices of one shape up to a transpose (every layer's q, k, v, o; SwiGLU's up and down)
         # go through one batched iteration: one large matmul is cheaper than many small ones.
+        tall = [p.size(0) > p.size(1) for p in params]  # stacked transposed, as (short, long)
         by_shape: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             key = (min(p.shape), max(p.shape), p.device, p.dtype)
             by_shape.setdefault(key, []).append(i)
         for idx in by_shape.values():
-            wide = [updates[i] if updates[i].size(0) <= updates[i].size(1) else updates[i].mT
-                    for i in idx]
-            ortho = newton_schulz(torch.stack(wide), group["ns_steps"])
-            for i, o in zip(idx, ortho):
+            stack = torch.stack([updates[i].mT if tall[i] else updates[i] for i in idx])
+            for i, o in zip(idx, newton_schulz(stack, group["ns_steps"])):
                 p = params[i]
-                o = o if p.size(0) <= p.size(1) else o.mT
+                o = o.mT if tall[i] else o
                 # A tall matrix's U Vᵀ has a smaller RMS per entry; this scale evens that out.
                 scale = math.sqrt(max(1.0, p.size(0) / p.size(1)))
                 p.mul_(1 - group["lr"] * group["weight_decay"])

@@ -44,7 +44,7 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     # benchmarks/bench_train.py raced it by seconds): a LLaMA-style block of 4 x 128 with a narrow
     # SwiGLU (256), QK-norm and logits soft-capped at 15; Muon (lr 0.02) for the hidden matrices,
     # AdamW (lr 3e-3, beta2 0.95) for the rest, over a 1,000-step cosine of batch 16, which fits
-    # in the wall time of nanoGPT's CPU recipe with about 8% to spare (105 s against 113 s,
+    # in the wall time of nanoGPT's CPU recipe with a few percent to spare (105 s against 109 s,
     # 2026-12-02, once Newton–Schulz ran as batched addmm; 900 steps fitted before).
     # --max-steps 275 --warmup_steps=50 --eval_interval=55 is the sprint to nanoGPT's val 1.88.
     # Evaluations see 15 x 16 x 64 tokens per split, as many as nanoGPT's CPU recipe (20 x 12 x 64).
