@@ -1,8 +1,11 @@
-"""The HTTP API: GET /health and an OpenAI-compatible POST /v1/completions, streaming or not.
+"""The HTTP API: OpenAI's /v1/completions, /v1/chat/completions and /v1/models, streaming or not,
+with /health and /metrics (Prometheus text).
 
 FastAPI (on Starlette) parses requests and streams server-sent events; uvicorn runs it. The engine
-steps in one background thread; each request waits on an asyncio queue the engine feeds.
-Install with `pip install "llm-course-companion[serve]"`. Chapter 11.
+steps in one background thread; each request waits on an asyncio queue the engine feeds. Bodies are
+size-limited and are parsed and tokenised in a worker thread, so that a large prompt never stalls
+the streams on the event loop. Every error, 404 to 500, has OpenAI's shape. Install with
+`pip install "llm-course-companion[serve]"`. Chapter 11.
 """
 from __future__ import annotations
 
@@ -12,32 +15,116 @@ import math
 import threading
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request as HTTPRequest
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..tokenizer import Tokenizer
-from .engine import Engine, Request
+from .engine import Engine, QueueFull, Request
 
-__all__ = ["BadRequest", "parse_completion", "build_app"]
+__all__ = ["APIError", "BadRequest", "Limits", "Plan", "parse_completion", "parse_chat",
+           "build_app"]
 
-MAX_TOKENS_DEFAULT = 16
+MAX_TOKENS_DEFAULT = 16  # OpenAI's default for /v1/completions
+MIN_TEMPERATURE = 1e-3  # t > 0 below it is refused: 1e-300 became 0 in float32 and broke sampling
+SEED_RANGE = (-(2**63), 2**63 - 1)  # what torch.Generator.manual_seed takes as a signed 64-bit int
+MAX_CHOICES = 16  # prompts x n in one request
+MAX_LOGPROBS = 5  # OpenAI's limit for /v1/completions; chat's top_logprobs goes to 20
+CHAT_END = "<|end|>"
+_COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "n", "stream",
+           "stream_options", "stop", "seed", "user", "presence_penalty", "frequency_penalty",
+           "logit_bias", "logprobs"}
+COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
+CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 
 
-class BadRequest(ValueError):
+@dataclass
+class Limits:
+    """What the server refuses or gives up on: body size, JSON depth, deadline, a stalled loop."""
+
+    max_body_bytes: int = 1 << 20  # 413 above it
+    max_json_depth: int = 32  # 400 above it (a body nested 100,000 deep once gave a 500)
+    request_timeout_s: float = 600.0  # a request still running after it is dropped: 504
+    stall_s: float = 30.0  # /health says "stalled" when one step runs longer
+    retry_after_s: int = 1  # the Retry-After of a 429
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape {"error": {"message", "type", "param", "code"}}."""
+
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.param, self.code, self.headers = status, param, code, headers
+
+
+class BadRequest(APIError):
     """A request the API refuses with 400; `param` names the offending field."""
 
     def __init__(self, param: str | None, message: str):
-        super().__init__(message)
-        self.param = param
+        super().__init__(400, message, param)
 
 
-def _error(param: str | None, message: str, status: int = 400) -> JSONResponse:
-    # OpenAI's error shape: {"error": {"message", "type", "param", "code"}}
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": param,
-                      "code": None}}
-    return JSONResponse(body, status_code=status)
+def _error_body(status: int, message: str, param: str | None = None,
+                code: str | None = None) -> dict:
+    kind = ("server_error" if status >= 500 else
+            "rate_limit_error" if status == 429 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _error(status: int, message: str, param: str | None = None, code: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(_error_body(status, message, param, code), status_code=status,
+                        headers=headers)
+
+
+# --- parsing: a body -> a Plan, in a worker thread -----------------------------------------------
+
+@dataclass
+class Plan:
+    """A validated request: token-id prompts and how to sample from them."""
+
+    prompts: list[list[int]]
+    max_tokens: int
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    n: int = 1
+    stop: list[str] = field(default_factory=list)
+    stop_ids: tuple[int, ...] = ()
+    stream: bool = False
+    include_usage: bool = False
+    logprobs: int | None = None  # top alternatives per token; None: no logprobs
+    echo: bool = False
+    seed: int | None = None
+    chat: bool = False
+    model: str | None = None
+
+
+def load_json(raw: bytes, max_depth: int = 32) -> dict[str, Any]:
+    """Bytes -> a JSON object; BadRequest for bad JSON, a non-object or nesting over max_depth."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:  # json's parser recurses per level
+        raise BadRequest(None, f"the body nests deeper than {max_depth} levels") from None
+    except (ValueError, UnicodeDecodeError) as err:  # ValueError: bad JSON, or a 5000-digit int
+        raise BadRequest(None, f"the body is not valid JSON: {str(err)[:200]}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(None, f"the body must be a JSON object, got {type(body).__name__}")
+    stack = [(body, 1)]
+    while stack:  # iterative, so that depth itself cannot overflow the check
+        obj, depth = stack.pop()
+        if depth > max_depth:
+            raise BadRequest(None, f"the body nests deeper than {max_depth} levels")
+        children = obj.values() if isinstance(obj, dict) else obj
+        stack += [(c, depth + 1) for c in children if isinstance(c, (dict, list))]
+    return body
 
 
 def _number(body: dict, name: str, default: float, lo: float, hi: float) -> float:
@@ -45,57 +132,212 @@ def _number(body: dict, name: str, default: float, lo: float, hi: float) -> floa
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise BadRequest(name, f"{name} must be a number, got {value!r}")
+        raise BadRequest(name, f"{name} must be a number, got {value!r}"[:200])
     if not lo <= value <= hi:
         raise BadRequest(name, f"{name} must lie in [{lo}, {hi}], got {value}")
     return float(value)
 
 
-def parse_completion(raw: bytes, tokenizer: Tokenizer, context_length: int) -> dict[str, Any]:
-    """Validate a /v1/completions body -> settings; BadRequest names the first bad field."""
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadRequest(None, f"the body is not valid JSON: {err}") from None
-    if not isinstance(body, dict):
-        raise BadRequest(None, f"the body must be a JSON object, got {type(body).__name__}")
-    prompt = body.get("prompt")
-    if not isinstance(prompt, str) or not prompt:
-        raise BadRequest("prompt", f"prompt must be a non-empty string, got {prompt!r}"[:200])
-    try:
-        ids = tokenizer.encode(prompt)
-    except ValueError as err:
-        raise BadRequest("prompt", f"prompt cannot be encoded: {err}") from None
-    if len(ids) >= context_length:
-        raise BadRequest("prompt", f"prompt is {len(ids)} tokens; the context holds "
-                                   f"{context_length}, so at most {context_length - 1} fit")
-    max_tokens = body.get("max_tokens", MAX_TOKENS_DEFAULT)
-    room = context_length - len(ids)
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int):
-        raise BadRequest("max_tokens", f"max_tokens must be an integer, got {max_tokens!r}")
-    if not 0 <= max_tokens <= room:
-        raise BadRequest("max_tokens", f"max_tokens must lie in [0, {room}] for this "
-                                       f"{len(ids)}-token prompt (context {context_length}), "
-                                       f"got {max_tokens}")
-    temperature = _number(body, "temperature", 1.0, 0.0, 100.0)
-    top_p = _number(body, "top_p", 1.0, 1e-9, 1.0)
-    top_k = body.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise BadRequest("top_k", f"top_k must be an integer >= 1, got {top_k!r}")
+def _int(body: dict, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise BadRequest(name, f"{name} must be an integer in [{lo}, {hi}], got {value!r}"[:200])
+    return value
+
+
+def _refuse_unsupported(body: dict, allowed: set[str]) -> None:
+    """An option this server does not implement is a 400 naming it, never silently ignored."""
+    for name in body:
+        if name not in allowed:
+            raise BadRequest(name, f"{name!r} is not supported by this server"[:200])
+    for name in ("presence_penalty", "frequency_penalty"):
+        if body.get(name) not in (None, 0, 0.0):
+            raise BadRequest(name, f"{name} is not supported by this server; only 0 is accepted")
+    if body.get("logit_bias") not in (None, {}):
+        raise BadRequest("logit_bias", "logit_bias is not supported by this server")
+    if body.get("suffix") is not None:
+        raise BadRequest("suffix", "suffix (insertion) is not supported by this server")
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("user", f"user must be a string, got {user!r}"[:200])
+
+
+def _sampling(body: dict, plan: Plan, room: int, default_max: int) -> None:
+    """Fill plan's shared options from the body; `room` is what the longest prompt leaves."""
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("model", f"model must be a string, got {model!r}"[:200])
+    plan.model = model
+    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None \
+        else "max_tokens"
+    value = body.get(name)
+    if value is None:
+        value = min(default_max, room)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= room:
+        raise BadRequest(name, f"{name} must be an integer in [0, {room}] for this prompt "
+                               f"(the context leaves {room} tokens), got {value!r}"[:240])
+    plan.max_tokens = value
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    if 0 < temperature < MIN_TEMPERATURE:
+        raise BadRequest("temperature", f"temperature must be 0 (greedy) or lie in "
+                                        f"[{MIN_TEMPERATURE}, 2], got {temperature}")
+    plan.temperature = temperature
+    top_p = body.get("top_p")
+    if top_p is not None:
+        top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
+        if top_p == 0:
+            raise BadRequest("top_p", "top_p must lie in (0, 1]; use temperature 0 for greedy")
+    plan.top_p = None if top_p is None or top_p >= 1.0 else top_p
+    plan.top_k = _int(body, "top_k", None, 1, 2**31)
+    plan.seed = _int(body, "seed", None, *SEED_RANGE)
+    plan.n = _int(body, "n", 1, 1, MAX_CHOICES)
     stop = body.get("stop")
     stop = [stop] if isinstance(stop, str) else stop
     if stop is not None and (not isinstance(stop, list) or len(stop) > 4
                              or not all(isinstance(s, str) and s for s in stop)):
-        raise BadRequest("stop", f"stop must be a string or up to 4 strings, got {stop!r}")
+        raise BadRequest("stop", f"stop must be a string or up to 4 strings, got {stop!r}"[:200])
+    plan.stop = stop or []
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
-        raise BadRequest("stream", f"stream must be true or false, got {stream!r}")
-    seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise BadRequest("seed", f"seed must be an integer, got {seed!r}")
-    return dict(ids=ids, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                top_p=None if top_p >= 1.0 else top_p, stop=stop or [], stream=stream, seed=seed)
+        raise BadRequest("stream", f"stream must be true or false, got {stream!r}"[:200])
+    plan.stream = stream
+    options = body.get("stream_options")
+    if options is not None:
+        if not stream:
+            raise BadRequest("stream_options", "stream_options is only allowed with stream: true")
+        if not isinstance(options, dict) or set(options) - {"include_usage"} or \
+                not isinstance(options.get("include_usage", False), bool):
+            raise BadRequest("stream_options", "stream_options takes only include_usage "
+                                               f"(true or false), got {options!r}"[:200])
+        plan.include_usage = options.get("include_usage", False)
 
+
+def _encode(tokenizer: Tokenizer, text: str, param: str) -> list[int]:
+    try:
+        return tokenizer.encode(text)
+    except ValueError as err:
+        raise BadRequest(param, f"{param} cannot be encoded: {err}"[:240]) from None
+
+
+def _check_prompt(ids: list[int], param: str, vocab_size: int, context_length: int) -> None:
+    if not ids:
+        raise BadRequest(param, f"{param} must hold at least one token")
+    if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size for i in ids):
+        raise BadRequest(param, f"{param}: token ids must be integers in [0, {vocab_size})")
+    if len(ids) >= context_length:
+        raise BadRequest(param, f"{param} is {len(ids)} tokens; the context holds "
+                                f"{context_length}, so at most {context_length - 1} fit")
+
+
+def parse_completion(raw: bytes | dict, tokenizer: Tokenizer, context_length: int,
+                     max_depth: int = 32) -> Plan:
+    """Validate a /v1/completions body -> Plan; BadRequest names the first bad field.
+
+    Example: parse_completion(b'{"prompt": "Hi", "max_tokens": 4}', tok, 64).max_tokens -> 4
+    """
+    body = raw if isinstance(raw, dict) else load_json(raw, max_depth)
+    _refuse_unsupported(body, COMPLETION_FIELDS)
+    prompt = body.get("prompt")
+    # The four forms OpenAI takes: a string, strings, token ids, lists of token ids.
+    if isinstance(prompt, str):
+        forms = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        forms = prompt
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, int) for p in prompt):
+        forms = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, list) for p in prompt):
+        forms = prompt
+    else:
+        raise BadRequest("prompt", "prompt must be a non-empty string, list of strings, list of "
+                                   f"token ids or list of lists of token ids, got {prompt!r}"[:240])
+    prompts = []
+    for i, p in enumerate(forms):
+        param = "prompt" if len(forms) == 1 else f"prompt[{i}]"
+        ids = _encode(tokenizer, p, param) if isinstance(p, str) else p
+        _check_prompt(ids, param, tokenizer.vocab_size, context_length)
+        prompts.append(list(ids))
+    plan = Plan(prompts=prompts, max_tokens=0)
+    _sampling(body, plan, context_length - max(map(len, prompts)), MAX_TOKENS_DEFAULT)
+    if len(prompts) * plan.n > MAX_CHOICES:
+        raise BadRequest("n", f"{len(prompts)} prompts x n={plan.n} exceeds {MAX_CHOICES} "
+                              "choices per request")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of != plan.n:
+        raise BadRequest("best_of", f"best_of is not supported beyond best_of = n ({plan.n}), "
+                                    f"got {best_of!r}"[:200])
+    plan.logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
+    echo = body.get("echo", False)
+    if not isinstance(echo, bool):
+        raise BadRequest("echo", f"echo must be true or false, got {echo!r}"[:200])
+    if echo and plan.stream and plan.logprobs is not None:
+        raise BadRequest("echo", "echo with logprobs is not supported when streaming")
+    plan.echo = echo
+    return plan
+
+
+def chat_prompt(messages: Any, tokenizer: Tokenizer) -> list[int]:
+    """Chat messages -> the prompt's ids: chapter 10's template, then <|assistant|>.
+
+    Example: chat_prompt([{"role": "user", "content": "hi"}], tok) encodes
+    '<|user|>hi<|end|><|assistant|>'.
+    """
+    from ..sft import SPECIAL_TOKENS, render_chat
+
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages", "messages must be a non-empty list of {role, content}")
+    clean = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise BadRequest(f"messages[{i}]", f"messages[{i}] must be an object, got {m!r}"[:200])
+        role, content = m.get("role"), m.get("content")
+        if role not in ("user", "assistant"):
+            raise BadRequest(f"messages[{i}].role", "this model knows the roles 'user' and "
+                                                    f"'assistant' only, got {role!r}"[:200])
+        if isinstance(content, list):  # content parts: text only
+            if not all(isinstance(p, dict) and p.get("type") == "text"
+                       and isinstance(p.get("text"), str) for p in content):
+                raise BadRequest(f"messages[{i}].content", "only text content parts are "
+                                                           "supported")
+            content = "".join(p["text"] for p in content)
+        if not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content",
+                             f"content must be a string, got {content!r}"[:200])
+        if any(s in content for s in SPECIAL_TOKENS):
+            raise BadRequest(f"messages[{i}].content",
+                             "content may not contain the chat template's special tokens")
+        if set(m) - {"role", "content", "name"}:
+            extra = sorted(set(m) - {"role", "content", "name"})[0]
+            raise BadRequest(f"messages[{i}].{extra}", f"{extra!r} is not supported")
+        clean.append({"role": role, "content": content})
+    return _encode(tokenizer, render_chat(clean) + "<|assistant|>", "messages")
+
+
+def parse_chat(raw: bytes | dict, tokenizer: Tokenizer, context_length: int,
+               max_depth: int = 32) -> Plan:
+    """Validate a /v1/chat/completions body -> Plan that stops at <|end|>."""
+    body = raw if isinstance(raw, dict) else load_json(raw, max_depth)
+    _refuse_unsupported(body, CHAT_FIELDS)
+    end = getattr(tokenizer, "special_ids", {}).get(CHAT_END)
+    if end is None:
+        raise BadRequest("messages", "this model has no chat template: it is a base model; "
+                                     "use /v1/completions")
+    ids = chat_prompt(body.get("messages"), tokenizer)
+    _check_prompt(ids, "messages", tokenizer.vocab_size, context_length)
+    plan = Plan(prompts=[ids], max_tokens=0, stop_ids=(end,), chat=True)
+    _sampling(body, plan, context_length - len(ids), context_length)
+    logprobs = body.get("logprobs", False)
+    if not isinstance(logprobs, bool):
+        raise BadRequest("logprobs", f"logprobs must be true or false, got {logprobs!r}"[:200])
+    top = _int(body, "top_logprobs", None, 0, 20)
+    if top is not None and not logprobs:
+        raise BadRequest("top_logprobs", "top_logprobs needs logprobs: true")
+    plan.logprobs = (top or 0) if logprobs else None
+    return plan
+
+
+# --- answering: requests into the engine, tokens back out ------------------------------------
 
 def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     """Text up to the first stop string, and whether one was found."""
@@ -103,87 +345,378 @@ def _cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
-def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion-gpt") -> FastAPI:
+@dataclass
+class _Choice:
+    index: int
+    req: Request
+    tokens: list[int] = field(default_factory=list)  # the answer's ids (no stop id)
+    received: int = 0  # every token the engine sent, stop ids included
+    sent: str = ""  # text already sent
+    finish: str | None = None
+    lp_sent: int = 0  # logprob entries already sent
+    started: bool = False  # chat: the role delta went out
+
+
+class _Metrics:
+    """Prometheus metrics in a registry of their own (several apps may live in one process)."""
+
+    def __init__(self, engine: Engine):
+        self.registry = r = CollectorRegistry()
+        Gauge("companion_queue_depth", "Requests waiting for admission",
+              registry=r).set_function(lambda: len(engine.waiting))
+        Gauge("companion_running_rows", "Requests in the running batch",
+              registry=r).set_function(lambda: len(engine.running))
+        Gauge("companion_kv_blocks_in_use", "KV-cache blocks held by sequences",
+              registry=r).set_function(lambda: engine.cache.blocks_in_use)
+        Gauge("companion_kv_blocks_total", "KV-cache blocks in the pool",
+              registry=r).set_function(lambda: engine.cache.allocator.num_blocks)
+        Gauge("companion_engine_errors", "Requests failed by an error inside the engine",
+              registry=r).set_function(lambda: engine.errors)
+        # The engine has no prefix cache yet: the counter is exported and stays at 0.
+        self.prefix_hits = Counter("companion_prefix_cache_hits",
+                                   "Prompt blocks served from the prefix cache", registry=r)
+        buckets = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+        self.ttft = Histogram("companion_time_to_first_token_seconds",
+                              "From a request's arrival to its first token", buckets=buckets,
+                              registry=r)
+        self.itl = Histogram("companion_inter_token_latency_seconds",
+                             "Between consecutive tokens of one request", buckets=buckets,
+                             registry=r)
+        self.requests = Counter("companion_requests", "Answered requests by route and status",
+                                ["route", "status"], registry=r)
+
+
+def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion-gpt",
+              limits: Limits | None = None) -> FastAPI:
     """The FastAPI app in front of `engine`, whose loop starts and stops with the app."""
+    limits = limits or Limits()
+    metrics = _Metrics(engine)
     thread = threading.Thread(target=engine.run_forever, daemon=True, name="engine")
+    created_at = int(time.time())
 
     async def lifespan(app: FastAPI):
         thread.start()
         yield
-        engine.shutdown()
+        engine.shutdown()  # uvicorn has drained the open requests by now
         thread.join(timeout=10)
 
     app = FastAPI(title="companion LLM server", lifespan=lifespan)
+    app.state.engine, app.state.metrics, app.state.limits = engine, metrics, limits
+
+    @app.exception_handler(APIError)
+    async def api_error(_: HTTPRequest, err: APIError) -> JSONResponse:
+        return _error(err.status, str(err), err.param, err.code, err.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(http: HTTPRequest, err: StarletteHTTPException) -> JSONResponse:
+        what = {404: f"no route {http.method} {http.url.path}",
+                405: f"{http.method} is not allowed on {http.url.path}"}
+        code = {404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+        return _error(err.status_code, what.get(err.status_code, str(err.detail)), None, code,
+                      getattr(err, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: HTTPRequest, err: Exception) -> JSONResponse:
+        return _error(500, f"internal error: {type(err).__name__}: {err}"[:300])
 
     @app.get("/health")
-    async def health() -> dict:
-        return {"status": "ok", "model": model_name, "running": len(engine.running),
-                "waiting": len(engine.waiting), "context_length": engine.context_length}
+    async def health() -> JSONResponse:
+        h = engine.health(limits.stall_s)
+        body = {"status": h.pop("state"), "model": model_name,
+                "context_length": engine.context_length, **h}
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    def model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": created_at,
+                "owned_by": "companion", "context_length": engine.context_length}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name}")
+    async def model(name: str) -> dict:
+        if name != model_name:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves "
+                                f"{model_name!r}", "model", "model_not_found")
+        return model_card()
+
+    async def read_body(http: HTTPRequest) -> bytes:
+        """The body, or 413 past max_body_bytes (declared or counted, so chunked bodies too)."""
+        limit = limits.max_body_bytes
+        declared = http.headers.get("content-length", "")
+        too_big = APIError(413, f"the body exceeds {limit} bytes", None, "request_too_large")
+        if declared.isdigit() and int(declared) > 64 * limit:
+            raise too_big  # not worth reading: uvicorn closes the connection
+        chunks, size = [], 0
+        async for chunk in http.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > 64 * limit:
+                break
+        if size > limit:  # read to the end so that the client hears the 413
+            raise too_big
+        return b"".join(chunks)
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest):
-        try:
-            s = parse_completion(await http.body(), tokenizer, engine.context_length)
-        except BadRequest as err:
-            return _error(err.param, str(err))
+        raw = await read_body(http)
+        # Parsing and tokenising run in a worker thread: a 1 MB prompt must not stall the streams.
+        plan = await run_in_threadpool(parse_completion, raw, tokenizer, engine.context_length,
+                                       limits.max_json_depth)
+        return await answer(http, plan)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(http: HTTPRequest):
+        raw = await read_body(http)
+        plan = await run_in_threadpool(parse_chat, raw, tokenizer, engine.context_length,
+                                       limits.max_json_depth)
+        return await answer(http, plan)
+
+    def logprob_entries(c: _Choice, plan: Plan, upto: int) -> list[dict]:
+        """Chat's logprobs content for the choice's tokens [c.lp_sent, upto)."""
+        out = []
+        for token, (lp, alts) in zip(c.tokens[c.lp_sent:upto],
+                                     c.req.token_logprobs[c.lp_sent:upto]):
+            text = tokenizer.decode([token])
+            out.append({"token": text, "logprob": lp, "bytes": list(text.encode()),
+                        "top_logprobs": [{"token": (t := tokenizer.decode([i])), "logprob": v,
+                                          "bytes": list(t.encode())} for i, v in alts]})
+        return out
+
+    def completion_logprobs(c: _Choice, plan: Plan, start: int, upto: int,
+                            offset: int) -> dict:
+        """/v1/completions' logprobs object for tokens [start, upto), echo's prompt first."""
+        tokens, lps, tops = [], [], []
+        if plan.echo and start == 0:
+            prompt = c.req.prompt
+            tokens += [tokenizer.decode([t]) for t in prompt]
+            lps.append(None)
+            tops.append(None)
+            for lp, alts in c.req.prompt_token_logprobs:
+                lps.append(lp)
+                tops.append({tokenizer.decode([i]): v for i, v in alts})
+        for token, (lp, alts) in zip(c.tokens[start:upto], c.req.token_logprobs[start:upto]):
+            tokens.append(tokenizer.decode([token]))
+            lps.append(lp)
+            tops.append({tokenizer.decode([i]): v for i, v in alts})
+        offsets, at = [], offset
+        for t in tokens:
+            offsets.append(at)
+            at += len(t)
+        return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
+                "text_offset": offsets}
+
+    async def answer(http: HTTPRequest, plan: Plan):
+        if plan.model is not None and plan.model != model_name:
+            raise APIError(404, f"the model {plan.model!r} does not exist; this server serves "
+                                f"{model_name!r}", "model", "model_not_found")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        arrived = time.perf_counter()
+        deadline = time.monotonic() + limits.request_timeout_s
+        choices: list[_Choice] = []
+        last: dict[int, float] = {}
 
         def on_token(req: Request, token: int | None) -> None:  # runs in the engine thread
-            loop.call_soon_threadsafe(queue.put_nowait, token)
+            if token is not None:
+                now = time.perf_counter()
+                before = last.get(req.id)
+                (metrics.ttft.observe(now - arrived) if before is None
+                 else metrics.itl.observe(now - before))
+                last[req.id] = now
+            loop.call_soon_threadsafe(queue.put_nowait, (req.id, token))
 
-        req = Request(s["ids"], s["max_tokens"], s["temperature"], s["top_k"], s["top_p"],
-                      seed=s["seed"], on_token=on_token)
-        if s["max_tokens"] == 0:
-            req.finish_reason = "length"
-            queue.put_nowait(None)
-        else:
-            engine.submit(req)
-        cid, created = f"cmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        for p, ids in enumerate(plan.prompts):
+            for j in range(plan.n):
+                seed = None if plan.seed is None else plan.seed + j
+                req = Request(ids, plan.max_tokens, plan.temperature, plan.top_k, plan.top_p,
+                              seed=seed, stop_ids=plan.stop_ids, on_token=on_token,
+                              logprobs=plan.logprobs,
+                              prompt_logprobs=plan.echo and plan.logprobs is not None,
+                              deadline=deadline)
+                choices.append(_Choice(len(choices), req))
+        by_id = {c.req.id: c for c in choices}
+        for c in choices:
+            if plan.max_tokens == 0 and not (plan.echo and plan.logprobs is not None):
+                c.finish = "length"  # nothing to compute
+                continue
+            try:
+                engine.submit(c.req)
+            except QueueFull as err:
+                for other in choices:
+                    engine.cancel(other.req)
+                status = 503 if "shutting down" in str(err) else 429
+                raise APIError(status, str(err), None, "queue_full" if status == 429 else
+                               "shutting_down", {"Retry-After": str(limits.retry_after_s)})
+            except ValueError as err:  # e.g. more KV blocks than the pool holds
+                for other in choices:
+                    engine.cancel(other.req)
+                raise BadRequest("max_tokens", str(err)) from None
+        hold = max((len(x) - 1 for x in plan.stop), default=0)
 
-        def chunk(text: str, finish: str | None) -> dict:
-            return {"id": cid, "object": "text_completion", "created": created,
-                    "model": model_name,
-                    "choices": [{"text": text, "index": 0, "logprobs": None,
-                                 "finish_reason": finish}]}
+        def advance(c: _Choice, token: int | None) -> str:
+            """Take one engine event for a choice -> the new text it may send now."""
+            if token is not None:
+                c.received += 1
+                if token not in plan.stop_ids:
+                    c.tokens.append(token)
+            text, hit = _cut_at_stop(tokenizer.decode(c.tokens), plan.stop)
+            if hit:
+                engine.cancel(c.req)
+            if token is None or hit:
+                reason = c.req.finish_reason
+                if not hit and reason == "error":
+                    raise APIError(500, f"the engine failed on this request: {c.req.error}",
+                                   None, "engine_error")
+                if not hit and reason == "timeout":
+                    raise APIError(504, f"the request ran past the server's "
+                                        f"{limits.request_timeout_s:g} s deadline", None,
+                                   "timeout")
+                c.finish = "stop" if hit or reason == "stop" else "length"
+                new = text[len(c.sent):]
+                c.sent = text
+                return new
+            # Hold back text that might be the start of a stop string, or half a character.
+            safe = text[:max(len(c.sent), len(text) - hold)]
+            while len(safe) > len(c.sent) and safe.endswith("\ufffd"):
+                safe = safe[:-1]
+            new, c.sent = safe[len(c.sent):], safe
+            return new
 
-        async def tokens():
-            """Yield (new text, finish_reason or None) until the request ends or hits a stop."""
-            sent = ""
-            hold = max((len(x) - 1 for x in s["stop"]), default=0)
-            while True:
-                token = await queue.get()
-                text, hit = _cut_at_stop(tokenizer.decode(list(req.output)), s["stop"])
-                if hit:
-                    engine.cancel(req)
-                if token is None or hit:
-                    stopped = hit or req.finish_reason == "stop"
-                    yield text[len(sent):], "stop" if stopped else "length"
-                    return
-                # Hold back text that might be the start of a stop string.
-                safe = text[:max(len(sent), len(text) - hold)]
-                yield safe[len(sent):], None
-                sent = safe
+        async def events():
+            """(choice, new text) until every choice has finished; cancels all if abandoned."""
+            while any(c.finish is None for c in choices):
+                rid, token = await queue.get()
+                c = by_id[rid]
+                if c.finish is None:
+                    yield c, advance(c, token)
 
-        if s["stream"]:
-            async def events():
+        cid = f"{'chatcmpl' if plan.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+        route = "chat" if plan.chat else "completions"
+
+        def usage() -> dict:
+            n_out = sum(_count_tokens(tokenizer, c) for c in choices)
+            n_in = sum(map(len, plan.prompts))
+            return {"prompt_tokens": n_in, "completion_tokens": n_out,
+                    "total_tokens": n_in + n_out}
+
+        def chunk(c: _Choice, new: str) -> dict:
+            upto = c.lp_sent if plan.logprobs is None else (
+                len(c.tokens) if c.finish else _tokens_for(tokenizer, c, len(c.sent)))
+            if plan.chat:
+                delta = {} if c.started else {"role": "assistant"}
+                if new or not c.started:
+                    delta["content"] = new
+                c.started = True
+                lp = None if plan.logprobs is None else {
+                    "content": logprob_entries(c, plan, upto)}
+                choice = {"index": c.index, "delta": delta, "logprobs": lp,
+                          "finish_reason": c.finish}
+            else:
+                lp = None if plan.logprobs is None else completion_logprobs(
+                    c, plan, c.lp_sent, upto, len(c.sent) - len(new))
+                choice = {"text": new, "index": c.index, "logprobs": lp,
+                          "finish_reason": c.finish}
+            c.lp_sent = max(c.lp_sent, upto)
+            body = {"id": cid, "object": "chat.completion.chunk" if plan.chat
+                    else "text_completion", "created": created, "model": model_name,
+                    "choices": [choice]}
+            if plan.include_usage:
+                body["usage"] = None
+            return body
+
+        if plan.stream:
+            async def sse():
                 try:
-                    async for new, finish in tokens():
-                        if new or finish:
-                            yield f"data: {json.dumps(chunk(new, finish))}\n\n"
+                    if plan.echo:
+                        for c in choices:
+                            text = tokenizer.decode(c.req.prompt)
+                            yield f"data: {json.dumps(chunk(c, text))}\n\n"
+                    for c in choices:
+                        if c.finish:  # max_tokens 0
+                            yield f"data: {json.dumps(chunk(c, ''))}\n\n"
+                    async for c, new in events():
+                        if new or c.finish or (plan.chat and not c.started):
+                            yield f"data: {json.dumps(chunk(c, new))}\n\n"
+                    if plan.include_usage:
+                        final = {"id": cid, "object": "chat.completion.chunk" if plan.chat
+                                 else "text_completion", "created": created,
+                                 "model": model_name, "choices": [], "usage": usage()}
+                        yield f"data: {json.dumps(final)}\n\n"
                     yield "data: [DONE]\n\n"
+                    metrics.requests.labels(route, "200").inc()
+                except APIError as err:  # the headers went out: the error is the last event
+                    metrics.requests.labels(route, str(err.status)).inc()
+                    body = _error_body(err.status, str(err), err.param, err.code)
+                    yield f"data: {json.dumps(body)}\n\n"
                 finally:
-                    engine.cancel(req)  # a no-op when done; frees the slot if the client left
+                    for c in choices:  # a no-op when done; frees the rows if the client left
+                        engine.cancel(c.req)
 
-            return StreamingResponse(events(), media_type="text/event-stream")
+            return StreamingResponse(sse(), media_type="text/event-stream")
 
-        text, finish = "", "length"
-        async for new, fin in tokens():
-            text, finish = text + new, fin or finish
-        body = chunk(text, finish)
-        n_out = len(tokenizer.encode(text)) if text else 0  # what was returned, not what ran
-        body["usage"] = {"prompt_tokens": len(s["ids"]), "completion_tokens": n_out,
-                         "total_tokens": len(s["ids"]) + n_out}
-        return body
+        # Not streaming: wait, but watch the connection, so that an abandoned request stops.
+        try:
+            it = events().__aiter__()
+            while True:
+                step = asyncio.ensure_future(it.__anext__())
+                while not step.done():
+                    await asyncio.wait([step], timeout=0.25)
+                    if not step.done() and await http.is_disconnected():
+                        step.cancel()
+                        for c in choices:
+                            engine.cancel(c.req)
+                        return Response(status_code=499)  # nobody is listening
+                try:
+                    step.result()
+                except StopAsyncIteration:
+                    break
+        except APIError as err:
+            metrics.requests.labels(route, str(err.status)).inc()
+            raise
+        finally:
+            for c in choices:
+                engine.cancel(c.req)
+        out = []
+        for c in choices:
+            text = c.sent
+            if plan.chat:
+                lp = None if plan.logprobs is None else {
+                    "content": logprob_entries(c, plan, len(c.tokens))}
+                out.append({"index": c.index, "message": {"role": "assistant",
+                                                          "content": text},
+                            "logprobs": lp, "finish_reason": c.finish})
+            else:
+                prefix = tokenizer.decode(c.req.prompt) if plan.echo else ""
+                upto = _count_tokens(tokenizer, c)
+                lp = None if plan.logprobs is None else completion_logprobs(
+                    c, plan, 0, upto, 0)
+                out.append({"text": prefix + text, "index": c.index, "logprobs": lp,
+                            "finish_reason": c.finish})
+        metrics.requests.labels(route, "200").inc()
+        return {"id": cid, "object": "chat.completion" if plan.chat else "text_completion",
+                "created": created, "model": model_name, "choices": out, "usage": usage()}
 
     return app
+
+
+def _tokens_for(tokenizer: Tokenizer, c: _Choice, n_chars: int) -> int:
+    """How many of the choice's tokens the first n_chars of its text cover."""
+    if n_chars >= len(tokenizer.decode(c.tokens)):
+        return len(c.tokens)
+    k = 0
+    while k < len(c.tokens) and len(tokenizer.decode(c.tokens[:k + 1])) <= n_chars:
+        k += 1
+    return k
+
+
+def _count_tokens(tokenizer: Tokenizer, c: _Choice) -> int:
+    """Completion tokens of a choice: those whose text was returned (a stop string cuts)."""
+    return _tokens_for(tokenizer, c, len(c.sent))
