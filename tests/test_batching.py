@@ -2,12 +2,15 @@
 unbatched greedy generation whatever joins or leaves the batch."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from companion.generate import generate
 from companion.model import GPT, GPTConfig
 from companion.serve import BlockAllocator, Engine, PagedKVCache, Request
+from companion.serve.engine import QueueFull
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -140,3 +143,76 @@ def test_engine_serves_a_quantized_model_like_generate(bits):
 
     qmodel = quantize(tiny(), bits=bits, group_size=16)
     assert Engine(qmodel, max_batch=3, block_size=4).generate(PROMPTS, LENGTHS) == reference(qmodel)
+
+
+def test_a_sampling_error_fails_its_request_and_the_engine_goes_on():
+    # temperature 1e-300 is 0 in float32: sampling raised "probability tensor contains inf/nan"
+    # inside the engine thread, and every later request hung (issue 29).
+    engine = Engine(tiny())
+    bad = engine.submit(Request([1, 2, 3], 5, temperature=1e-300))
+    good = engine.submit(Request([4, 5], 5))
+    while engine.has_work:
+        engine.step()
+    assert bad.finish_reason == "error" and "RuntimeError" in bad.error
+    assert good.finish_reason == "length" and len(good.output) == 5
+    assert engine.errors == 1 and engine.cache.blocks_in_use == 0 and engine.reserved == 0
+    assert engine.generate([PROMPTS[0]], 10) == reference(tiny(), PROMPTS[:1], [10])
+
+
+def test_a_failed_step_fails_its_rows_frees_their_blocks_and_the_next_step_runs(monkeypatch):
+    engine = Engine(tiny())
+    reqs = [engine.submit(Request(p, 8)) for p in PROMPTS[:3]]
+    engine.step()  # prefill: every row running
+    monkeypatch.setattr(engine, "_decode", lambda rows: 1 / 0)
+    assert engine.step() == 0
+    assert [r.finish_reason for r in reqs] == ["error"] * 3
+    assert "ZeroDivisionError" in reqs[0].error and engine.errors == 3
+    assert not engine.running and engine.cache.blocks_in_use == 0 and engine.reserved == 0
+    monkeypatch.undo()
+    assert engine.generate([PROMPTS[1]], 3) == reference(tiny(), PROMPTS[1:2], [3])
+
+
+def test_deadline_and_cancel_drop_waiting_and_running_requests():
+    engine = Engine(tiny(), max_batch=1)
+    running = engine.submit(Request([1, 2], 30, deadline=time.monotonic() + 3600))
+    queued = engine.submit(Request([3, 4], 30, deadline=time.monotonic() - 1))
+    cancelled = engine.submit(Request([5], 30))
+    engine.cancel(cancelled)
+    engine.step()
+    assert queued.finish_reason == "timeout" and cancelled.finish_reason == "cancelled"
+    running.deadline = time.monotonic() - 1
+    while engine.has_work:
+        engine.step()
+    assert running.finish_reason == "timeout" and len(running.output) < 30
+    assert engine.cache.blocks_in_use == 0 and engine.reserved == 0
+
+
+def test_a_bounded_queue_refuses_with_queue_full():
+    engine = Engine(tiny(), max_waiting=2)
+    engine.submit(Request([1], 3))
+    engine.submit(Request([2], 3))
+    with pytest.raises(QueueFull, match="2 requests are waiting"):
+        engine.submit(Request([3], 3))
+
+
+def test_static_policy_never_returns_more_than_max_new_tokens():
+    # The static batch keeps finished rows computing; those tokens went into `output`, so a
+    # server reading it returned max_tokens + 1 tokens (6 of 128 responses, issue 29).
+    engine = Engine(tiny(), max_batch=4, policy="static")
+    seen: dict[int, list[int]] = {}
+    reqs = [engine.submit(Request(p, n, on_token=lambda r, t: seen.setdefault(r.id, []).append(t)))
+            for p, n in zip(PROMPTS, LENGTHS)]
+    while engine.has_work:
+        engine.step()
+        for r in reqs:
+            assert len(r.output) <= r.max_new_tokens
+    for r, n in zip(reqs, LENGTHS):
+        assert len(r.output) == n and seen[r.id][:-1] == r.output and seen[r.id][-1] is None
+    assert [r.output for r in reqs] == reference(tiny())
+
+
+def test_health_reports_a_stalled_step():
+    engine = Engine(tiny())
+    assert engine.health()["state"] == "ok"
+    engine.step_started = time.monotonic() - 5
+    assert engine.health(stall_s=1)["state"] == "stalled"
