@@ -663,25 +663,21 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
             return StreamingResponse(sse(), media_type="text/event-stream")
 
         # Not streaming: wait, but watch the connection, so that an abandoned request stops.
+        async def watch() -> None:
+            while not await http.is_disconnected():
+                await asyncio.sleep(0.25)
+            for c in choices:  # nobody is listening: free the rows and their KV blocks
+                engine.cancel(c.req)
+
+        watcher = asyncio.create_task(watch())
         try:
-            it = events().__aiter__()
-            while True:
-                step = asyncio.ensure_future(it.__anext__())
-                while not step.done():
-                    await asyncio.wait([step], timeout=0.25)
-                    if not step.done() and await http.is_disconnected():
-                        step.cancel()
-                        for c in choices:
-                            engine.cancel(c.req)
-                        return Response(status_code=499)  # nobody is listening
-                try:
-                    step.result()
-                except StopAsyncIteration:
-                    break
+            async for _ in events():
+                pass
         except APIError as err:
             metrics.requests.labels(route, str(err.status)).inc()
             raise
         finally:
+            watcher.cancel()
             for c in choices:
                 engine.cancel(c.req)
         out = []

@@ -326,6 +326,9 @@ class Engine:
                         self._fail(r, err)
                 else:  # a static zombie: computed and thrown away, never part of the output
                     r.padding.append(int(row.argmax()))
+        if self.policy == "continuous":  # free finished rows now, not a step later
+            for r in [r for r in self.running if r.done]:
+                self._release(r)
         self.steps += 1
         return emitted
 
