@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import string
 import subprocess
 import sys
@@ -131,3 +132,81 @@ def test_quantized_server_answers(tmp_path):
     with ServerProcess(path, "--quantize", "4", "--group-size", "16") as s:
         body = complete(s.url, **GOOD)
     assert body["model"] == "ckpt-int4" and len(body["choices"][0]["text"]) == 8
+
+
+def write_chat_checkpoint(path, seed: int = 1) -> None:
+    """Chapter 10's contract: a chat tokenizer over the characters, three special tokens."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(vocab_size=len(CHARS) + 3, context_length=64, d_model=32, n_layers=2,
+                    n_heads=4, pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    model = GPT(cfg)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(10)
+    tokenizer = {"kind": "chat", "base": {"kind": "char", "chars": CHARS},
+                 "specials": ["<|user|>", "<|assistant|>", "<|end|>"]}
+    save_checkpoint(path, {"format_version": 1, "model": model.state_dict(), "step": 0,
+                           "model_config": cfg.to_dict(), "tokenizer": tokenizer})
+
+
+def test_the_official_openai_client(tmp_path):
+    openai = pytest.importorskip("openai")
+    path = tmp_path / "chat.pt"
+    write_chat_checkpoint(path)
+    with ServerProcess(path) as s:
+        client = openai.OpenAI(base_url=f"{s.url}/v1", api_key="unused", max_retries=0,
+                               timeout=60)
+        model = client.models.list().data[0].id
+        assert model == "chat"
+        done = client.completions.create(model=model, prompt="Hello", max_tokens=8,
+                                         temperature=0, logprobs=2)
+        text = done.choices[0].text
+        assert len(text) == 8 and done.usage.completion_tokens == 8
+        assert len(done.choices[0].logprobs.top_logprobs[0]) == 2
+        pieces = list(client.completions.create(model=model, prompt="Hello", max_tokens=8,
+                                                temperature=0, stream=True,
+                                                stream_options={"include_usage": True}))
+        assert "".join(p.choices[0].text for p in pieces if p.choices) == text
+        assert pieces[-1].usage.completion_tokens == 8
+        messages = [{"role": "user", "content": "Who speaks?"}]
+        chat = client.chat.completions.create(model=model, messages=messages, max_tokens=6,
+                                              temperature=0, n=2)
+        assert [c.index for c in chat.choices] == [0, 1]
+        answer = chat.choices[0].message
+        assert answer.role == "assistant" and answer.content == chat.choices[1].message.content
+        deltas = list(client.chat.completions.create(model=model, messages=messages,
+                                                     max_tokens=6, temperature=0, stream=True))
+        assert "".join(d.choices[0].delta.content or "" for d in deltas) == answer.content
+        assert deltas[-1].choices[0].finish_reason == chat.choices[0].finish_reason
+        with pytest.raises(openai.BadRequestError) as err:
+            client.chat.completions.create(model=model, max_tokens=4, messages=[
+                {"role": "system", "content": "Be brief."}, *messages])
+        assert err.value.body["param"] == "messages[0].role"
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=model, prompt="Hi", temperature=1e-300)
+        assert err.value.body["param"] == "temperature"
+        with pytest.raises(openai.BadRequestError) as err:
+            client.completions.create(model=model, prompt="Hi", presence_penalty=1.0)
+        assert err.value.body["param"] == "presence_penalty"
+        with pytest.raises(openai.NotFoundError) as err:
+            client.completions.create(model="gpt-4", prompt="Hi")
+        assert err.value.body["code"] == "model_not_found"
+
+
+def test_sigterm_drains_the_open_stream_and_exits_0(tmp_path):
+    path = tmp_path / "long.pt"
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=len(CHARS), context_length=512, d_model=32, n_layers=2,
+                    n_heads=4, pos="rope", norm="rmsnorm", mlp="swiglu", bias=False)
+    save_checkpoint(path, {"format_version": 1, "model": GPT(cfg).state_dict(), "step": 0,
+                           "model_config": cfg.to_dict(),
+                           "tokenizer": {"kind": "char", "chars": CHARS}})
+    with ServerProcess(path) as s:
+        events = stream(s.url, prompt="Hi", max_tokens=500, temperature=0)
+        first = next(events)  # the stream is open and running
+        s.proc.send_signal(signal.SIGTERM)
+        rest = list(events)
+        assert s.proc.wait(timeout=60) == 0
+        out = s.proc.stdout.read().decode()
+    assert rest[-1] == "[DONE]" and rest[-2]["choices"][0]["finish_reason"] == "length"
+    text = "".join(e["choices"][0]["text"] for e in [first, *rest[:-1]])
+    assert len(text) == 500 and "drained and stopped" in out
