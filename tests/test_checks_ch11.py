@@ -109,6 +109,12 @@ def keeps_going(p, q, drafted, u):  # counts every surviving draft, not the pref
     return n, verify(p, q, drafted, u)[1]
 
 
+def residual_row_0(p, q, drafted, u):  # the residual always taken from row 0
+    n, d = verify(p, q, drafted, u)
+    r = (p[0] - q[0]).clamp(min=0)
+    return (n, r / r.sum()) if n < len(drafted) else (n, d)
+
+
 def test_check_11_2_passes_on_a_correct_answer(capsys):
     passes(check_11_2, verify, capsys)
 
@@ -121,6 +127,7 @@ def test_check_11_2_passes_on_a_correct_answer(capsys):
     (not_normalised, "normalise"),
     (resample_from_p, "max(0, p - q)"),
     (keeps_going, "first rejection"),
+    (residual_row_0, "rejected draft's own row"),
 ])
 def test_check_11_2_rejects_mistakes(wrong, fragment):
     fails_with(check_11_2, wrong, fragment)
@@ -179,6 +186,11 @@ class NeverFrees(Allocator):
         self.lengths.pop(seq, None)
 
 
+class StaleLength(Allocator):  # free() gives the blocks back but keeps the length
+    def free(self, seq):
+        self.free_blocks.extend(self.tables.pop(seq, []))
+
+
 class OffsetFromOne(Allocator):
     def append(self, seq):
         b, o = super().append(seq)
@@ -196,6 +208,7 @@ def test_check_11_3_passes_on_a_correct_answer(capsys):
     (NeverRaises, "RuntimeError"),
     (NeverFrees, "free list"),
     (OffsetFromOne, "offsets 0, 1, 0"),
+    (StaleLength, "forget seq's length"),
 ])
 def test_check_11_3_rejects_mistakes(wrong, fragment):
     fails_with(check_11_3, wrong, fragment)

@@ -84,6 +84,18 @@ def check_11_2(verify: Callable[..., tuple[Any, Any]]) -> None:
     if not torch.allclose(dist, want, atol=1e-6):
         fail(ex, f"on rejection at row 0, draw from max(0, p - q) normalised = "
                  f"{[round(x, 4) for x in want.tolist()]}; got {dist.tolist()}")
+    # Draft 0 kept (p/q = 2); draft 1 in row 1 has p/q = 0.1/0.4 = 0.25 < u = 0.5: rejected there.
+    n, dist = run([0, 1], [0.5, 0.5])
+    if n != 1:
+        fail(ex, f"the first draft is kept (p/q = 2) and the second rejected (p/q = 0.25 < 0.5); "
+                 f"you accepted {n}")
+    want_1 = torch.tensor([0.0, 0.0, 1.0])  # max(0, p[1] - q[1]) = [0, 0, 0.3], normalised
+    if not torch.allclose(dist, want_1, atol=1e-6):
+        if torch.allclose(dist, want, atol=1e-6):
+            fail(ex, "on a rejection at row 1 the residual came from row 0: use the rejected "
+                     "draft's own row, max(0, p[i] - q[i])")
+        fail(ex, f"on rejection at row 1, draw from max(0, p[1] - q[1]) normalised = "
+                 f"{want_1.tolist()}; got {dist.tolist()}")
     passed(ex, "accepts when u < p/q, stops at the first rejection, resamples from the normalised "
                "residual, and draws from p[k] when all k are accepted.")
 
@@ -127,5 +139,14 @@ def check_11_3(allocator_cls: type) -> None:
     more = int(call(ex, a.append, "y")[0])
     if more != y[-1]:
         fail(ex, "sequence y's fourth token still fits its second block (offset 1)")
+    # A freed sequence id that comes back starts again at token 0, in a fresh block.
+    try:
+        restart = a.append("x")
+    except (RuntimeError, IndexError, KeyError):
+        restart = None
+    if restart is None or int(restart[1]) != 0 or int(restart[0]) not in blocks:
+        fail(ex, f"after free('x'), x's next token should be token 0 again: (a freed block, "
+                 f"offset 0), got {restart}; free(seq) must forget seq's length as well as its "
+                 "blocks")
     passed(ex, "tokens fill blocks in order, sequences never share, a full pool raises, "
-               "freed blocks are reused.")
+               "freed blocks are reused, a freed sequence starts again at token 0.")
