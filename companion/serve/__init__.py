@@ -3,7 +3,7 @@
 `python -m companion.serve --checkpoint PATH --port N` starts the OpenAI-compatible server.
 Introduced in chapter 11.
 """
-from .engine import Engine, Request
+from .engine import Engine, QueueFull, Request
 from .paged import BlockAllocator, PagedKVCache
 
-__all__ = ["BlockAllocator", "PagedKVCache", "Engine", "Request"]
+__all__ = ["BlockAllocator", "PagedKVCache", "Engine", "QueueFull", "Request"]

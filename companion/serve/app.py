@@ -307,8 +307,8 @@ def chat_prompt(messages: Any, tokenizer: Tokenizer) -> list[int]:
         if any(s in content for s in SPECIAL_TOKENS):
             raise BadRequest(f"messages[{i}].content",
                              "content may not contain the chat template's special tokens")
-        if set(m) - {"role", "content", "name"}:
-            extra = sorted(set(m) - {"role", "content", "name"})[0]
+        if set(m) - {"role", "content"}:
+            extra = sorted(set(m) - {"role", "content"})[0]
             raise BadRequest(f"messages[{i}].{extra}", f"{extra!r} is not supported")
         clean.append({"role": role, "content": content})
     return _encode(tokenizer, render_chat(clean) + "<|assistant|>", "messages")
@@ -465,18 +465,20 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
 
     @app.post("/v1/completions")
     async def completions(http: HTTPRequest):
+        arrived = time.perf_counter()
         raw = await read_body(http)
         # Parsing and tokenising run in a worker thread: a 1 MB prompt must not stall the streams.
         plan = await run_in_threadpool(parse_completion, raw, tokenizer, engine.context_length,
                                        limits.max_json_depth)
-        return await answer(http, plan)
+        return await answer(http, plan, arrived)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(http: HTTPRequest):
+        arrived = time.perf_counter()
         raw = await read_body(http)
         plan = await run_in_threadpool(parse_chat, raw, tokenizer, engine.context_length,
                                        limits.max_json_depth)
-        return await answer(http, plan)
+        return await answer(http, plan, arrived)
 
     def logprob_entries(c: _Choice, plan: Plan, upto: int) -> list[dict]:
         """Chat's logprobs content for the choice's tokens [c.lp_sent, upto)."""
@@ -512,13 +514,12 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
                 "text_offset": offsets}
 
-    async def answer(http: HTTPRequest, plan: Plan):
+    async def answer(http: HTTPRequest, plan: Plan, arrived: float):
         if plan.model is not None and plan.model != model_name:
             raise APIError(404, f"the model {plan.model!r} does not exist; this server serves "
                                 f"{model_name!r}", "model", "model_not_found")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        arrived = time.perf_counter()
         deadline = time.monotonic() + limits.request_timeout_s
         choices: list[_Choice] = []
         last: dict[int, float] = {}
