@@ -191,6 +191,34 @@ def test_a_request_past_its_deadline_is_a_504_and_its_blocks_are_freed():
             time.sleep(0.01)
 
 
+def test_a_stuck_engine_still_answers_504_at_the_deadline():
+    tok = CharTokenizer(CHARS)
+    gate = threading.Event()
+
+    class Stuck(Engine):
+        def _step(self) -> int:
+            gate.wait(20)
+            return super()._step()
+
+    with Served(Stuck(tiny_gpt(tok.vocab_size)), tok, Limits(request_timeout_s=0.2)) as s:
+        t0 = time.monotonic()
+        status, body = post(f"{s.url}/v1/completions", GOOD)
+        gate.set()
+    assert status == 504 and body["error"]["code"] == "timeout" and time.monotonic() - t0 < 5
+
+
+def test_bpe_from_tiktoken_loads_for_serving():
+    try:
+        gpt2 = BPETokenizer.from_tiktoken("gpt2")
+    except Exception as err:  # the cached files are absent offline
+        pytest.skip(f"tiktoken's gpt2 files are not available: {err}")
+    tok = tokenizer_from_dict({"kind": "bpe", "name": "gpt2"})
+    assert tok.vocab_size == 50257 and tok.encode("Hello world") == gpt2.encode("Hello world")
+    chat = tokenizer_from_dict({"kind": "chat", "base": {"kind": "bpe", "name": "gpt2"},
+                                "specials": SPECIALS})
+    assert chat.encode("<|end|>") == [50257 + 2]
+
+
 def test_every_error_body_has_the_openai_shape(char_server):
     status, body, _ = get(f"{char_server.url}/no/such/route")
     assert status == 404 and is_openai_error(body)

@@ -518,6 +518,8 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
         if plan.model is not None and plan.model != model_name:
             raise APIError(404, f"the model {plan.model!r} does not exist; this server serves "
                                 f"{model_name!r}", "model", "model_not_found")
+        if engine.started and not engine.alive:
+            raise APIError(503, "the engine is not running", None, "engine_stopped")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         deadline = time.monotonic() + limits.request_timeout_s
@@ -593,7 +595,17 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
         async def events():
             """(choice, new text) until every choice has finished; cancels all if abandoned."""
             while any(c.finish is None for c in choices):
-                rid, token = await queue.get()
+                # The engine enforces the deadline; this second guard, a second later, holds
+                # even if the engine itself is stuck.
+                wait = max(0.0, deadline - time.monotonic()) + 1.0
+                try:
+                    rid, token = await asyncio.wait_for(queue.get(), timeout=wait)
+                except asyncio.TimeoutError:
+                    for c in choices:
+                        engine.cancel(c.req)
+                    raise APIError(504, f"the request ran past the server's "
+                                        f"{limits.request_timeout_s:g} s deadline", None,
+                                   "timeout") from None
                 c = by_id[rid]
                 if c.finish is None:
                     yield c, advance(c, token)
