@@ -142,6 +142,7 @@ def write_chat_checkpoint(path, seed: int = 1) -> None:
     model = GPT(cfg)
     with torch.no_grad():
         model.lm_head.weight.mul_(10)
+        model.lm_head.weight[len(CHARS):] = 0  # it writes characters rather than specials
     tokenizer = {"kind": "chat", "base": {"kind": "char", "chars": CHARS},
                  "specials": ["<|user|>", "<|assistant|>", "<|end|>"]}
     save_checkpoint(path, {"format_version": 1, "model": model.state_dict(), "step": 0,
@@ -172,7 +173,8 @@ def test_the_official_openai_client(tmp_path):
                                               temperature=0, n=2)
         assert [c.index for c in chat.choices] == [0, 1]
         answer = chat.choices[0].message
-        assert answer.role == "assistant" and answer.content == chat.choices[1].message.content
+        assert answer.role == "assistant" and answer.content
+        assert answer.content == chat.choices[1].message.content
         deltas = list(client.chat.completions.create(model=model, messages=messages,
                                                      max_tokens=6, temperature=0, stream=True))
         assert "".join(d.choices[0].delta.content or "" for d in deltas) == answer.content

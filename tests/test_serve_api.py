@@ -110,10 +110,18 @@ def char_server():
         yield s
 
 
+def chat_gpt(tok: ChatTokenizer) -> GPT:
+    """A random chat model that writes characters: its special tokens' logits are 0."""
+    model = tiny_gpt(tok.vocab_size, seed=1)
+    with torch.no_grad():
+        model.lm_head.weight[tok.base.vocab_size:] = 0
+    return model
+
+
 @pytest.fixture(scope="module")
 def chat_server():
     tok = ChatTokenizer(CharTokenizer(CHARS), tuple(SPECIALS))
-    with Served(Engine(tiny_gpt(tok.vocab_size, seed=1), max_batch=4), tok, name="chat") as s:
+    with Served(Engine(chat_gpt(tok), max_batch=4), tok, name="chat") as s:
         yield s
 
 
@@ -396,7 +404,10 @@ def test_chat_completions_with_the_chat_template(chat_server):
     assert body["usage"]["prompt_tokens"] == len(ids)
     raw = post(f"{chat_server.url}/v1/completions",
                {"prompt": ids, "max_tokens": 6, "temperature": 0})[1]["choices"][0]["text"]
-    assert raw.startswith(choice["message"]["content"])
+    assert choice["message"]["content"] and raw.startswith(choice["message"]["content"])
+    # The reply goes back into the conversation: no special token ever lands in the content.
+    follow = msgs + [choice["message"], {"role": "user", "content": "And then?"}]
+    assert post(url, {"messages": follow, "max_tokens": 2})[0] == 200
 
 
 @pytest.mark.parametrize("messages, param", [

@@ -316,7 +316,11 @@ def chat_prompt(messages: Any, tokenizer: Tokenizer) -> list[int]:
 
 def parse_chat(raw: bytes | dict, tokenizer: Tokenizer, context_length: int,
                max_depth: int = 32) -> Plan:
-    """Validate a /v1/chat/completions body -> Plan that stops at <|end|>."""
+    """Validate a /v1/chat/completions body -> Plan that stops at <|end|>.
+
+    A role token ends the answer too: inside a message's content it would make the reply one that
+    the template (and this API) refuses when the client sends the conversation back.
+    """
     body = raw if isinstance(raw, dict) else load_json(raw, max_depth)
     _refuse_unsupported(body, CHAT_FIELDS)
     end = getattr(tokenizer, "special_ids", {}).get(CHAT_END)
@@ -325,7 +329,9 @@ def parse_chat(raw: bytes | dict, tokenizer: Tokenizer, context_length: int,
                                      "use /v1/completions")
     ids = chat_prompt(body.get("messages"), tokenizer)
     _check_prompt(ids, "messages", tokenizer.vocab_size, context_length)
-    plan = Plan(prompts=[ids], max_tokens=0, stop_ids=(end,), chat=True)
+    specials = tuple(getattr(tokenizer, "special_ids", {}).values())
+    plan = Plan(prompts=[ids], max_tokens=0, stop_ids=(end, *(i for i in specials if i != end)),
+                chat=True)
     _sampling(body, plan, context_length - len(ids), context_length)
     logprobs = body.get("logprobs", False)
     if not isinstance(logprobs, bool):
