@@ -289,12 +289,13 @@ def test_a_full_queue_is_429_with_retry_after():
     assert any(r[0] == 200 for r in results)
 
 
-def test_an_abandoned_request_is_cancelled_and_its_blocks_freed():
+@pytest.mark.parametrize("streamed", [False, True])
+def test_an_abandoned_request_is_cancelled_and_its_blocks_freed(streamed):
     # After 16 abandoned 240-token requests a new client waited 3.5 s for its first token.
     tok = CharTokenizer(CHARS)
     engine = SlowEngine(tiny_gpt(tok.vocab_size))
     with Served(engine, tok) as s:
-        body = json.dumps({**GOOD, "max_tokens": 55}).encode()  # 55 steps: 2.75 s
+        body = json.dumps({**GOOD, "max_tokens": 55, "stream": streamed}).encode()  # 2.75 s
         sock = socket.create_connection(("127.0.0.1", s.port))
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
                      b"application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
