@@ -1,4 +1,4 @@
-"""Data parallelism by hand: gradients all-reduced from hooks, one parameter or one bucket at a time.
+"""Data parallelism by hand: gradients all-reduced from hooks, one parameter or bucket at a time.
 
 Introduced in chapter 9. Teaching versions of torch's DistributedDataParallel, with its
 constructor's conventions; `wrap_model(model, "ddp", env)` keeps torch's for real use.
