@@ -64,3 +64,18 @@ def test_zero1_equals_the_unsharded_optimizer_with_half_the_state(optimizer):
         assert r["broadcasts_per_step"] == r["n_params"]
         owned += r["owned"]
     assert owned == run.results[0]["n_params"]  # every parameter owned by exactly one rank
+
+
+def test_fork_runs_a_function_that_cannot_be_imported():
+    """The chapter's hand-built classes live in notebook cells: fork carries them to the ranks."""
+    import torch
+    import torch.distributed as dist
+
+    offset = 10.0  # a closure: no pickling could carry it to a fresh interpreter
+
+    def local(rank, world):
+        t = torch.tensor([rank + offset])
+        dist.all_reduce(t)
+        return t.item()
+
+    assert launch(local, 2, start_method="fork").results == [21.0, 21.0]
