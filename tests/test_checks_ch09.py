@@ -61,13 +61,13 @@ def test_check_9_1_rejects_mistakes(wrong, fragment):
 class Bucketed:
     """The solution, with switches for the mistakes the check must catch."""
 
-    forward_order = average = True
-    wait_in_hook = send_at_end = one_per_param = copy_back = False
+    reverse_order = average = True
+    wait_in_hook = send_at_end = one_per_param = skip_copy_back = False
 
     def __init__(self, params, bucket_numel, all_reduce, world_size):
         self.all_reduce, self.world_size = all_reduce, world_size
         self.buckets, size = [[]], 0
-        order = params if not self.forward_order else list(reversed(params))
+        order = list(reversed(params)) if self.reverse_order else params
         if self.one_per_param:
             bucket_numel = 1
         for p in order:
@@ -104,7 +104,7 @@ class Bucketed:
                 flat /= self.world_size
             offset = 0
             for q in self.buckets[k]:
-                if not self.copy_back:
+                if not self.skip_copy_back:
                     q.grad.copy_(flat[offset:offset + q.numel()].view_as(q))
                 offset += q.numel()
         self.pending.clear()
@@ -121,12 +121,12 @@ def test_check_9_2_passes_on_a_correct_answer(capsys):
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (variant(forward_order=False), "from the last parameter"),
+    (variant(reverse_order=False), "from the last parameter"),
     (variant(average=False), "not the mean"),
     (variant(wait_in_hook=True), "waited on an all-reduce inside grad_ready"),
     (variant(send_at_end=True), "as soon as its last gradient arrives"),
     (variant(one_per_param=True), "one per parameter"),
-    (variant(copy_back=True), "never changed"),
+    (variant(skip_copy_back=True), "never changed"),
 ])
 def test_check_9_2_rejects_mistakes(wrong, fragment):
     fails_with(check_9_2, wrong, fragment)
