@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from companion.checks import ExerciseFailed, check_9_1, check_9_2, check_9_3, check_9_4
-from companion.parallel import tp_activation_bytes
+from companion.checks import ExerciseFailed, check_9_1, check_9_2, check_9_3, check_9_4, check_9_5
+from companion.parallel import block_attention, tp_activation_bytes
 from checkhelpers import stub, fails_with
 
 
@@ -56,113 +56,169 @@ def test_check_9_1_rejects_mistakes(wrong, fragment):
     fails_with(check_9_1, wrong, fragment)
 
 
-# --- 9.2 merge ---------------------------------------------------------------------------
+# --- 9.2 BucketedAllReduce ---------------------------------------------------------------
 
-def merge(o1, lse1, o2, lse2):
-    lse = torch.logaddexp(lse1, lse2)
-    w1 = torch.exp(lse1 - lse).nan_to_num(0.0).unsqueeze(-1)
-    w2 = torch.exp(lse2 - lse).nan_to_num(0.0).unsqueeze(-1)
-    return w1 * o1 + w2 * o2, lse
+class Bucketed:
+    """The solution, with switches for the mistakes the check must catch."""
+
+    reverse_order = average = True
+    wait_in_hook = send_at_end = one_per_param = skip_copy_back = False
+
+    def __init__(self, params, bucket_numel, all_reduce, world_size):
+        self.all_reduce, self.world_size = all_reduce, world_size
+        self.buckets, size = [[]], 0
+        order = list(reversed(params)) if self.reverse_order else params
+        if self.one_per_param:
+            bucket_numel = 1
+        for p in order:
+            self.buckets[-1].append(p)
+            size += p.numel()
+            if size >= bucket_numel:
+                self.buckets.append([])
+                size = 0
+        self.buckets = [b for b in self.buckets if b]
+        self.bucket_of = {id(p): k for k, b in enumerate(self.buckets) for p in b}
+        self.arrived = [0] * len(self.buckets)
+        self.pending = []
+
+    def grad_ready(self, p):
+        k = self.bucket_of[id(p)]
+        self.arrived[k] += 1
+        if self.arrived[k] == len(self.buckets[k]) and not self.send_at_end:
+            self.send(k)
+
+    def send(self, k):
+        flat = torch.cat([q.grad.flatten() for q in self.buckets[k]])
+        handle = self.all_reduce(flat)
+        if self.wait_in_hook:
+            handle.wait()
+        self.pending.append((handle, flat, k))
+
+    def finish(self):
+        if self.send_at_end:
+            for k in range(len(self.buckets)):
+                self.send(k)
+        for handle, flat, k in self.pending:
+            handle.wait()
+            if self.average:
+                flat /= self.world_size
+            offset = 0
+            for q in self.buckets[k]:
+                if not self.skip_copy_back:
+                    q.grad.copy_(flat[offset:offset + q.numel()].view_as(q))
+                offset += q.numel()
+        self.pending.clear()
+
+
+def variant(**switches):
+    return type("Variant", (Bucketed,), switches)
 
 
 def test_check_9_2_passes_on_a_correct_answer(capsys):
-    check_9_2(merge)
+    check_9_2(Bucketed)
     assert "passed" in capsys.readouterr().out
-
-
-def test_check_9_2_accepts_subtracting_the_max():
-    def with_max(o1, lse1, o2, lse2):
-        top = torch.maximum(lse1, lse2)
-        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
-        e1, e2 = torch.exp(lse1 - top), torch.exp(lse2 - top)
-        total = e1 + e2
-        o = (e1[..., None] * o1 + e2[..., None] * o2) / total.clamp_min(1e-30)[..., None]
-        return o, top + torch.log(total)
-    check_9_2(with_max)
-
-
-def naive(o1, lse1, o2, lse2):  # right on small numbers, overflows on large ones
-    e1, e2 = torch.exp(lse1), torch.exp(lse2)
-    return (e1[..., None] * o1 + e2[..., None] * o2) / (e1 + e2)[..., None], torch.log(e1 + e2)
-
-
-def nan_on_empty(o1, lse1, o2, lse2):
-    lse = torch.logaddexp(lse1, lse2)
-    return torch.exp(lse1 - lse)[..., None] * o1 + torch.exp(lse2 - lse)[..., None] * o2, lse
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda o1, l1, o2, l2: ((o1 + o2) / 2, torch.logaddexp(l1, l2)), "averaged"),
-    (lambda o1, l1, o2, l2: (torch.exp(l1)[..., None] * o1 + torch.exp(l2)[..., None] * o2,
-                             torch.logaddexp(l1, l2)), "divided by their sum"),
-    (lambda o1, l1, o2, l2: (merge(o1, l1, o2, l2)[0], torch.maximum(l1, l2)), "log 4"),
-    (lambda o1, l1, o2, l2: (merge(o1, l1, o2, l2)[0], l1 + l2), "log 4"),
-    (naive, "overflows"),
-    (nan_on_empty, "gave nan"),
-    (lambda o1, l1, o2, l2: merge(o1, l1, o2, l2)[0], "a pair"),
+    (variant(reverse_order=False), "from the last parameter"),
+    (variant(average=False), "not the mean"),
+    (variant(wait_in_hook=True), "waited on an all-reduce inside grad_ready"),
+    (variant(send_at_end=True), "as soon as its last gradient arrives"),
+    (variant(one_per_param=True), "one per parameter"),
+    (variant(skip_copy_back=True), "never changed"),
 ])
 def test_check_9_2_rejects_mistakes(wrong, fragment):
     fails_with(check_9_2, wrong, fragment)
 
 
-# --- 9.3 average_gradients ---------------------------------------------------------------
+def test_check_9_2_accepts_the_companion_layout_through_buckets_of_views():
+    class Views(Bucketed):  # flat copies made with _flatten_dense_tensors instead of cat
+        def send(self, k):
+            from torch._utils import _flatten_dense_tensors
+            flat = _flatten_dense_tensors([q.grad for q in self.buckets[k]])
+            self.pending.append((self.all_reduce(flat), flat, k))
+    check_9_2(Views)
 
-def average_gradients(grads, all_reduce, world_size):
-    for g in grads:
-        all_reduce(g)
-        g /= world_size
+
+# --- 9.3 FlatZero1 -----------------------------------------------------------------------
+
+class FlatZero1:
+    every_param = gather = True
+    all_params = False
+
+    def __init__(self, params, rank, world_size, optimizer_class, all_gather, **kwargs):
+        self.params, self.all_gather, self.rank = params, all_gather, rank
+        flat = torch.cat([p.detach().flatten() for p in params])
+        self.numel = flat.numel()
+        self.padded = self.numel + (-self.numel) % world_size
+        n = self.padded // world_size
+        self.part = slice(rank * n, (rank + 1) * n)
+        if self.all_params:
+            self.part = slice(0, self.padded)
+        flat = torch.cat([flat, flat.new_zeros(self.padded - self.numel)])
+        self.shard = flat[self.part].clone().requires_grad_()
+        self.optim = optimizer_class([self.shard], **kwargs)
+        self.n = n
+
+    @torch.no_grad()
+    def step(self):
+        grads = torch.cat([p.grad.flatten() for p in self.params])
+        grads = torch.cat([grads, grads.new_zeros(self.padded - self.numel)])
+        self.shard.grad = grads[self.part].clone()
+        self.optim.step()
+        if self.all_params:
+            full = self.shard.detach()
+            self.all_gather(self.shard.new_empty(self.padded), full[self.rank * self.n:
+                                                                     (self.rank + 1) * self.n])
+        elif self.gather:
+            full = self.shard.new_empty(self.padded)
+            self.all_gather(full, self.shard.detach())
+        else:  # only this rank's shard goes back into the parameters
+            full = torch.cat([p.detach().flatten() for p in self.params])
+            full = torch.cat([full, full.new_zeros(self.padded - self.numel)])
+            full[self.part] = self.shard.detach()
+        offset = 0
+        for p in self.params:
+            p.copy_(full[offset:offset + p.numel()].view_as(p))
+            offset += p.numel()
 
 
 def test_check_9_3_passes_on_a_correct_answer(capsys):
-    check_9_3(average_gradients)
+    check_9_3(FlatZero1)
     assert "passed" in capsys.readouterr().out
 
 
-def test_check_9_3_accepts_dividing_first():
-    def divide_then_sum(grads, all_reduce, world_size):
-        for g in grads:
-            g /= world_size
-            all_reduce(g)
-    check_9_3(divide_then_sum)
+def test_check_9_3_accepts_the_companion_partition():
+    class Owners:  # whole parameters per rank, gathered with one all-gather of a padded vector
+        def __init__(self, params, rank, world_size, optimizer_class, all_gather, **kwargs):
+            self.inner = FlatZero1(params, rank, world_size, optimizer_class, all_gather, **kwargs)
+            self.optim = self.inner.optim
+
+        def step(self):
+            self.inner.step()
+    check_9_3(Owners)
 
 
-def sum_only(grads, all_reduce, world_size):
-    for g in grads:
-        all_reduce(g)
-
-
-def on_a_copy(grads, all_reduce, world_size):
-    for g in grads:
-        all_reduce(g / world_size)  # reduces a temporary; the gradient itself never changes
-
-
-def local_only(grads, all_reduce, world_size):
-    for g in grads:
-        g /= world_size
+class StubZero1:  # what the exercise notebook's stub is: a class whose methods raise
+    def __init__(self, *args, **kwargs):
+        raise NotImplementedError("write your code here")
 
 
 @pytest.mark.parametrize("wrong, fragment", [
-    (stub, "not implemented"),
-    (sum_only, "not the mean"),
-    (on_a_copy, "in place"),
-    (local_only, "never called"),
+    (StubZero1, "not implemented"),
+    (type("AllParams", (FlatZero1,), {"all_params": True}), "stepped all parameters"),
+    (type("NoGather", (FlatZero1,), {"gather": False}), "only its own shard"),
 ])
 def test_check_9_3_rejects_mistakes(wrong, fragment):
     fails_with(check_9_3, wrong, fragment)
 
 
-def test_check_9_3_reports_ranks_out_of_step():
-    calls = {"n": 0}
-
-    def uneven(grads, all_reduce, world_size):
-        calls["n"] += 1
-        first = calls["n"] == 1  # the first rank to start does one collective fewer
-        for g in grads[: 1 if first else None]:
-            all_reduce(g)
-            g /= world_size
-
-    fails_with(check_9_3, uneven, "fell out of step")
+def test_check_9_3_reports_a_crash():
+    class Broken(FlatZero1):
+        def step(self):
+            raise RuntimeError("boom")
+    fails_with(check_9_3, Broken, "boom")
 
 
 # --- 9.4 longest_context -----------------------------------------------------------------
@@ -201,3 +257,53 @@ def test_check_9_4_accepts_solving_the_linear_formula():
 ])
 def test_check_9_4_rejects_mistakes(wrong, fragment):
     fails_with(check_9_4, wrong, fragment)
+
+
+# --- 9.5 the causal ring loop ------------------------------------------------------------
+
+def ring(q, k, v, rank, world, isend, irecv, causal=True, *, lse_merge=True, recv_first=False,
+         backwards=False, mask=True):
+    T = q.shape[2]
+    out, lse = torch.zeros_like(q), torch.full(q.shape[:3], float("-inf"))
+    seen = []
+    kv = torch.stack([k, v])
+    nxt, prv = ((rank - 1) % world, (rank + 1) % world) if backwards else \
+        ((rank + 1) % world, (rank - 1) % world)
+    for step in range(world):
+        source = (rank - step) % world
+        if step < world - 1:
+            incoming = torch.empty_like(kv)
+            if recv_first:
+                irecv(incoming, prv).wait()
+            handles = [isend(kv, nxt), irecv(incoming, prv)]
+        if not (causal and source > rank):
+            m = torch.ones(T, T, dtype=torch.bool).tril() if causal and source == rank and mask \
+                else None
+            o_b, l_b = block_attention(q, kv[0], kv[1], m)
+            seen.append(o_b)
+            new = torch.logaddexp(lse, l_b)
+            out = (torch.exp(lse - new).nan_to_num(0.0)[..., None] * out
+                   + torch.exp(l_b - new).nan_to_num(0.0)[..., None] * o_b)
+            lse = new
+        if step < world - 1:
+            for h in handles:
+                h.wait()
+            kv = incoming
+    return out if lse_merge else sum(seen) / len(seen)
+
+
+def test_check_9_5_passes_on_a_correct_answer(capsys):
+    check_9_5(ring)
+    assert "passed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: ring(*a, lse_merge=False), "averaged the blocks"),
+    (lambda *a: ring(*a, recv_first=True), "deadlocked"),
+    (lambda *a: ring(*a, backwards=True), "rank 0 is right but later ranks are not"),
+    (lambda q, k, v, r, w, s, i, c: ring(q, k, v, r, w, s, i, False), "without the causal mask"),
+    (lambda *a: ring(*a)[:, :, :2], "slice"),
+])
+def test_check_9_5_rejects_mistakes(wrong, fragment):
+    fails_with(check_9_5, wrong, fragment)

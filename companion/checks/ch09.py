@@ -1,23 +1,26 @@
 """Self-checks for chapter 9's exercises.
 
-A 1F1B schedule, the ring-attention merge, an all-reduce gradient average, the longest context
-that fits under TP + ZeRO-1 with and without sequence parallelism.
+A 1F1B schedule, DDP's bucketed all-reduce, a ZeRO-1 step over flat shards, the longest context
+that fits under TP + ZeRO-1 with and without sequence parallelism, the causal ring-attention loop.
+Ranks are played by threads, with collectives that behave like torch.distributed's.
 """
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
 from ..parallel.arith import tp_activation_bytes
+from ..parallel.ddp import bucket_assignment
 from ..parallel.pipeline import bubble_fraction, measured_bubble
 from ..parallel.ring import block_attention
 from ..parallel.schedules import Op, peak_in_flight, simulate
-from ._core import as_tensor, call, fail, passed
+from ..parallel.zero import optimizer_state_bytes
+from ._core import ExerciseFailed, as_tensor, call, fail, passed
 
-__all__ = ["check_9_1", "check_9_2", "check_9_3", "check_9_4"]
+__all__ = ["check_9_1", "check_9_2", "check_9_3", "check_9_4", "check_9_5"]
 
 
 def _as_ops(ex: str, got: object, p: int, m: int) -> list[list[Op]]:
@@ -73,153 +76,283 @@ def check_9_1(one_f_one_b: Callable[[int, int], list]) -> None:
                "activations and idles (p-1)/(m+p-1), for six (p, m) including m < p.")
 
 
-def check_9_2(merge: Callable[..., tuple]) -> None:
-    """merge(o1, lse1, o2, lse2) -> (o, lse): attention over two key blocks from their partials."""
+class _Handle:
+    """What an asynchronous collective returns: wait() finishes it, as dist.Work does."""
+
+    def __init__(self, on_wait: Callable[[], None]):
+        self._on_wait, self.done = on_wait, False
+
+    def wait(self) -> None:
+        if not self.done:
+            self.done = True
+            self._on_wait()
+
+
+def check_9_2(bucketed: Callable[..., object]) -> None:
+    """BucketedAllReduce(params, bucket_numel, all_reduce, world_size).
+
+    grad_ready(p) from each gradient hook, finish() before the optimizer step.
+    """
     ex = "9.2"
 
-    def run(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        got = call(ex, merge, *(a.clone() for a in args))
-        if not isinstance(got, (tuple, list)) or len(got) != 2:
-            fail(ex, "return a pair (output, log-sum-exp)")
-        return as_tensor(ex, got[0], "the output"), as_tensor(ex, got[1], "the log-sum-exp")
-
-    # Hand-worked: block 1 has softmax mass e^0 = 1, block 2 has e^log3 = 3: weights 1/4 and 3/4.
-    o1, o2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
-    l1, l2 = torch.tensor([0.0]), torch.tensor([math.log(3.0)])
-    o, lse = run(o1, l1, o2, l2)
-    if tuple(o.shape) != (1, 2) or tuple(lse.shape) != (1,):
-        fail(ex, f"the output should keep o1's shape (1, 2) and the log-sum-exp lse1's (1,), got "
-                 f"{tuple(o.shape)} and {tuple(lse.shape)}")
-    if torch.allclose(o, torch.tensor([[0.5, 0.5]])):
-        fail(ex, "you averaged the two outputs: weigh each by its block's share of the softmax "
-                 "mass (here 1/4 and 3/4), not by 1/2.")
-    if torch.allclose(o, torch.tensor([[1.0, 3.0]])):
-        fail(ex, "the weights exp(lse_i) must be divided by their sum: the merged softmax mass.")
-    if not torch.allclose(o, torch.tensor([[0.25, 0.75]]), atol=1e-6):
-        fail(ex, f"block masses 1 and 3 should merge to weights 1/4 and 3/4, output [[0.25, 0.75]]"
-                 f", got {o.tolist()}")
-    if not torch.allclose(lse, torch.tensor([math.log(4.0)]), atol=1e-6):
-        fail(ex, f"the merged log-sum-exp is log(e^lse1 + e^lse2) = log 4 = {math.log(4):.4f}, got "
-                 f"{lse.tolist()}: it must describe both blocks, for the next merge.")
-    # Against full attention: three key blocks merged in turn.
     g = torch.Generator().manual_seed(92)
-    q, k, v = (torch.randn(2, 3, 5, 4, generator=g) for _ in range(3))
-    k, v = 3 * k.repeat(1, 1, 3, 1), v.repeat(1, 1, 3, 1) + torch.arange(15.0)[:, None]
-    out, acc = block_attention(q, k[:, :, :5], v[:, :, :5])
-    for b in (1, 2):
-        out, acc = run(out, acc, *block_attention(q, k[:, :, 5 * b:5 * b + 5],
-                                                  v[:, :, 5 * b:5 * b + 5]))
-    full, full_lse = block_attention(q, k, v)
-    if not torch.allclose(out, full, atol=1e-5) or not torch.allclose(acc, full_lse, atol=1e-5):
-        fail(ex, "merging three blocks of keys one after the other does not give attention over "
-                 "all of them")
-    # Large scores: exp(1000) overflows in float32.
-    o, lse = run(o1, torch.tensor([1000.0]), o2, torch.tensor([1000.0 + math.log(3.0)]))
-    # float32 keeps about 5 digits of a number near 1000, hence the looser tolerance
-    if not (torch.isfinite(o).all() and torch.allclose(o, torch.tensor([[0.25, 0.75]]), atol=1e-3)):
-        fail(ex, f"with log-sum-exps near 1000 you got {o.tolist()}: exp(1000) overflows. Work "
-                 "with differences of log-sum-exps, never exp of one alone.")
-    # A block no query could see (a causal rank's later keys): output 0, lse -inf.
-    empty_o, empty_l = torch.zeros(1, 2), torch.tensor([float("-inf")])
-    o, lse = run(o1, l1, empty_o, empty_l)
-    if not torch.allclose(o, o1) or not torch.allclose(lse, l1):
-        fail(ex, f"merging with an empty block (lse = -inf) should change nothing, got {o.tolist()}"
-                 f" and {lse.tolist()}")
-    o, lse = run(empty_o, empty_l, empty_o, empty_l)
-    if torch.isnan(o).any() or torch.isnan(lse).any():
-        fail(ex, "two empty blocks (both lse = -inf) gave nan: -inf - (-inf) is nan. Give an "
-                 "empty merge weight 0, output 0 and lse -inf.")
-    if not (torch.equal(o, empty_o) and torch.isneginf(lse).all()):
-        fail(ex, f"two empty blocks should merge to output 0 and lse -inf, got {o.tolist()} and "
-                 f"{lse.tolist()}")
-    passed(ex, "the hand-worked weights 1/4 and 3/4, three blocks equal full attention, scores "
-               "near 1000, and empty blocks.")
+    for sizes, cap, world in (([4, 6, 3, 8, 2, 5], 8, 2), ([10, 1, 1, 10], 5, 3), ([3, 3], 100, 2)):
+        params = [torch.zeros(n, requires_grad=True) for n in sizes]
+        base = [torch.randn(n, generator=g) for n in sizes]
+        for p, b in zip(params, base):
+            p.grad = b.clone()
+        # rank r's gradients are (r + 1) times this rank's: the sum over the ranks is a known
+        # multiple, whatever the learner packs into each bucket
+        total = world * (world + 1) / 2
+        state = {"arrived": 0, "finishing": False}
+        launched: list[tuple[int, int]] = []  # (gradients arrived so far, numel sent)
+        early: list[int] = []
+
+        def all_reduce(tensor: torch.Tensor, *args, **kwargs) -> _Handle:
+            t = as_tensor(ex, tensor, "the tensor given to all_reduce")
+            launched.append((state["arrived"], t.numel()))
+
+            def land() -> None:
+                if not state["finishing"]:
+                    early.append(len(launched))
+                t.mul_(total)  # the sum over the ranks lands in place, once waited on
+            return _Handle(land)
+
+        reducer = call(ex, bucketed, params, cap, all_reduce, world)
+        for p in reversed(params):  # the backward produces the last parameters' gradients first
+            state["arrived"] += 1
+            call(ex, reducer.grad_ready, p)
+        if early:
+            fail(ex, "you waited on an all-reduce inside grad_ready: the backward then stalls "
+                     "until the bucket has travelled. Keep the handles and wait on them in "
+                     "finish(), so communication overlaps the rest of the backward.")
+        state["finishing"] = True
+        call(ex, reducer.finish)
+        buckets = bucket_assignment(sizes, cap)
+        want_sizes = [sum(sizes[i] for i in b) for b in buckets]
+        sent = [n for _, n in launched]
+        shown = f"sizes {sizes}, bucket_numel={cap}"
+        if len(sent) == len(sizes) and len(buckets) != len(sizes):
+            fail(ex, f"{shown}: {len(sent)} all-reduces, one per parameter; pack the gradients "
+                     f"into buckets and send one per bucket ({len(buckets)} here).")
+        if sorted(sent) != sorted(want_sizes):
+            fail(ex, f"{shown}: you sent all-reduces of {sent} numbers, the buckets hold "
+                     f"{want_sizes}. Fill a bucket from the last parameter and close it once it "
+                     "holds at least bucket_numel numbers.")
+        want_when = [1 + max(len(sizes) - 1 - i for i in b) for b in buckets]
+        if [a for a, _ in launched] != want_when:
+            fail(ex, f"{shown}: the all-reduces started after {[a for a, _ in launched]} "
+                     f"gradients had arrived; each bucket should go as soon as its last gradient "
+                     f"arrives, after {want_when}. Buckets are filled in reverse parameter order, "
+                     "the order the backward produces the gradients.")
+        for i, (p, b) in enumerate(zip(params, base)):
+            got = as_tensor(ex, p.grad, f"parameter {i}'s gradient")
+            if torch.allclose(got, b * total, atol=1e-5):
+                fail(ex, f"{shown}: parameter {i} holds the sum over {world} ranks, not the "
+                         "mean: divide by world_size.")
+            if torch.allclose(got, b, atol=1e-6):
+                fail(ex, f"{shown}: parameter {i}'s gradient never changed: copy each slice of "
+                         "the reduced bucket back into p.grad after waiting.")
+            if not torch.allclose(got, b * total / world, atol=1e-5):
+                fail(ex, f"{shown}: parameter {i}'s gradient is not the mean over the ranks; "
+                         "are the slices copied back to the parameters they came from?")
+    passed(ex, "one all-reduce per bucket, filled from the last parameter, each started when its "
+               "last gradient arrives and waited on in finish(), averaged, for three layouts.")
 
 
-class _SimWorld:
-    """world_size threads standing in for ranks.
-
-    all_reduce sums in place, in lockstep, like dist.all_reduce.
-    """
+class _Ranks:
+    """world_size threads standing in for ranks, with an all_gather and isend/irecv like dist's."""
 
     def __init__(self, world_size: int):
         self.world_size = world_size
         self.barrier = threading.Barrier(world_size, timeout=10)
         self.slots: list[torch.Tensor | None] = [None] * world_size
-        self.calls = [0] * world_size
+        self.mail: dict[tuple[int, int], list[torch.Tensor]] = {}
+        self.lock = threading.Condition()
 
-    def all_reduce_for(self, rank: int) -> Callable[[torch.Tensor], None]:
-        def all_reduce(tensor: torch.Tensor, *args, **kwargs) -> None:
-            self.calls[rank] += 1
-            self.slots[rank] = tensor.detach().clone()
+    def all_gather_for(self, rank: int) -> Callable[[torch.Tensor, torch.Tensor], None]:
+        def all_gather(output: torch.Tensor, shard: torch.Tensor) -> None:
+            self.slots[rank] = shard.detach().clone()
             self.barrier.wait()
-            total = sum(self.slots)  # type: ignore[arg-type]
+            output.copy_(torch.cat(self.slots))  # type: ignore[arg-type]
             self.barrier.wait()
-            tensor.data.copy_(total)
-        return all_reduce
+        return all_gather
+
+    def isend_for(self, rank: int) -> Callable[[torch.Tensor, int], _Handle]:
+        def isend(tensor: torch.Tensor, dst: int) -> _Handle:
+            with self.lock:
+                self.mail.setdefault((rank, dst % self.world_size), []).append(tensor.clone())
+                self.lock.notify_all()
+            return _Handle(lambda: None)
+        return isend
+
+    def irecv_for(self, rank: int) -> Callable[[torch.Tensor, int], _Handle]:
+        def irecv(tensor: torch.Tensor, src: int) -> _Handle:
+            key = (src % self.world_size, rank)
+
+            def land() -> None:
+                with self.lock:
+                    if not self.lock.wait_for(lambda: self.mail.get(key), timeout=5):
+                        raise TimeoutError(f"rank {rank} waited for a message from rank "
+                                           f"{key[0]} that never came")
+                    tensor.copy_(self.mail[key].pop(0))
+            return _Handle(land)
+        return irecv
+
+    def run(self, ex: str, main: Callable[[int], object]) -> list[object]:
+        out: list[object] = [None] * self.world_size
+        errors: list[BaseException | None] = [None] * self.world_size
+
+        def rank_main(r: int) -> None:
+            try:
+                out[r] = main(r)
+            except BaseException as err:  # noqa: BLE001 - reported below, in the main thread
+                errors[r] = err
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(self.world_size)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        real = [e for e in errors if e is not None
+                and not isinstance(e, (threading.BrokenBarrierError, TimeoutError))]
+        if real:
+            raise real[0]
+        if any(isinstance(e, TimeoutError) for e in errors):
+            fail(ex, "the ranks deadlocked: " + str(next(e for e in errors
+                                                          if isinstance(e, TimeoutError)))
+                 + ". Every rank sends to rank + 1 and receives from rank - 1.")
+        if any(isinstance(e, threading.BrokenBarrierError) for e in errors):
+            fail(ex, "the ranks fell out of step: every rank must call the collective the same "
+                     "number of times, in the same order.")
+        return out
 
 
-def _run_ranks(ex: str, average_gradients: Callable, grads: list[list[torch.Tensor]]) -> list[int]:
-    world = _SimWorld(len(grads))
-    errors: list[BaseException | None] = [None] * len(grads)
-
-    def rank_main(r: int) -> None:
-        try:
-            average_gradients(grads[r], world.all_reduce_for(r), len(grads))
-        except BaseException as err:  # noqa: BLE001 - reported below, in the main thread
-            errors[r] = err
-            world.barrier.abort()
-
-    threads = [threading.Thread(target=rank_main, args=(r,)) for r in range(len(grads))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    first = next(
-        (e for e in errors if e is not None and not isinstance(e, threading.BrokenBarrierError)),
-        None,
-    )
-    if first is not None:
-        call(ex, lambda: (_ for _ in ()).throw(first))  # report it the way call() reports any crash
-    if any(isinstance(e, threading.BrokenBarrierError) for e in errors):
-        fail(ex, "the ranks fell out of step: every rank must call all_reduce the same number of "
-                 "times, in the same order.")
-    return world.calls
-
-
-def check_9_3(average_gradients: Callable[[list[torch.Tensor], Callable, int], None]) -> None:
-    """average_gradients(grads, all_reduce, W).
-
-    Replace each rank's gradients, in place, by their mean over the ranks.
-    """
+def check_9_3(zero1: Callable[..., object]) -> None:
+    """FlatZero1(params, rank, world_size, optimizer_class, all_gather, **kwargs).step()."""
     ex = "9.3"
+
     g = torch.Generator().manual_seed(93)
-    for world_size in (2, 3):
-        shapes = [(4, 3), (3,), (2, 2, 2)]
-        grads = [[torch.randn(s, generator=g) for s in shapes] for _ in range(world_size)]
-        want = [sum(gs[i] for gs in grads) / world_size for i in range(len(shapes))]
-        total = [w * world_size for w in want]
-        original = [[t.clone() for t in gs] for gs in grads]
-        calls = _run_ranks(ex, average_gradients, grads)
-        if sum(calls) == 0:
-            fail(ex, "all_reduce was never called: each rank only sees its own gradients, so it "
-                     "must call all_reduce(tensor) to sum them across the ranks.")
-        for r in range(world_size):
-            for i, t in enumerate(grads[r]):
-                if torch.allclose(t, original[r][i]):
-                    fail(
-                        ex,
-                        "the gradients did not change: all_reduce works in place on the tensor you "
-                        "give it, so pass the gradient itself (not g / W, which is a new tensor), "
-                        "then divide it in place (g /= W).",
-                    )
-                if torch.allclose(t, total[i], atol=1e-5):
-                    fail(ex, f"rank {r} holds the sum over {world_size} ranks, not the mean: "
-                             "divide by world_size.")
-                if not torch.allclose(t, want[i], atol=1e-5):
-                    fail(ex, f"with {world_size} ranks, gradient {i} of rank {r} is not the mean "
-                             "of the ranks' gradients")
-    passed(ex, "every rank ends with the mean gradient, in place, with 2 and 3 ranks in lockstep.")
+    shapes = [(4, 3), (5,), (2, 2, 2), (3,)]  # 33 numbers: the last shard needs padding
+    init = [torch.randn(s, generator=g) for s in shapes]
+    steps = [[torch.randn(s, generator=g) for s in shapes] for _ in range(3)]
+    kwargs = {"lr": 0.1, "weight_decay": 0.1}
+    ref = [t.clone().requires_grad_() for t in init]
+    ref_opt = torch.optim.AdamW(ref, **kwargs)
+    for grads in steps:
+        for p, gr in zip(ref, grads):
+            p.grad = gr.clone()
+        ref_opt.step()
+    whole = optimizer_state_bytes(ref_opt)
+    for world in (2, 3):
+        ranks = _Ranks(world)
+        params = [[t.clone().requires_grad_() for t in init] for _ in range(world)]
+
+        def main(r: int) -> object:
+            opt = zero1(params[r], r, world, torch.optim.AdamW, ranks.all_gather_for(r), **kwargs)
+            for grads in steps:  # the same averaged gradients on every rank, as after DDP
+                for p, gr in zip(params[r], grads):
+                    p.grad = gr.clone()
+                opt.step()
+            return opt
+
+        try:
+            opts = ranks.run(ex, main)
+        except NotImplementedError:
+            call(ex, lambda: (_ for _ in ()).throw(NotImplementedError()))
+        except ExerciseFailed:
+            raise
+        except Exception as err:  # noqa: BLE001 - a crash in learner code becomes a hint
+            fail(ex, f"your code raised {type(err).__name__}: {err}")
+        for r, opt in enumerate(opts):
+            inner = getattr(opt, "optim", None)
+            if not isinstance(inner, torch.optim.Optimizer):
+                fail(ex, "keep this rank's optimizer in self.optim, so its state can be counted")
+            held = optimizer_state_bytes(inner)
+            if held > 0.75 * whole:
+                fail(ex, f"with {world} ranks, rank {r} holds {held:,} bytes of AdamW state, as "
+                         f"much as one process ({whole:,}): you stepped all parameters on every "
+                         "rank. Build the optimizer over this rank's shard only.")
+        for r in range(world):
+            diffs = [(p.detach() - q.detach()).abs().max().item()
+                     for p, q in zip(params[r], ref)]
+            if max(diffs) < 1e-5:
+                continue
+            moved = [(p.detach() - t).abs().max().item() > 0 for p, t in zip(params[r], init)]
+            if not all(moved) or any(d < 1e-5 for d in diffs):
+                fail(ex, f"with {world} ranks, rank {r} has only its own shard updated: after "
+                         "the step, all-gather the shards and copy the full vector back into "
+                         "every parameter.")
+            fail(ex, f"with {world} ranks, rank {r}'s parameters differ from unsharded AdamW by "
+                     f"up to {max(diffs):.2e} after 3 steps: does each rank step the slice of "
+                     "the flat gradient that matches its shard?")
+    passed(ex, "with 2 and 3 ranks, 3 AdamW steps equal the unsharded optimizer, with a 1/W "
+               "share of its state on each rank.")
+
+
+def check_9_5(ring: Callable[..., torch.Tensor]) -> None:
+    """ring(q, k, v, rank, world_size, isend, irecv, causal) -> this rank's attention output."""
+    ex = "9.5"
+
+    g = torch.Generator().manual_seed(95)
+    for world, causal in ((3, True), (4, True), (3, False), (1, True)):
+        T = 4 * world
+        q, k, v = (torch.randn(1, 2, T, 4, generator=g) for _ in range(3))
+        k = 2 * k  # sharper scores, so the blocks' softmax masses differ a lot
+        full = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        ranks = _Ranks(world)
+
+        def main(r: int) -> torch.Tensor:
+            part = slice(r * 4, (r + 1) * 4)
+            out = ring(q[:, :, part].clone(), k[:, :, part].clone(), v[:, :, part].clone(), r,
+                       world, ranks.isend_for(r), ranks.irecv_for(r), causal)
+            return as_tensor(ex, out, "the output")
+
+        try:
+            outs = ranks.run(ex, main)
+        except NotImplementedError:
+            call(ex, lambda: (_ for _ in ()).throw(NotImplementedError()))
+        except ExerciseFailed:
+            raise
+        except Exception as err:  # noqa: BLE001 - a crash in learner code becomes a hint
+            fail(ex, f"your code raised {type(err).__name__}: {err}")
+        got = torch.cat(outs, dim=2)  # type: ignore[arg-type]
+        shown = f"P={world}, causal={causal}"
+        if tuple(got.shape) != tuple(full.shape):
+            fail(ex, f"{shown}: each rank should return its (B, H, T/P, D) slice, got shapes "
+                     f"{[tuple(o.shape) for o in outs]}")  # type: ignore[union-attr]
+        if torch.allclose(got, full, atol=1e-5):
+            continue
+        # what an equal-weight merge of the visible blocks would give
+        blocks, avg = [], torch.zeros_like(full)
+        for r in range(world):
+            part, parts = slice(r * 4, (r + 1) * 4), []
+            for s in range(world):
+                if causal and s > r:
+                    continue
+                mask = torch.ones(4, 4, dtype=torch.bool).tril() if causal and s == r else None
+                o, _ = block_attention(q[:, :, part], k[:, :, s * 4:s * 4 + 4],
+                                       v[:, :, s * 4:s * 4 + 4], mask)
+                parts.append(o)
+            avg[:, :, part] = sum(parts) / len(parts)
+            blocks.append(parts)
+        if torch.allclose(got, avg, atol=1e-5):
+            fail(ex, f"{shown}: you averaged the blocks' outputs; weigh each by its share of "
+                     "the softmax mass, exp(lse_block - lse_merged), and carry the merged "
+                     "log-sum-exp into the next step.")
+        if causal and torch.allclose(got, F.scaled_dot_product_attention(q, k, v), atol=1e-5):
+            fail(ex, f"{shown}: that is attention without the causal mask: skip the blocks of "
+                     "later tokens and mask the diagonal block.")
+        first = slice(0, 4)
+        if torch.allclose(got[:, :, first], full[:, :, first], atol=1e-5):
+            fail(ex, f"{shown}: rank 0 is right but later ranks are not. At step s a rank holds "
+                     "the block of rank (rank - s) % P only if it sends to rank + 1 and receives "
+                     "from rank - 1; check the direction and which block you think you hold.")
+        fail(ex, f"{shown}: the ranks' outputs differ from full attention by up to "
+                 f"{(got - full).abs().max().item():.2e}")
+    passed(ex, "the causal ring over 3 and 4 ranks, without a mask, and on one rank, equals full "
+               "attention.")
 
 
 def check_9_4(longest_context: Callable[..., int]) -> None:

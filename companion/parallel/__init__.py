@@ -7,6 +7,8 @@ Launch a world, wrap a model, check it against one process. Introduced in chapte
 - wrap: `wrap_model(model, strategy, env)` and `shard_batch`, the two hooks a training loop needs.
 - tensor: Megatron's column/row MLP split; pipeline: GPT stages, timings, bubble; comm:
   what each strategy sends.
+- ddp, zero: data parallelism and ZeRO-1 by hand (`HookedDDP`, `BucketedDDP`, `Zero1Optimizer`),
+  beside torch's; handbuilt: workers that compare them with torch's and with one process.
 - verify: `verify(strategy)`, also `python -m companion.parallel --strategy ddp
   --world-size 2 --steps 5`.
 """
@@ -42,3 +44,12 @@ __all__ += [
     "run_two_nodes", "block_attention", "merge_partials", "ring_attention", "ring_attention_worker",
     "Op", "gpipe_schedule", "one_f_one_b_schedule", "interleaved_schedule", "simulate",
     "interleaved_bubble", "zero_bubble_fraction", "peak_in_flight", "plot_schedules"]
+
+# Chapter 9, by hand: DDP from gradient hooks and buckets, ZeRO-1 over any torch.optim optimizer.
+from .ddp import BucketedDDP, HookedDDP, bucket_assignment
+from .handbuilt import ddp_worker, tied_model, zero_worker
+from .zero import Zero1Optimizer, optimizer_state_bytes, partition_parameters
+
+__all__ += ["HookedDDP", "BucketedDDP", "bucket_assignment", "Zero1Optimizer",
+            "partition_parameters", "optimizer_state_bytes", "tied_model", "ddp_worker",
+            "zero_worker"]

@@ -130,7 +130,8 @@ def launch(fn: Callable[..., Any], world_size: int, *args: Any, timeout_s: float
     Return results and logs.
 
     fn must be importable (defined in a module, not in a notebook cell): the
-    ranks are new interpreters.
+    ranks are new interpreters. With start_method="fork" (Linux, macOS) the ranks are copies of
+    this process instead, so functions and classes defined in a notebook cell work too.
     start_method defaults to "forkserver" where there is one: a helper process imports torch once,
     and every later world forks from it in a blink, where "spawn" pays the import again each time.
     Both are safe with threads.
