@@ -3,6 +3,7 @@ clusters,
 and a decontamination test."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import numpy as np
@@ -15,18 +16,34 @@ from ._core import as_scalar, call, fail, passed
 __all__ = ["check_2_1", "check_2_2", "check_2_3", "check_2_4", "check_2_5"]
 
 
+_END_MARKS = (".", "!", "?", '"')
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+           "use cookies")
+_SENTENCE_END = re.compile(r'[.!?]["\u201d\']*(?=\s|$)')
+
+
 def _c4_reference(text: str) -> bool:
-    """C4's page rules (Raffel et al. 2020) as the exercise states them: True = reject the page."""
-    low = text.lower()
-    if "lorem ipsum" in low or "{" in text:
-        return True
-    kept = [ln.strip() for ln in text.splitlines()
-            if ln.strip().endswith(_TERMINAL) and len(ln.split()) >= 5
-            and "javascript" not in ln.lower()]
-    return len(kept) < 3
+    """C4's clean_page (TFDS c4_utils) as the exercise states it: True = reject the page.
 
-
-_TERMINAL = (".", "!", "?", '"', "”")
+    Example: _c4_reference("Too short.") -> True
+    """
+    sentences = 0
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.endswith(_END_MARKS) or line.endswith("...") or len(line.split()) < 5:
+            continue
+        low = line.lower()
+        if "lorem ipsum" in low:
+            return True
+        if "javascript" in low:
+            continue
+        if "{" in line:
+            return True
+        if any(p in low for p in _POLICY):
+            continue
+        # C4 counts sentences with NLTK's Punkt; a word ending in . ! or ? stands in for it
+        sentences += max(1, len(_SENTENCE_END.findall(line)))
+    return sentences < 3
 
 
 def check_2_1(c4_rejects: Callable[..., bool]) -> None:
@@ -40,47 +57,61 @@ def check_2_1(c4_rejects: Callable[..., bool]) -> None:
                      + (": did you forget to return?" if got is None else ""))
         return bool(got)
 
-    good = "\n".join(["The king walked to the castle with his court.",
-                       "The fool sang of the river that runs to the sea!",
-                       "Who would have thought the old man had so much blood?"])
+    lines = ["The king walked to the castle with his court.",
+             "The fool sang of the river that runs to the sea!",
+             "Who would have thought the old man had so much blood?"]
+    good = "\n".join(lines)
     if run(good):
-        fail(ex, "three lines of five or more words, each ending in . ! or ?, make a page C4 "
-                 "keeps: "
-                 "expect False.")
+        fail(ex, "three lines of five or more words, each ending in . ! or ?, hold three "
+                 "sentences, a page C4 keeps: expect False.")
+    if run(" ".join(lines)):
+        fail(ex, "one line of three sentences keeps the page: C4 counts sentences, not lines "
+                 "(expect False).")
     if not run(good.replace("castle with his court.", "castle with his court")):
-        fail(ex, "a line that does not end in terminal punctuation is dropped, leaving two lines: "
-                 "expect True. Check the *end* of each line, after stripping spaces.")
-    short = good.replace("The king walked to the castle with his court.", "Long live the king.")
+        fail(ex, "a line that does not end in terminal punctuation is dropped, leaving two "
+                 "sentences: expect True. Check the *end* of each line, after stripping spaces.")
+    if not run(good.replace("castle with his court.", "castle with his court...")):
+        fail(ex, "a line ending in '...' is dropped (an ellipsis is not an end mark), leaving "
+                 "two sentences: expect True.")
+    if run(good.replace(lines[0], "The king walked home slowly.")):
+        fail(ex, "'The king walked home slowly.' has exactly 5 words, enough: expect False "
+                 "(at least 5, not more than 5).")
+    short = good.replace(lines[0], "Long live the king.")
     if not run(short):
         fail(ex, "'Long live the king.' has four words; C4 keeps only lines of at least 5 words, "
-                 "so two "
-                 "lines remain: expect True.")
+                 "so two sentences remain: expect True.")
     if not run(good + "\nfunction f() { return 1; } is shown here as code."):
-        fail(ex, "any page containing a curly bracket '{' is dropped (it is probably code): expect "
-                 "True.")
+        fail(ex, "a kept line containing a curly bracket '{' drops the page (it is probably "
+                 "code): expect True.")
+    if run(good + "\nfunction f() { return 1; }"):
+        fail(ex, "a curly bracket in a line already skipped (no end mark) does not drop the "
+                 "page: C4 tests '{' only in the lines that pass the end-mark and length tests. "
+                 "Expect False.")
     if not run(good + "\nLorem Ipsum dolor sit amet, consectetur adipiscing elit."):
-        fail(ex, "a page containing 'lorem ipsum' (in any case) is dropped: expect True.")
-    js = good.replace("The fool sang of the river that runs to the sea!",
-                      "Please enable JavaScript to view this page properly.")
+        fail(ex, "a kept line containing 'lorem ipsum' (in any case) drops the page: "
+                 "expect True.")
+    js = good.replace(lines[1], "Please enable JavaScript to view this page properly.")
     if not run(js):
-        fail(ex, "a line mentioning JavaScript (any case) is dropped, leaving two lines: expect "
-                 "True.")
+        fail(ex, "a line mentioning JavaScript (any case) is dropped, leaving two sentences: "
+                 "expect True.")
+    policy = good.replace(lines[1], "By using this site you agree to our Terms of Use.")
+    if not run(policy):
+        fail(ex, "a line with a policy phrase ('terms of use', ...) is dropped, leaving two "
+                 "sentences: expect True.")
     if run(good.replace("\n", "  \n\n  ") + "  "):
         fail(ex, "blank lines and leading spaces are not lines of text: the three sentences still "
-                 "make "
-                 "the page kept. Strip each line before testing it.")
+                 "make the page kept. Strip each line before testing it.")
     quoted = good.rsplit("\n", 1)[0] + '\nHe said, "these words are spoken in quotation marks"'
     if run(quoted):
-        fail(ex, "a line ending in a closing quotation mark counts as terminal punctuation: expect "
-                 "False.")
+        fail(ex, 'a line ending in a closing quotation mark " counts as terminal punctuation: '
+                 "expect False.")
     from ..data import html_to_text, make_crawl, normalize_text
     crawl = make_crawl(300, seed=0)
     texts = [normalize_text(html_to_text(d.html)) for d in crawl]
     for d, t in zip(crawl, texts):
         if run(t) != _c4_reference(t):
             fail(ex, f"on crawl page {d.url} (defect {d.defect!r}) you returned {run(t)}, C4's "
-                     f"rules "
-                     f"give {_c4_reference(t)}. The page starts: {t[:120]!r}")
+                     f"rules give {_c4_reference(t)}. The page starts: {t[:120]!r}")
     bad = [d.defect in ("spam", "low_quality") for d in crawl]
     pred = [run(t) for t in texts]
     tp = sum(b and p for b, p in zip(bad, pred))
@@ -156,7 +187,9 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
             fail(ex, f"return a pair (bands, rows), got {got!r}")
         return int(got[0]), int(got[1])
 
-    cases = ((0.8, 128, 0.995), (0.5, 128, 0.995), (0.9, 256, 0.99), (0.7, 64, 0.9))
+    # the last case's answer is rows = num_perm // 2 itself: the end of the range is included
+    cases = ((0.8, 128, 0.995), (0.5, 128, 0.995), (0.9, 256, 0.99), (0.7, 64, 0.9),
+             (0.99, 8, 0.9))
     for threshold, num_perm, recall in cases:
         want = lsh_params(threshold, num_perm, recall)
         got = run(threshold, num_perm, recall)
@@ -175,14 +208,17 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
             fail(ex, f"with (bands, rows) = {got}, pairs at {threshold} become candidates with "
                      f"probability {p:.4f}, "
                      f"below the recall {recall}: check the direction of your comparison.")
+        end = (" rows runs from 1 to num_perm // 2 inclusive: range(1, num_perm // 2 + 1)."
+               if want[1] == num_perm // 2 else "")
         if r < want[1]:
             fail(ex, f"for threshold {threshold}, num_perm {num_perm}, recall {recall} you "
                      f"returned {got}, but {want} "
                      "meets the recall with more rows (fewer chance candidates): keep the "
-                     "*largest* rows that works.")
+                     "*largest* rows that works." + end)
         fail(ex, f"for threshold {threshold}, num_perm {num_perm}, recall {recall} expected "
-                 f"{want}, got {got}.")
-    passed(ex, "the same (bands, rows) as lsh_params at four thresholds, sizes and recalls.")
+                 f"{want}, got {got}.{end}")
+    passed(ex, "the same (bands, rows) as lsh_params at five thresholds, sizes and recalls, "
+               "rows = num_perm // 2 included.")
 
 
 def check_2_4(lsh_clusters: Callable[..., list[int]]) -> None:
@@ -273,6 +309,14 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
         fail(ex, "'the river bank today' is the last 4-gram of the training text: index every "
                  "training "
                  "n-gram, the last included.")
+    if run(["a b c d"], ["x c d"], 3) != []:
+        fail(ex, "with n=3, 'x c d' shares no 3-gram with 'a b c d': expect []. A start "
+                 "position past len(words) - n gives a shorter tail ('c d'), which is not an "
+                 "n-gram; stop at len(words) - n + 1.")
+    if run(["the quick brown fox", "jumps over the dog"], ["brown fox jumps over"], 3) != []:
+        fail(ex, "'fox jumps over' runs across the boundary between two training documents, "
+                 "which no document contains: expect []. Take n-grams within each document, "
+                 "not over the documents joined.")
     crawl_train = ["word%d " % i * 1 + " ".join(f"t{i}_{k}" for k in range(30)) for i in range(20)]
     leak = " ".join(crawl_train[5].split()[4:20])
     evals = [" ".join(f"e{i}_{k}" for k in range(20)) for i in range(10)] + [f"Q: {leak}?"]
@@ -280,6 +324,6 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
     if run(crawl_train, evals, 13) != want:
         fail(ex, f"with a planted 16-word leak among 11 evaluation texts expected {want}, "
                  f"got {run(crawl_train, evals, 13)}.")
-    passed(ex, "13-gram overlap as GPT-3 defines it: case, punctuation, order, short texts and the "
-               "last "
-               "n-gram all handled; the planted leak is found.")
+    passed(ex, "n-gram overlap as GPT-3's Appendix C defines it (GPT-3 picks n per benchmark, "
+               "8 to 13): case, punctuation, order, short texts, document boundaries and the "
+               "last n-gram all handled; the planted leak is found.")
