@@ -9,7 +9,7 @@ from companion.checks import ExerciseFailed, check_2_1, check_2_2, check_2_3, ch
 from checkhelpers import stub, fails_with
 import numpy as np
 
-from companion.data import jaccard, lsh_candidate_pairs, lsh_params, shingles, union_find_clusters
+from companion.data import jaccard, lsh_params, shingles
 from companion.data.decontam import overlap_report
 
 
@@ -179,58 +179,49 @@ def test_check_2_3_rejects_mistakes(wrong, fragment):
     fails_with(check_2_3, wrong, fragment)
 
 
-# --- 2.4 lsh_clusters ------------------------------------------------------------------------------
+# --- 2.4 keep_central -----------------------------------------------------------------------------
 
-def lsh_clusters(sig, bands, rows):
-    return union_find_clusters(len(sig), lsh_candidate_pairs(sig, bands, rows))
+def keep_central(texts, labels, n=5, *, score_by=sum, tie_largest=False, first=False,
+                 include_self=False, unsorted=False, drop_singletons=False):
+    members = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label, []).append(i)
+    keep = []
+    for docs in members.values():
+        if drop_singletons and len(docs) == 1:
+            continue
+        sets = {i: shingles(texts[i], n) for i in docs}
 
+        def score(i):
+            sims = [jaccard(sets[i], sets[j]) for j in docs if include_self or j != i]
+            return round(score_by(sims or [0.0]), 9)
 
-def direct_pairs_only(sig, bands, rows):  # no union-find: the smallest direct partner, no chains
-    labels = list(range(len(sig)))
-    for i, j in lsh_candidate_pairs(sig, bands, rows):
-        labels[j] = min(labels[j], i)
-    return labels
-
-
-def per_value_buckets(sig, bands, rows):  # one bucket per single value, not per whole band
-    pairs = {(i, j) for i in range(len(sig)) for j in range(i + 1, len(sig))
-             if any(sig[i, c] == sig[j, c] for c in range(bands * rows))}
-    return union_find_clusters(len(sig), pairs)
-
-
-def largest_label(sig, bands, rows):  # clusters right, named by the largest member
-    labels = lsh_clusters(sig, bands, rows)
-    top = {}
-    for i, lab in enumerate(labels):
-        top[lab] = i
-    return [top[lab] for lab in labels]
-
-
-def overlapping_bands(sig, bands, rows):  # band k starts at column k, not k * rows
-    n = len(sig)
-    pairs = set()
-    for k in range(bands):
-        keys = {}
-        for d in range(n):
-            keys.setdefault(sig[d, k:k + rows].tobytes(), []).append(d)
-        for docs in keys.values():
-            pairs.update((a, b) for x, a in enumerate(docs) for b in docs[x + 1:])
-    return union_find_clusters(n, pairs)
+        if first:
+            keep.append(docs[0])
+        else:
+            keep.append(max(docs, key=lambda i: (score(i), i if tie_largest else -i)))
+    return keep if unsorted else sorted(keep)
 
 
 def test_check_2_4_passes_on_a_correct_answer(capsys):
-    check_2_4(lsh_clusters)
-    assert "passed" in capsys.readouterr().out
+    check_2_4(keep_central)
+    out = capsys.readouterr().out
+    assert "passed" in out and "keeps the original in 20" in out
+
+
+def test_check_2_4_passes_when_self_similarity_is_counted():  # adds 1.0 to every member alike
+    check_2_4(lambda t, l, n=5: keep_central(t, l, n, include_self=True))
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (direct_pairs_only, "chains"),
-    (per_value_buckets, "whole band"),
-    (largest_label, "smallest member"),
-    (overlapping_bands, "k*rows"),
-    (lambda sig, b, r: lsh_clusters(sig, b, r)[:-1], "one label per document"),
-    (lambda sig, b, r: None, "forget to return"),
+    (lambda t, l, n=5: keep_central(t, l, n, first=True), "kept the first member"),
+    (lambda t, l, n=5: keep_central(t, l, n, score_by=max), "largest single similarity"),
+    (lambda t, l, n=5: keep_central(t, l, n, tie_largest=True), "smallest index"),
+    (lambda t, l, n=5: keep_central(t, l, n, drop_singletons=True), "cluster of one"),
+    (lambda t, l, n=5: keep_central(t, l, n, unsorted=True), "sorted"),
+    (lambda t, l, n=5: sorted(set(l)), "list of kept indices"),  # the labels, not indices
+    (lambda t, l, n=5: None, "forget to return"),
 ])
 def test_check_2_4_rejects_mistakes(wrong, fragment):
     fails_with(check_2_4, wrong, fragment)

@@ -1,16 +1,13 @@
-"""Self-checks for chapter 2's exercises: a C4 rule, shingle Jaccard, LSH bands and rows, LSH
-clusters,
-and a decontamination test."""
+"""Self-checks for chapter 2's exercises: a C4 rule, shingle Jaccard, LSH bands and rows, a
+central-copy keep policy, and a decontamination test."""
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
 
-import numpy as np
 
 from ..data.decontam import overlap_report
-from ..data.dedup import (candidate_probability, jaccard, lsh_candidate_pairs, lsh_params,
-                          minhash_signatures, shingles, union_find_clusters)
+from ..data.dedup import candidate_probability, jaccard, lsh_params, shingles
 from ._core import as_scalar, call, fail, passed
 
 __all__ = ["check_2_1", "check_2_2", "check_2_3", "check_2_4", "check_2_5"]
@@ -221,58 +218,103 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
                "rows = num_perm // 2 included.")
 
 
-def check_2_4(lsh_clusters: Callable[..., list[int]]) -> None:
-    """lsh_clusters(signatures, bands, rows) -> cluster label (smallest member) of each document."""
+def _keep_central(texts: list[str], labels: list, n: int = 5, score_by=sum,
+                  first: bool = False) -> list[int]:
+    """Each cluster's medoid (largest summed Jaccard to the others, ties to the smallest index).
+
+    Example: _keep_central(["a b", "a b", "c"], [0, 0, 1], 1) -> [0, 2]
+    """
+    members: dict = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label, []).append(i)
+    keep = []
+    for docs in members.values():
+        sets = {i: shingles(texts[i], n) for i in docs}
+
+        def score(i: int) -> float:
+            return round(score_by([jaccard(sets[i], sets[j]) for j in docs if j != i] or [0.0]), 9)
+
+        keep.append(docs[0] if first else max(docs, key=lambda i: (score(i), -i)))
+    return sorted(keep)
+
+
+def _edited_clusters(n_clusters: int = 20) -> tuple[list[str], list[int], list[int]]:
+    """Originals from the crawl, each with three copies missing a different stretch of words,
+    the original placed third: (texts, labels, index of each cluster's original)."""
+    from ..data import html_to_text, make_crawl, normalize_text
+    crawl = make_crawl(300, seed=0)
+    pages = [normalize_text(html_to_text(d.html)) for d in crawl if d.defect == "clean"]
+    texts, labels, originals = [], [], []
+    for c, page in enumerate([p for p in pages if len(p.split()) >= 120][:n_clusters]):
+        words = page.split()
+        cut = len(words) // 8
+        copies = [" ".join(words[:k * cut] + words[(k + 1) * cut:]) for k in (1, 3, 5)]
+        for k, text in enumerate([copies[0], copies[1], page, copies[2]]):
+            texts.append(text)
+            labels.append(f"cluster {c}")
+            if k == 2:
+                originals.append(len(texts) - 1)
+    return texts, labels, originals
+
+
+def check_2_4(keep_central: Callable[..., list[int]]) -> None:
+    """keep_central(texts, labels, n=5) -> sorted indices: each cluster's most central member."""
     ex = "2.4"
 
-    def run(sig: np.ndarray, bands: int, rows: int) -> list[int]:
-        got = call(ex, lsh_clusters, sig, bands, rows)
+    def run(texts: list[str], labels: list, n: int) -> list[int]:
+        got = call(ex, keep_central, list(texts), list(labels), n)
         try:
-            got = [int(x) for x in got]
-        except TypeError:
-            fail(ex, f"return a list of one int label per document, got {type(got).__name__}"
+            kept = [int(x) for x in got]
+        except (TypeError, ValueError):
+            fail(ex, f"return a list of kept indices, got {got!r:.60}"
                      + (": did you forget to return?" if got is None else ""))
-        if len(got) != len(sig):
-            fail(ex, f"return one label per document: {len(sig)} documents, got {len(got)} labels")
-        return got
+        if kept != sorted(kept):
+            fail(ex, f"return the kept indices sorted, got {kept}")
+        return kept
 
-    # Hand-worked: 5 documents, 2 bands of 2 rows. 0 and 1 share band 0; 1 and 2 share band 1;
-    # 3 and 4 share nothing. So {0, 1, 2} is one cluster (through 1), 3 and 4 are alone.
-    sig = np.array([[1, 2, 3, 4], [1, 2, 5, 6], [7, 8, 5, 6], [1, 9, 9, 4], [0, 2, 3, 0]],
-                   dtype=np.uint32)
-    got = run(sig, 2, 2)
-    if got != [0, 0, 0, 3, 4]:
+    # p..w twice (2 and 3), then edits of it: 1 has the largest sum, 2 and 3 the largest single
+    five = ["p q r s t x y z", "p q r s t u v z", "p q r s t u v w", "p q r s t u v w",
+            "p q r s t u y z"]
+    got = run(five, ["c"] * 5, 1)
+    if got != [1]:
         hint = ""
-        if got == [0, 0, 1, 3, 4]:
-            hint = (" Document 2 is linked to 0 through 1: clusters follow chains (union-find),"
-                    " not only direct pairs.")
-        elif got[3] == 0 or got[4] == 0:
-            hint = (" Documents 3 and 4 share single values with 0 but no whole band (band k is "
-                    "columns"
-                    " k*rows to (k+1)*rows): a bucket key is one band's rows together.")
-        elif sorted(set(got)) != [0, 3, 4] and len(set(got)) == 3:
-            hint = (" Name each cluster by its smallest member (hang the larger root under the"
-                    " smaller).")
-        fail(ex, f"on the hand-worked 5x4 signatures with 2 bands of 2 rows, expect [0, 0, 0, 3, "
-                 f"4], got {got}."
-                 + hint)
-    if run(sig, 1, 4) != [0, 1, 2, 3, 4]:
-        fail(ex, "with 1 band of all 4 rows no two of the hand-worked signatures agree everywhere: "
-                 "expect [0, 1, 2, 3, 4]. Use rows k*rows to (k+1)*rows for band k.")
-    words = [f"w{i}" for i in range(400)]
-    sets = [set(words[i: i + 60]) for i in range(0, 300, 3)]  # overlapping windows: chains
-    sig = minhash_signatures(sets, 64)
-    for bands, rows in ((16, 4), (8, 8), (21, 3)):
-        want = union_find_clusters(len(sig), lsh_candidate_pairs(sig, bands, rows))
-        got = run(sig, bands, rows)
-        if got != want:
-            fail(ex, f"on 100 overlapping sets with {bands} bands of {rows} rows, your clusters "
-                     f"differ from "
-                     f"union_find_clusters(lsh_candidate_pairs(...)) at documents "
-                     f"{[i for i in range(len(want)) if got[i] != want[i]][:8]}.")
-    passed(ex, "bucketing by band and union-find clusters match the companion on hand-worked and "
-               "MinHash "
-               "signatures, chains included.")
+        if got == [0]:
+            hint = " You kept the first member; keep the one most similar to all the others."
+        elif got in ([2], [3]):
+            hint = (" Documents 2 and 3 are identical, so each has one similarity of 1.0: you "
+                    "scored by the largest single similarity; sum them over the other members.")
+        fail(ex, f"with n=1 the summed similarities of {five!r} to the other members are "
+                 f"largest for document 1: expect [1], got {got}.{hint}")
+    # three copies in a row: the middle one is 7/9 similar to each neighbour, they 6/10
+    row = ["a b c d e f y x", "a b c d e f g h", "a b c d e f g x"]
+    got = run(row, [0, 0, 0], 1)
+    if got != [2]:
+        fail(ex, f"with n=1, {row!r} form one cluster; the last is 7/9 similar to each of the "
+                 f"others, which are 6/10 similar to each other: expect [2], got {got}.")
+    got = run(["same words here", "same words here", "something else entirely"], [7, 7, 3], 1)
+    if 2 not in got:
+        fail(ex, f"document 2 is alone in its cluster (label 3) and stays: a cluster of one keeps "
+                 f"its document. Got {got}.")
+    if got != [0, 2]:
+        fail(ex, "documents 0 and 1 are identical, a tie: keep the smallest index. Labels (7 and "
+                 f"3 here) name clusters; they are not document indices. Expect [0, 2], got {got}.")
+    got = run([row[0], "a lone page", row[1], row[2]], ["x", "y", "x", "x"], 1)
+    if got != [1, 3]:
+        fail(ex, "documents 0, 2 and 3 are the three copies above (label 'x'), document 1 is "
+                 f"alone: expect [1, 3], got {got}. Return the kept indices sorted, not in "
+                 "cluster order.")
+    texts, labels, originals = _edited_clusters()
+    want = _keep_central(texts, labels)
+    got = run(texts, labels, 5)
+    if got != want:
+        fail(ex, f"on {len(originals)} clusters of a crawl page and three copies each missing a "
+                 f"different stretch, expected {want[:6]}..., got {got[:6]}...")
+    found = sum(i in got for i in originals)
+    firsts = _keep_central(texts, labels, first=True)
+    passed(ex, f"the most central copy on hand-worked clusters, ties and singletons; on "
+               f"{len(originals)} clusters of a crawl page and three edited copies it keeps the "
+               f"original in {found} (keeping the first copy met: in "
+               f"{sum(i in firsts for i in originals)}).")
 
 
 def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
