@@ -200,30 +200,55 @@ class Blueprint(NamedTuple):
     min_gpus: int
 
 
+def _head_size(d_model: float) -> int:
+    """The head-size rule: 32 below d_model 384, 64 up to 2048, 128 above.
+
+    Example: _head_size(2048) -> 64
+    """
+    return 32 if d_model < 384 else 64 if d_model <= 2048 else 128
+
+
 def _shape(target: float, vocab_size: int, tie: bool) -> tuple[int, int, int, int]:
     """(d_model, n_layers, head size, KV heads) for about `target` total parameters."""
-    # d_model / n_layers: GPT-3's small models ~64, 7B and up ~128
+    # d_model / n_layers aimed at: GPT-3's small models ~64, 7B and up ~128
     ratio = 64 if target < 1e9 else 128
     # grouped-query attention with 8 KV heads from ~1B up (Llama 3.2 1B, Llama 3)
     gqa = target >= 1e9
+    emb = vocab_size * (1 if tie else 2)
+
+    def layers_for(d_model: int, head: int) -> int:
+        n_kv = 8 if gqa else d_model // head
+        # SwiGLU at 8/3 d, rounded up to 256 (Llama's multiple_of)
+        d_ff = 256 * math.ceil(8 * d_model / 3 / 256)
+        per_layer = 2 * d_model**2 + 2 * d_model * n_kv * head + 3 * d_model * d_ff + 2 * d_model
+        return max(1, round((target - emb * d_model) / per_layer))
+
     d = (ratio * target / 12) ** (1 / 3)
     for _ in range(20):  # embeddings eat into the budget and depend on d: iterate to a fixed point
-        body = target - vocab_size * d * (1 if tie else 2)
+        body = target - emb * d
         if body <= 0:
             raise ValueError(
                 f"{target:.3g} parameters cannot hold a {vocab_size}-token "
                 f"vocabulary's embeddings at d_model={d:.0f}; use a smaller vocab_size"
             )
         d = (ratio * body / 12) ** (1 / 3)
-    head = 32 if d < 384 else 64 if d <= 2048 else 128
-    step = head * (8 if gqa else 1)  # n_heads a multiple of the 8 KV heads
-    d_model = max(step, step * round(d / step))
+    # d_model must be a whole number of heads (of 8 heads with GQA), with the head size the rule
+    # gives for that d_model; among such widths near d, keep the one whose depth, filling the
+    # budget, puts d_model / n_layers closest to the ratio aimed at
+    candidates = []
+    for head in (32, 64, 128):
+        step = head * (8 if gqa else 1)
+        for k in range(max(1, math.floor(d / step) - 1), math.ceil(d / step) + 2):
+            d_model = k * step
+            if _head_size(d_model) == head and target - emb * d_model > 0:
+                candidates.append((abs(math.log(d_model / layers_for(d_model, head) / ratio)),
+                                   d_model, head))
+    if not candidates:
+        raise ValueError(f"no width fits {target:.3g} parameters with a {vocab_size}-token "
+                         "vocabulary; use a smaller vocab_size")
+    _, d_model, head = min(candidates)
     n_kv = 8 if gqa else d_model // head
-    # SwiGLU at 8/3 d, rounded up to 256 (Llama's multiple_of)
-    d_ff = 256 * math.ceil(8 * d_model / 3 / 256)
-    per_layer = 2 * d_model**2 + 2 * d_model * n_kv * head + 3 * d_model * d_ff + 2 * d_model
-    n_layers = max(1, round((target - vocab_size * d_model * (1 if tie else 2)) / per_layer))
-    return d_model, n_layers, head, n_kv
+    return d_model, layers_for(d_model, head), head, n_kv
 
 
 def blueprint(
@@ -233,7 +258,8 @@ def blueprint(
 ) -> Blueprint:
     """A Llama-style architecture and AdamW recipe for about `n_params` parameters, with its cost.
 
-    Rules: aspect ratio d_model/n_layers 64 below 1B and 128 above; head size 32/64/128 by width; 8
+    Rules: aspect ratio d_model/n_layers aimed at 64 below 1B and 128 above (the closest that a
+    whole number of heads allows); head size 32/64/128 by the final width (_head_size); 8
     KV heads from 1B; SwiGLU at 8/3 d_model; context growing with size; batch and peak learning rate
     from DeepSeek LLM's compute fits (`deepseek_batch_lr`, with C = M D); warmup
     1% of steps in [100, 2000].

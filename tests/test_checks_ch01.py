@@ -21,72 +21,53 @@ def shakespeare():
         pytest.skip(f"Tiny Shakespeare unavailable (set COMPANION_DATA_DIR to the mirror): {err}")
 
 
-# --- 1.1 perplexity from logits --------------------------------------------------------------
+# --- 1.1 an interpolated trigram -------------------------------------------------------------
 
 
-def _ppl(logp, ids):
-    return math.exp(-logp[ids[:-1], ids[1:]].double().mean().item())
+def interpolated_nll(train_ids, val_ids, vocab_size, lambdas, *, fallback=True, followers=True,
+                     smooth=True, denominator_offset=2, order=(0, 1, 2)):
+    """The exercise's solution; the keyword arguments make the plausible mistakes."""
+    from collections import Counter
+
+    t, v = train_ids.tolist(), val_ids.tolist()
+    uni, bi, tri = Counter(t), Counter(zip(t, t[1:])), Counter(zip(t, t[1:], t[2:]))
+    after1 = Counter(t[:-1]) if followers else uni
+    after2 = Counter(zip(t[:-2], t[1:-1])) if followers else bi
+    l1, l2, l3 = (lambdas[i] for i in order)
+    total = 0.0
+    for a, b, c in zip(v, v[1:], v[2:]):
+        w1, w2, w3 = l1, l2, l3
+        if fallback and after2[(a, b)] == 0:
+            w2, w3 = w2 + w3, 0.0
+        if fallback and after1[b] == 0:
+            w1, w2 = w1 + w2, 0.0
+        p = w1 * ((uni[c] + 1) / (len(t) + vocab_size) if smooth else uni[c] / len(t))
+        if after1[b]:
+            p += w2 * bi[(b, c)] / after1[b]
+        if after2[(a, b)]:
+            p += w3 * tri[(a, b, c)] / after2[(a, b)]
+        total -= math.log(p)
+    return total / (len(v) - denominator_offset)
 
 
-def perplexity_right(logits, ids):
-    return _ppl(logits.log_softmax(dim=-1), ids)
+def test_check_1_1_passes_a_correct_answer(capsys, shakespeare):
+    passes(check_1_1, interpolated_nll, capsys)
 
 
-def perplexity_logits_as_log_probs(logits, ids):
-    return _ppl(logits, ids)
-
-
-def perplexity_logits_as_probs(logits, ids):
-    return _ppl(logits.log(), ids)
-
-
-def perplexity_returns_mean_nll(logits, ids):
-    return math.log(perplexity_right(logits, ids))
-
-
-def perplexity_columns_normalised(logits, ids):
-    return _ppl(logits.log_softmax(dim=0), ids)
-
-
-def perplexity_transposed_lookup(logits, ids):
-    return _ppl(logits.log_softmax(dim=-1).T, ids)
-
-
-def perplexity_log2_then_exp(logits, ids):
-    return math.exp(-(logits.log_softmax(dim=-1) / math.log(2))[ids[:-1], ids[1:]].mean().item())
-
-
-def perplexity_divides_by_len_ids(logits, ids):
-    logp = logits.log_softmax(dim=-1)[ids[:-1], ids[1:]]
-    return math.exp(-logp.sum().item() / len(ids))
-
-
-def perplexity_softmax_then_log(logits, ids):  # underflows for logits far apart
-    return _ppl(logits.softmax(dim=-1).log(), ids)
-
-
-def test_check_1_1_passes_a_correct_perplexity(capsys):
-    passes(check_1_1, perplexity_right, capsys)
-
-
-def test_check_1_1_passes_a_tensor_result(capsys):
-    passes(check_1_1, lambda logits, ids: torch.tensor(perplexity_right(logits, ids)), capsys)
+def test_check_1_1_passes_a_tensor_result(capsys, shakespeare):
+    passes(check_1_1, lambda *a: torch.tensor(interpolated_nll(*a)), capsys)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (perplexity_logits_as_log_probs, "logits are not probabilities"),
-    (perplexity_logits_as_probs, "logits are not probabilities"),
-    (perplexity_returns_mean_nll, "exponentiate"),
-    (perplexity_log2_then_exp, "mixed the two bases"),
-    (perplexity_divides_by_len_ids, "len(ids) - 1"),
-    (perplexity_columns_normalised, "normalise each row"),
-    (perplexity_transposed_lookup, "[next, current]"),
-    (perplexity_softmax_then_log, "underflowed"),
-    (lambda logits, ids: None, "forget to return"),
-    (lambda logits, ids: torch.ones(len(ids) - 1), "forget to average"),
+    (lambda *a: interpolated_nll(*a, denominator_offset=0), "T - 2"),
+    (lambda *a: interpolated_nll(*a, followers=False), "*follows*"),
+    (lambda *a: interpolated_nll(*a, fallback=False), "move its weight"),
+    (lambda *a: interpolated_nll(*a, order=(2, 1, 0)), "in that order"),
+    (lambda *a: interpolated_nll(*a, smooth=False), "add-one smoothed"),
+    (lambda *a: None, "forget to return"),
 ])
-def test_check_1_1_rejects_mistakes(wrong, fragment):
+def test_check_1_1_rejects_mistakes(wrong, fragment, shakespeare):
     fails_with(check_1_1, wrong, fragment)
 
 

@@ -9,22 +9,39 @@ from companion.checks import ExerciseFailed, check_2_1, check_2_2, check_2_3, ch
 from checkhelpers import stub, fails_with
 import numpy as np
 
-from companion.data import jaccard, lsh_candidate_pairs, lsh_params, shingles, union_find_clusters
+from companion.data import jaccard, lsh_params, shingles
 from companion.data.decontam import overlap_report
 
 
 # --- 2.1 c4_rejects ---------------------------------------------------------------------------------
 
-TERMINAL = (".", "!", "?", '"', "\u201d")
+TERMINAL = (".", "!", "?", '"')
+POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+          "use cookies")
 
 
-def c4_rejects(text, terminal=TERMINAL, min_words=5, strip=True, js=True, page_rules=True, lines_needed=3):
-    if page_rules and ("{" in text or "lorem ipsum" in text.lower()):
+def c4_rejects(text, terminal=TERMINAL, min_words=5, strip=True, js=True, brace=True, lorem=True,
+               policy=True, ellipsis=True, count_lines=False, whole_page=False, lines_needed=3):
+    if whole_page and ("{" in text or "lorem ipsum" in text.lower()):
         return True
-    lines = [ln.strip() if strip else ln for ln in text.splitlines()]
-    kept = [ln for ln in lines if ln.endswith(terminal) and len(ln.split()) >= min_words
-            and (not js or "javascript" not in ln.lower())]
-    return len(kept) < lines_needed
+    sentences = 0
+    for line in text.splitlines():
+        line = line.strip() if strip else line
+        if not line.endswith(terminal) or (ellipsis and line.endswith("...")) \
+                or len(line.split()) < min_words:
+            continue
+        low = line.lower()
+        if lorem and "lorem ipsum" in low:
+            return True
+        if js and "javascript" in low:
+            continue
+        if brace and "{" in line:
+            return True
+        if policy and any(p in low for p in POLICY):
+            continue
+        found = len(re.findall(r'[.!?]["\u201d\']*(?=\s|$)', line))
+        sentences += 1 if count_lines else max(1, found)
+    return sentences < lines_needed
 
 
 def test_check_2_1_passes_on_a_correct_answer(capsys):
@@ -38,11 +55,16 @@ def test_check_2_1_passes_on_a_correct_answer(capsys):
     (lambda t: c4_rejects(t, terminal=(".", "!", "?")), "closing quotation"),
     (lambda t: c4_rejects(t, min_words=1), "at least 5 words"),
     (lambda t: c4_rejects(t, js=False), "JavaScript"),
-    (lambda t: c4_rejects(t, page_rules=False), "curly bracket"),
+    (lambda t: c4_rejects(t, brace=False), "curly bracket"),
+    (lambda t: c4_rejects(t, lorem=False), "lorem ipsum"),
+    (lambda t: c4_rejects(t, policy=False), "policy phrase"),
+    (lambda t: c4_rejects(t, ellipsis=False), "ellipsis"),
+    (lambda t: c4_rejects(t, count_lines=True), "sentences, not lines"),  # the old, wrong rule
+    (lambda t: c4_rejects(t, whole_page=True), "already skipped"),
     (lambda t: c4_rejects(t, strip=False), "Strip each line"),
     (lambda t: c4_rejects(t, terminal=("",)), "terminal punctuation"),  # every line "ends" in ""
     (lambda t: c4_rejects(t, lines_needed=5), "expect False"),
-    (lambda t: c4_rejects(t, min_words=6), "on crawl page"),
+    (lambda t: c4_rejects(t, min_words=6), "exactly 5 words"),  # the boundary
     (lambda t: not c4_rejects(t), "expect False"),  # True and False swapped
     (lambda t: None, "forget to return"),
 ])
@@ -130,6 +152,15 @@ def wrong_direction(threshold, num_perm, recall=0.995):  # keeps settings that *
     return best
 
 
+def exclusive_end(threshold, num_perm, recall=0.995):  # range(1, num_perm // 2): misses the end
+    best = (num_perm, 1)
+    for rows in range(1, num_perm // 2):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands >= recall:
+            best = (bands, rows)
+    return best
+
+
 def test_check_2_3_passes_on_a_correct_answer(capsys):
     check_2_3(pick_bands_rows)
     assert "passed" in capsys.readouterr().out
@@ -142,63 +173,55 @@ def test_check_2_3_passes_on_a_correct_answer(capsys):
     (wrong_direction, "below the recall"),
     (lambda t, p, r=0.995: (lsh_params(t, p, r)[0] + 1, lsh_params(t, p, r)[1]), "num_perm // rows"),
     (lambda t, p, r=0.995: 21, "pair (bands, rows)"),
+    (exclusive_end, "inclusive"),
 ])
 def test_check_2_3_rejects_mistakes(wrong, fragment):
     fails_with(check_2_3, wrong, fragment)
 
 
-# --- 2.4 lsh_clusters ------------------------------------------------------------------------------
+# --- 2.4 keep_central -----------------------------------------------------------------------------
 
-def lsh_clusters(sig, bands, rows):
-    return union_find_clusters(len(sig), lsh_candidate_pairs(sig, bands, rows))
+def keep_central(texts, labels, n=5, *, score_by=sum, tie_largest=False, first=False,
+                 include_self=False, unsorted=False, drop_singletons=False):
+    members = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label, []).append(i)
+    keep = []
+    for docs in members.values():
+        if drop_singletons and len(docs) == 1:
+            continue
+        sets = {i: shingles(texts[i], n) for i in docs}
 
+        def score(i):
+            sims = [jaccard(sets[i], sets[j]) for j in docs if include_self or j != i]
+            return round(score_by(sims or [0.0]), 9)
 
-def direct_pairs_only(sig, bands, rows):  # no union-find: the smallest direct partner, no chains
-    labels = list(range(len(sig)))
-    for i, j in lsh_candidate_pairs(sig, bands, rows):
-        labels[j] = min(labels[j], i)
-    return labels
-
-
-def per_value_buckets(sig, bands, rows):  # one bucket per single value, not per whole band
-    pairs = {(i, j) for i in range(len(sig)) for j in range(i + 1, len(sig))
-             if any(sig[i, c] == sig[j, c] for c in range(bands * rows))}
-    return union_find_clusters(len(sig), pairs)
-
-
-def largest_label(sig, bands, rows):  # clusters right, named by the largest member
-    labels = lsh_clusters(sig, bands, rows)
-    top = {}
-    for i, lab in enumerate(labels):
-        top[lab] = i
-    return [top[lab] for lab in labels]
-
-
-def overlapping_bands(sig, bands, rows):  # band k starts at column k, not k * rows
-    n = len(sig)
-    pairs = set()
-    for k in range(bands):
-        keys = {}
-        for d in range(n):
-            keys.setdefault(sig[d, k:k + rows].tobytes(), []).append(d)
-        for docs in keys.values():
-            pairs.update((a, b) for x, a in enumerate(docs) for b in docs[x + 1:])
-    return union_find_clusters(n, pairs)
+        if first:
+            keep.append(docs[0])
+        else:
+            keep.append(max(docs, key=lambda i: (score(i), i if tie_largest else -i)))
+    return keep if unsorted else sorted(keep)
 
 
 def test_check_2_4_passes_on_a_correct_answer(capsys):
-    check_2_4(lsh_clusters)
-    assert "passed" in capsys.readouterr().out
+    check_2_4(keep_central)
+    out = capsys.readouterr().out
+    assert "passed" in out and "keeps the original in 20" in out
+
+
+def test_check_2_4_passes_when_self_similarity_is_counted():  # adds 1.0 to every member alike
+    check_2_4(lambda t, l, n=5: keep_central(t, l, n, include_self=True))
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (direct_pairs_only, "chains"),
-    (per_value_buckets, "whole band"),
-    (largest_label, "smallest member"),
-    (overlapping_bands, "k*rows"),
-    (lambda sig, b, r: lsh_clusters(sig, b, r)[:-1], "one label per document"),
-    (lambda sig, b, r: None, "forget to return"),
+    (lambda t, l, n=5: keep_central(t, l, n, first=True), "kept the first member"),
+    (lambda t, l, n=5: keep_central(t, l, n, score_by=max), "largest single similarity"),
+    (lambda t, l, n=5: keep_central(t, l, n, tie_largest=True), "smallest index"),
+    (lambda t, l, n=5: keep_central(t, l, n, drop_singletons=True), "cluster of one"),
+    (lambda t, l, n=5: keep_central(t, l, n, unsorted=True), "sorted"),
+    (lambda t, l, n=5: sorted(set(l)), "list of kept indices"),  # the labels, not indices
+    (lambda t, l, n=5: None, "forget to return"),
 ])
 def test_check_2_4_rejects_mistakes(wrong, fragment):
     fails_with(check_2_4, wrong, fragment)
@@ -240,6 +263,14 @@ def make_dirty(lower=True, drop_last_eval=False, drop_last_train=False, short_is
     return fn
 
 
+def all_starts(train, evals, n=13):  # range(len(words)): the tail yields short "n-grams"
+    def grams(t):
+        words = re.findall(r"\w+", t.lower())
+        return {tuple(words[i:i + n]) for i in range(len(words))}
+    seen = set().union(*(grams(t) for t in train))
+    return [i for i, t in enumerate(evals) if grams(t) & seen]
+
+
 def test_check_2_5_passes_on_a_correct_answer(capsys):
     check_2_5(dirty_items)
     assert "passed" in capsys.readouterr().out
@@ -253,6 +284,8 @@ def test_check_2_5_passes_on_a_correct_answer(capsys):
     (make_dirty(drop_last_eval=True), "last n-gram of the evaluation"),
     (make_dirty(drop_last_train=True), "the last included"),
     (lambda tr, ev, n=13: None, "forget to return"),
+    (lambda tr, ev, n=13: make_dirty()([" ".join(tr)], ev, n), "across the boundary"),
+    (all_starts, "shorter tail"),
 ])
 def test_check_2_5_rejects_mistakes(wrong, fragment):
     fails_with(check_2_5, wrong, fragment)

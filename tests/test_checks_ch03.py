@@ -167,6 +167,11 @@ def encode(text, merges, specials, chunk=_by_rank, keep_specials=True, split=Tru
     return out
 
 
+def _split_unsorted(text, specials):  # the alternation in the dict's order, not longest first
+    alternatives = "|".join(regex.escape(s) for s in specials)
+    return regex.split(f"({alternatives})", text)
+
+
 def drops_specials(text, merges, specials):
     parts = _split_specials(text, specials)[::2]
     return [i for p in parts for i in encode(p, merges, {})]
@@ -190,6 +195,8 @@ def test_check_3_3_accepts_merges_replayed_in_rank_order_over_the_whole_chunk():
     (lambda t, m, s: encode(t, m, s, chunk=_leftmost), "lowest rank"),
     (lambda t, m, s: encode(t, m, s, keep_specials=False), "one id"),
     (drops_specials, "should be"),
+    (lambda t, m, s: [i for k, p in enumerate(_split_unsorted(t, s)) for i in (
+        [s[p]] if k % 2 else encode(p, m, {}))], "longest first"),
     (lambda t, m, s: encode(t, m, s, split=False), "chunk boundary"),
     (lambda t, m, s: encode(t, m, s, chunk=lambda ids, merges: ids), "lowest rank"),  # no merges
     (lambda t, m, s: "".join(map(str, encode(t, m, s))), "list of ids"),

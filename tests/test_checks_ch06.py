@@ -183,6 +183,13 @@ def test_check_6_3_passes_on_the_companion_filter(capsys):
     passes(check_6_3, top_p_filter, capsys)
 
 
+def at_or_below_p(logits, p):  # keeps a token while the mass before it is <= p
+    probs, order = logits.softmax(dim=-1).sort(dim=-1, descending=True)
+    keep = (probs.cumsum(-1) - probs) <= p
+    keep = torch.zeros_like(keep).scatter_(-1, order, keep)
+    return logits.masked_fill(~keep, float("-inf"))
+
+
 def keeps_at_most_p(logits, p):
     probs, order = logits.softmax(-1).sort(dim=-1, descending=True)
     keep = probs.cumsum(-1) <= p + 1e-6
@@ -202,6 +209,7 @@ def zeros_instead_of_inf(logits, p):
     (lambda lg, p: top_p(lg, p, dim=0), "each row on its own"),
     (zeros_instead_of_inf, "keep their logits"),
     (lambda lg, p: lg[:, :2], "shape"),
+    (at_or_below_p, "not <= p"),
 ])
 def test_check_6_3_rejects_mistakes(wrong, fragment):
     fails_with(check_6_3, wrong, fragment)

@@ -50,6 +50,12 @@ def keeps_falling(step, max_lr, min_lr, warmup, decay_steps):  # the cosine runs
     return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
 
 
+def warmup_inclusive(step, max_lr, min_lr, warmup, decay_steps):  # step <= warmup: 1.1e-3 at 10
+    if step <= warmup:
+        return max_lr * (step + 1) / warmup
+    return lr_at_step(step, max_lr, min_lr, warmup, decay_steps)
+
+
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
     (no_warmup, "no warmup"),
@@ -57,6 +63,7 @@ def keeps_falling(step, max_lr, min_lr, warmup, decay_steps):  # the cosine runs
     (to_zero, "min_lr"),
     (keeps_falling, "stays at min_lr"),
     (lambda *a: None, "one number"),
+    (warmup_inclusive, "not <="),
 ])
 def test_check_7_1_rejects_mistakes(wrong, fragment):
     fails_with(check_7_1, wrong, fragment)
@@ -234,13 +241,14 @@ def test_check_7_4_rejects_mistakes(wrong, fragment):
 # --- 7.5 the over-fitting step -------------------------------------------------------------
 
 
-def overfit_step(history, *, earliest=True, index=False, need_train=True, need_rise=True, after=0):
+def overfit_step(history, *, earliest=True, index=False, need_train=True, need_rise=True, after=0,
+                 strict_rise=True, strict_train=True, last=-1):
     steps, train, val = history["eval_step"], history["eval_train"], history["eval_val"]
     best = min(val)
     i = val.index(best) if earliest else len(val) - 1 - val[::-1].index(best)
-    if need_rise and val[-1] <= best:
+    if need_rise and (val[last] <= best if strict_rise else val[last] < best):
         return None
-    if need_train and not train[-1] < train[i]:
+    if need_train and not (train[-1] < train[i] if strict_train else train[-1] <= train[i]):
         return None
     i = min(i + after, len(steps) - 1)
     return i if index else steps[i]
@@ -263,6 +271,9 @@ def lowest_train(history):
     (lambda h: overfit_step(h, after=1), "first evaluation after"),
     (lambda h: overfit_step(h, need_rise=False, need_train=False), "still at its best"),
     (lambda h: overfit_step(h, need_train=False), "so did the training loss"),
+    (lambda h: overfit_step(h, strict_rise=False), "still at its best"),  # val[-1] < best
+    (lambda h: overfit_step(h, strict_train=False), "did not keep falling"),  # train <=
+    (lambda h: overfit_step(h, last=-2), "still at its best"),  # reads val[-2]
 ])
 def test_check_7_5_rejects_mistakes(wrong, fragment):
     fails_with(check_7_5, wrong, fragment)

@@ -138,6 +138,12 @@ def attention_flops(L, T, d, causal, training, *, matmuls=2, halve=True, backwar
     return forward * backward if training else forward
 
 
+def exact_causal_average(L, T, d, causal, training):  # (T + 1)/2 keys, not the convention T/2
+    keys = (T + 1) / 2 if causal else T
+    forward = L * 2 * 2 * keys * d
+    return 3 * forward if training else forward
+
+
 def test_check_8_5_passes_on_a_correct_answer(capsys):
     check_8_5(attention_flops)
     assert "passed" in capsys.readouterr().out
@@ -149,6 +155,7 @@ def test_check_8_5_passes_on_a_correct_answer(capsys):
     (lambda *a: attention_flops(*a, halve=False), "causal mask"),
     (lambda *a: attention_flops(*a, backward=1), "add the backward"),
     (lambda *a: attention_flops(*a, backward=2), "expected"),
+    (exact_causal_average, "(T + 1)/2"),
     (lambda *a: None, "the FLOP count"),
 ])
 def test_check_8_5_rejects_mistakes(wrong, fragment):

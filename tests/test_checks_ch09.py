@@ -224,12 +224,15 @@ def test_check_9_3_reports_a_crash():
 # --- 9.4 longest_context -----------------------------------------------------------------
 
 def longest_context(gpu_bytes, states_bytes, n_layers, d_model, n_heads, tp, sequence_parallel,
-                    _one_more=False, _layers=None, _states=True, _sp=None):
+                    _one_more=False, _layers=None, _states=True, _sp=None, _strict=False):
     layers = n_layers if _layers is None else _layers
     sp = sequence_parallel if _sp is None else _sp
     s = 0
-    while (states_bytes if _states else 0) + layers * tp_activation_bytes(
-            s + 1024, 1, d_model, n_heads, tp, sp, "selective") <= gpu_bytes:
+    while True:
+        need = (states_bytes if _states else 0) + layers * tp_activation_bytes(
+            s + 1024, 1, d_model, n_heads, tp, sp, "selective")
+        if (need >= gpu_bytes) if _strict else (need > gpu_bytes):
+            break
         s += 1024
     return s + 1024 if _one_more else s
 
@@ -249,6 +252,7 @@ def test_check_9_4_accepts_solving_the_linear_formula():
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
     (lambda *a: longest_context(*a, _one_more=True), "one step too long"),
+    (lambda *a: longest_context(*a, _strict=True), "not <"),
     (lambda *a: longest_context(*a, _states=False), "ignores the states"),
     (lambda *a: longest_context(*a, _layers=1), "multiply by n_layers"),
     (lambda *a: longest_context(*a, _sp=False), "pass sequence_parallel"),

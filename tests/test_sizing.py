@@ -340,6 +340,24 @@ def test_blueprint_hits_its_size_and_rules(target):
     assert bp.cost == pytest.approx(bp.gpu_hours * GPUS["H100-SXM-80GB"].usd_per_hour)
 
 
+@pytest.mark.parametrize("target", [5e6, 125e6, 350e6, 760e6, 1.3e9, 2.7e9, 6.7e9, 13e9, 70e9,
+                                    175e9])
+def test_blueprint_shape_follows_its_stated_rules(target):
+    """The rules chapter 8 states: head 32 below d 384, 64 up to 2048, 128 above, on the final
+    width; d/L near 64 below 1B and 128 above, off only by what whole heads force."""
+    c = blueprint(target, vocab_size=65 if target < 1e7 else 32000).config
+    d = c.d_model
+    assert c.d_head == (32 if d < 384 else 64 if d <= 2048 else 128)
+    assert d % (c.d_head * (8 if target >= 1e9 else 1)) == 0
+    aim = 64 if target < 1e9 else 128
+    assert 0.6 * aim < d / c.n_layers < 1.15 * aim
+
+
+def test_blueprint_at_1_3b_keeps_head_64_at_width_2048():
+    c = blueprint(1.3e9).config
+    assert (c.d_model, c.d_head) == (2048, 64)
+
+
 def test_blueprint_lr_falls_and_batch_grows_with_size():
     small, big = blueprint(125e6), blueprint(70e9)
     assert big.lr < small.lr and big.batch_tokens > small.batch_tokens

@@ -1,7 +1,9 @@
-"""Self-checks for chapter 1's exercises: perplexity, add-k, the loop by hand, temperature."""
+"""Self-checks for chapter 1's exercises: an interpolated trigram, add-k, the loop by hand,
+temperature."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -17,68 +19,101 @@ def _close(a: float, b: float) -> bool:
     return a == b or math.isclose(a, b, rel_tol=1e-4, abs_tol=1e-6)
 
 
-# --- 1.1 perplexity from logits --------------------------------------------------------------
+# --- 1.1 an interpolated trigram -------------------------------------------------------------
 
 
-def _ppl(logp: torch.Tensor, ids: torch.Tensor) -> float:
-    return math.exp(-logp[ids[:-1], ids[1:]].double().mean().item())
+def _interpolated(train: list[int], val: list[int], v: int, lambdas: tuple[float, ...],
+                  fallback: bool = True, follower_counts: bool = True, smooth: bool = True,
+                  skip_first: int = 2) -> float:
+    """Mean NLL of val[2:] under the interpolated trigram; the flags make known mistakes.
+
+    Example: _interpolated([0, 1, 0, 1, 0, 2], [0, 1, 0], 3, (0.1, 0.3, 0.6)) -> 0.0572
+    """
+    l1, l2, l3 = lambdas
+    uni, bi = Counter(train), Counter(zip(train, train[1:]))
+    tri = Counter(zip(train, train[1:], train[2:]))
+    if follower_counts:
+        after1, after2 = Counter(train[:-1]), Counter(zip(train[:-2], train[1:-1]))
+    else:  # every occurrence, even the last ones, which nothing follows
+        after1, after2 = uni, bi
+    total = 0.0
+    for a, b, c in zip(val, val[1:], val[2:]):
+        w1, w2, w3 = l1, l2, l3
+        if fallback and after2[(a, b)] == 0:
+            w2, w3 = w2 + w3, 0.0
+        if fallback and after1[b] == 0:
+            w1, w2 = w1 + w2, 0.0
+        p = w1 * ((uni[c] + 1) / (len(train) + v) if smooth else uni[c] / len(train))
+        p += w2 * bi[(b, c)] / after1[b] if after1[b] else 0.0
+        p += w3 * tri[(a, b, c)] / after2[(a, b)] if after2[(a, b)] else 0.0
+        total -= math.log(p) if p > 0 else -math.inf
+    return total / (len(val) - skip_first)
 
 
-def check_1_1(perplexity: Callable[[torch.Tensor, torch.Tensor], float]) -> None:
-    """perplexity(logits, ids) -> exp(mean over t of -log softmax(logits[ids[t]])[ids[t+1]])."""
+def check_1_1(interpolated_nll: Callable[..., float]) -> None:
+    """interpolated_nll(train_ids, val_ids, vocab_size, (l1, l2, l3)) -> mean NLL of val_ids[2:]."""
     ex = "1.1"
-    v, seq = 5, torch.tensor([0, 3, 1, 4, 2])
-    flat = torch.full((v, v), 3.0)  # equal logits: the uniform model, whatever their value
-    got = as_scalar(ex, call(ex, perplexity, flat.clone(), seq.clone()), "the perplexity")
-    if _close(got, math.exp(-3.0)) or _close(got, 1 / 3):
-        fail(ex, f"equal logits of 3.0 are the uniform model, perplexity {v}, but you returned "
-                 f"{got:.4f}: logits are not probabilities or log-probabilities. Normalise each "
-                 "row into log-probabilities first.")
-    if _close(got, math.log(v)):
-        fail(ex, f"a uniform model over {v} symbols has perplexity {v}, you returned {got:.4f} = "
-                 f"ln {v}. That is the mean NLL: exponentiate it.")
-    # logs and exponent in different bases turn the answer v into v ** (1/ln 2) or v ** ln 2
-    if any(_close(got, v ** p) for p in (1 / math.log(2), math.log(2))):
-        fail(ex, f"expected {v} for the uniform model, got {got:.4f}: you mixed the two bases. "
-                 "Use natural logs with math.exp (or log2 with 2 **).")
-    n = len(seq)
-    if _close(got, v ** ((n - 1) / n)):
-        fail(ex, f"expected {v} for the uniform model, got {got:.4f}: {n} ids hold {n - 1} "
-                 "predictions, so average the NLL over len(ids) - 1, not len(ids).")
-    if not _close(got, v):
-        fail(ex, f"a uniform model over {v} symbols should have perplexity exactly {v}, "
-                 f"got {got:.4f}.")
-    g = torch.Generator().manual_seed(2)
-    logits = torch.randn(v, v, generator=g) * 2
-    ids = torch.randint(0, v, (200,), generator=g)
-    want = _ppl(logits.log_softmax(dim=1), ids)
-    got = as_scalar(ex, call(ex, perplexity, logits.clone(), ids.clone()), "the perplexity")
-    if _close(got, _ppl(logits.log_softmax(dim=0), ids)):
-        fail(ex, "you normalised each column; normalise each row: row a is the distribution "
-                 "over the character that follows a.")
-    if _close(got, _ppl(logits.log_softmax(dim=1).T, ids)):
-        fail(ex, "you looked up [next, current]; the row is the current token: "
-                 "[ids[t], ids[t+1]].")
+    lam = (0.1, 0.3, 0.6)
+
+    def run(train: list[int], val: list[int], v: int, lambdas: tuple[float, ...]) -> float:
+        return as_scalar(ex, call(ex, interpolated_nll, torch.tensor(train), torch.tensor(val), v,
+                                  lambdas), "the mean NLL")
+
+    def hints(got: float, train: list[int], val: list[int], v: int) -> str:
+        variants = [
+            (dict(skip_first=0), "you divided by len(val_ids); a text of T tokens holds T - 2 "
+                                 "trigram predictions"),
+            (dict(follower_counts=False), "a context's count is how often something *follows* "
+                                          "it: the last training tokens have no follower"),
+            (dict(fallback=False), "when a context was never seen in training, move its weight "
+                                   "down to the next order, so the weights still sum to 1"),
+            (dict(smooth=False), "the unigram is add-one smoothed, (N(c) + 1) / (N + V), so "
+                                 "that no token has probability 0"),
+        ]
+        for flags, why in variants:
+            if _close(got, _interpolated(train, val, v, lam, **flags)):
+                return f" It matches the answer if {why}."
+        if _close(got, _interpolated(train, val, v, lam[::-1])):
+            return " It matches l1 on the trigram and l3 on the unigram: lambdas = (l1, l2, l3) " \
+                   "weigh the unigram, bigram and trigram, in that order."
+        return ""
+
+    # Hand-worked: every context seen. P(0 | 0, 1) = 0.1 * 4/9 + 0.3 * 2/2 + 0.6 * 2/2
+    train, val = [0, 1, 0, 1, 0, 2], [0, 1, 0]
+    want = -math.log(0.1 * 4 / 9 + 0.3 + 0.6)
+    got = run(train, val, 3, lam)
     if not _close(got, want):
-        fail(ex, f"on a random 5-symbol table and 200 ids expected perplexity {want:.4f}, "
-                 f"got {got:.4f}.")
-    # logits 120 apart: softmax underflows to 0 in float32, and log 0 is -inf
-    sharp = torch.tensor([[0.0, -120.0], [-120.0, 0.0]])
-    ids = torch.tensor([0, 0, 1, 1, 0, 0, 0])
-    want = _ppl(sharp.double().log_softmax(dim=1), ids)
-    got = as_scalar(ex, call(ex, perplexity, sharp.clone(), ids.clone()), "the perplexity")
-    if not math.isfinite(got):
-        fail(ex, f"for logits that differ by 120 the perplexity is a finite {want:.3g}, you "
-                 f"returned {got}: softmax underflowed to 0 before the log. Compute the "
-                 "log-probabilities in one step, which subtracts each row's maximum first.")
-    if not math.isclose(got, want, rel_tol=1e-3):
-        fail(ex, f"for logits that differ by 120 expected {want:.4g}, got {got:.4g}.")
-    passed(ex, f"equal logits give {v}, a random table matches the reference, "
-               "and logits 120 apart stay finite.")
+        fail(ex, f"train {train}, val {val}, V = 3, lambdas {lam}: P(0 | 0, 1) = 0.1 * (3 + 1)/"
+                 f"(6 + 3) + 0.3 * 2/2 + 0.6 * 2/2, so the NLL is {want:.4f}; got {got:.4f}."
+                 + hints(got, train, val, 3))
+    # Contexts with no follower: the training text ends in the context token
+    cases = [("a training text that ends in the context token", [0, 1, 0, 1], [0, 1, 0], 3),
+             ("a pair never seen in training", [0, 1, 2, 0, 1, 2], [2, 2, 0, 1], 3),
+             ("a token never seen in training", [0, 1, 0, 1, 0, 1], [0, 1, 0, 2, 0], 3)]
+    for name, train, val, v in cases:
+        want = _interpolated(train, val, v, lam)
+        got = run(train, val, v, lam)
+        if not math.isfinite(got):
+            fail(ex, f"{name} (train {train}, val {val}): the NLL is a finite {want:.4f}, you "
+                     f"returned {got}. Add-one smoothing keeps every token's unigram "
+                     "probability above 0, and an unseen context gives its weight away.")
+        if not _close(got, want):
+            fail(ex, f"{name} (train {train}, val {val}, V = {v}): expected {want:.4f}, got "
+                     f"{got:.4f}." + hints(got, train, val, v))
+    from ..data import load_text
+    from ..tokenizer import CharTokenizer
 
-
-# --- 1.2 add-k tuned on validation -----------------------------------------------------------
-
+    text = load_text("tinyshakespeare")
+    tok = CharTokenizer.from_text(text)
+    ids, v = tok.encode(text), tok.vocab_size
+    train, val = ids[:200_000], ids[-20_000:]
+    want = _interpolated(train, val, v, lam)
+    got = run(train, val, v, lam)
+    if not _close(got, want):
+        fail(ex, f"on 200,000 training and 20,000 validation characters of Tiny Shakespeare "
+                 f"expected {want:.4f} nats, got {got:.4f}." + hints(got, train, val, v))
+    passed(ex, f"hand-worked contexts, unseen pairs and tokens, and Tiny Shakespeare: {want:.3f} "
+               "nats per character with lambdas (0.1, 0.3, 0.6).")
 
 def _add_k_nll(counts: torch.Tensor, val: torch.Tensor, k: float, denominator_k: float,
                only_zeros: bool = False, n_div: int | None = None) -> float:

@@ -1,32 +1,46 @@
-"""Self-checks for chapter 2's exercises: a C4 rule, shingle Jaccard, LSH bands and rows, LSH
-clusters,
-and a decontamination test."""
+"""Self-checks for chapter 2's exercises: a C4 rule, shingle Jaccard, LSH bands and rows, a
+central-copy keep policy, and a decontamination test."""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-import numpy as np
 
 from ..data.decontam import overlap_report
-from ..data.dedup import (candidate_probability, jaccard, lsh_candidate_pairs, lsh_params,
-                          minhash_signatures, shingles, union_find_clusters)
+from ..data.dedup import candidate_probability, jaccard, lsh_params, shingles
 from ._core import as_scalar, call, fail, passed
 
 __all__ = ["check_2_1", "check_2_2", "check_2_3", "check_2_4", "check_2_5"]
 
 
+_END_MARKS = (".", "!", "?", '"')
+_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies",
+           "use cookies")
+_SENTENCE_END = re.compile(r'[.!?]["\u201d\']*(?=\s|$)')
+
+
 def _c4_reference(text: str) -> bool:
-    """C4's page rules (Raffel et al. 2020) as the exercise states them: True = reject the page."""
-    low = text.lower()
-    if "lorem ipsum" in low or "{" in text:
-        return True
-    kept = [ln.strip() for ln in text.splitlines()
-            if ln.strip().endswith(_TERMINAL) and len(ln.split()) >= 5
-            and "javascript" not in ln.lower()]
-    return len(kept) < 3
+    """C4's clean_page (TFDS c4_utils) as the exercise states it: True = reject the page.
 
-
-_TERMINAL = (".", "!", "?", '"', "”")
+    Example: _c4_reference("Too short.") -> True
+    """
+    sentences = 0
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.endswith(_END_MARKS) or line.endswith("...") or len(line.split()) < 5:
+            continue
+        low = line.lower()
+        if "lorem ipsum" in low:
+            return True
+        if "javascript" in low:
+            continue
+        if "{" in line:
+            return True
+        if any(p in low for p in _POLICY):
+            continue
+        # C4 counts sentences with NLTK's Punkt; a word ending in . ! or ? stands in for it
+        sentences += max(1, len(_SENTENCE_END.findall(line)))
+    return sentences < 3
 
 
 def check_2_1(c4_rejects: Callable[..., bool]) -> None:
@@ -40,47 +54,61 @@ def check_2_1(c4_rejects: Callable[..., bool]) -> None:
                      + (": did you forget to return?" if got is None else ""))
         return bool(got)
 
-    good = "\n".join(["The king walked to the castle with his court.",
-                       "The fool sang of the river that runs to the sea!",
-                       "Who would have thought the old man had so much blood?"])
+    lines = ["The king walked to the castle with his court.",
+             "The fool sang of the river that runs to the sea!",
+             "Who would have thought the old man had so much blood?"]
+    good = "\n".join(lines)
     if run(good):
-        fail(ex, "three lines of five or more words, each ending in . ! or ?, make a page C4 "
-                 "keeps: "
-                 "expect False.")
+        fail(ex, "three lines of five or more words, each ending in . ! or ?, hold three "
+                 "sentences, a page C4 keeps: expect False.")
+    if run(" ".join(lines)):
+        fail(ex, "one line of three sentences keeps the page: C4 counts sentences, not lines "
+                 "(expect False).")
     if not run(good.replace("castle with his court.", "castle with his court")):
-        fail(ex, "a line that does not end in terminal punctuation is dropped, leaving two lines: "
-                 "expect True. Check the *end* of each line, after stripping spaces.")
-    short = good.replace("The king walked to the castle with his court.", "Long live the king.")
+        fail(ex, "a line that does not end in terminal punctuation is dropped, leaving two "
+                 "sentences: expect True. Check the *end* of each line, after stripping spaces.")
+    if not run(good.replace("castle with his court.", "castle with his court...")):
+        fail(ex, "a line ending in '...' is dropped (an ellipsis is not an end mark), leaving "
+                 "two sentences: expect True.")
+    if run(good.replace(lines[0], "The king walked home slowly.")):
+        fail(ex, "'The king walked home slowly.' has exactly 5 words, enough: expect False "
+                 "(at least 5, not more than 5).")
+    short = good.replace(lines[0], "Long live the king.")
     if not run(short):
         fail(ex, "'Long live the king.' has four words; C4 keeps only lines of at least 5 words, "
-                 "so two "
-                 "lines remain: expect True.")
+                 "so two sentences remain: expect True.")
     if not run(good + "\nfunction f() { return 1; } is shown here as code."):
-        fail(ex, "any page containing a curly bracket '{' is dropped (it is probably code): expect "
-                 "True.")
+        fail(ex, "a kept line containing a curly bracket '{' drops the page (it is probably "
+                 "code): expect True.")
+    if run(good + "\nfunction f() { return 1; }"):
+        fail(ex, "a curly bracket in a line already skipped (no end mark) does not drop the "
+                 "page: C4 tests '{' only in the lines that pass the end-mark and length tests. "
+                 "Expect False.")
     if not run(good + "\nLorem Ipsum dolor sit amet, consectetur adipiscing elit."):
-        fail(ex, "a page containing 'lorem ipsum' (in any case) is dropped: expect True.")
-    js = good.replace("The fool sang of the river that runs to the sea!",
-                      "Please enable JavaScript to view this page properly.")
+        fail(ex, "a kept line containing 'lorem ipsum' (in any case) drops the page: "
+                 "expect True.")
+    js = good.replace(lines[1], "Please enable JavaScript to view this page properly.")
     if not run(js):
-        fail(ex, "a line mentioning JavaScript (any case) is dropped, leaving two lines: expect "
-                 "True.")
+        fail(ex, "a line mentioning JavaScript (any case) is dropped, leaving two sentences: "
+                 "expect True.")
+    policy = good.replace(lines[1], "By using this site you agree to our Terms of Use.")
+    if not run(policy):
+        fail(ex, "a line with a policy phrase ('terms of use', ...) is dropped, leaving two "
+                 "sentences: expect True.")
     if run(good.replace("\n", "  \n\n  ") + "  "):
         fail(ex, "blank lines and leading spaces are not lines of text: the three sentences still "
-                 "make "
-                 "the page kept. Strip each line before testing it.")
+                 "make the page kept. Strip each line before testing it.")
     quoted = good.rsplit("\n", 1)[0] + '\nHe said, "these words are spoken in quotation marks"'
     if run(quoted):
-        fail(ex, "a line ending in a closing quotation mark counts as terminal punctuation: expect "
-                 "False.")
+        fail(ex, 'a line ending in a closing quotation mark " counts as terminal punctuation: '
+                 "expect False.")
     from ..data import html_to_text, make_crawl, normalize_text
     crawl = make_crawl(300, seed=0)
     texts = [normalize_text(html_to_text(d.html)) for d in crawl]
     for d, t in zip(crawl, texts):
         if run(t) != _c4_reference(t):
             fail(ex, f"on crawl page {d.url} (defect {d.defect!r}) you returned {run(t)}, C4's "
-                     f"rules "
-                     f"give {_c4_reference(t)}. The page starts: {t[:120]!r}")
+                     f"rules give {_c4_reference(t)}. The page starts: {t[:120]!r}")
     bad = [d.defect in ("spam", "low_quality") for d in crawl]
     pred = [run(t) for t in texts]
     tp = sum(b and p for b, p in zip(bad, pred))
@@ -156,7 +184,9 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
             fail(ex, f"return a pair (bands, rows), got {got!r}")
         return int(got[0]), int(got[1])
 
-    cases = ((0.8, 128, 0.995), (0.5, 128, 0.995), (0.9, 256, 0.99), (0.7, 64, 0.9))
+    # the last case's answer is rows = num_perm // 2 itself: the end of the range is included
+    cases = ((0.8, 128, 0.995), (0.5, 128, 0.995), (0.9, 256, 0.99), (0.7, 64, 0.9),
+             (0.99, 8, 0.9))
     for threshold, num_perm, recall in cases:
         want = lsh_params(threshold, num_perm, recall)
         got = run(threshold, num_perm, recall)
@@ -175,68 +205,116 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
             fail(ex, f"with (bands, rows) = {got}, pairs at {threshold} become candidates with "
                      f"probability {p:.4f}, "
                      f"below the recall {recall}: check the direction of your comparison.")
+        end = (" rows runs from 1 to num_perm // 2 inclusive: range(1, num_perm // 2 + 1)."
+               if want[1] == num_perm // 2 else "")
         if r < want[1]:
             fail(ex, f"for threshold {threshold}, num_perm {num_perm}, recall {recall} you "
                      f"returned {got}, but {want} "
                      "meets the recall with more rows (fewer chance candidates): keep the "
-                     "*largest* rows that works.")
+                     "*largest* rows that works." + end)
         fail(ex, f"for threshold {threshold}, num_perm {num_perm}, recall {recall} expected "
-                 f"{want}, got {got}.")
-    passed(ex, "the same (bands, rows) as lsh_params at four thresholds, sizes and recalls.")
+                 f"{want}, got {got}.{end}")
+    passed(ex, "the same (bands, rows) as lsh_params at five thresholds, sizes and recalls, "
+               "rows = num_perm // 2 included.")
 
 
-def check_2_4(lsh_clusters: Callable[..., list[int]]) -> None:
-    """lsh_clusters(signatures, bands, rows) -> cluster label (smallest member) of each document."""
+def _keep_central(texts: list[str], labels: list, n: int = 5, score_by=sum,
+                  first: bool = False) -> list[int]:
+    """Each cluster's medoid (largest summed Jaccard to the others, ties to the smallest index).
+
+    Example: _keep_central(["a b", "a b", "c"], [0, 0, 1], 1) -> [0, 2]
+    """
+    members: dict = {}
+    for i, label in enumerate(labels):
+        members.setdefault(label, []).append(i)
+    keep = []
+    for docs in members.values():
+        sets = {i: shingles(texts[i], n) for i in docs}
+
+        def score(i: int) -> float:
+            return round(score_by([jaccard(sets[i], sets[j]) for j in docs if j != i] or [0.0]), 9)
+
+        keep.append(docs[0] if first else max(docs, key=lambda i: (score(i), -i)))
+    return sorted(keep)
+
+
+def _edited_clusters(n_clusters: int = 20) -> tuple[list[str], list[int], list[int]]:
+    """Originals from the crawl, each with three copies missing a different stretch of words,
+    the original placed third: (texts, labels, index of each cluster's original)."""
+    from ..data import html_to_text, make_crawl, normalize_text
+    crawl = make_crawl(300, seed=0)
+    pages = [normalize_text(html_to_text(d.html)) for d in crawl if d.defect == "clean"]
+    texts, labels, originals = [], [], []
+    for c, page in enumerate([p for p in pages if len(p.split()) >= 120][:n_clusters]):
+        words = page.split()
+        cut = len(words) // 8
+        copies = [" ".join(words[:k * cut] + words[(k + 1) * cut:]) for k in (1, 3, 5)]
+        for k, text in enumerate([copies[0], copies[1], page, copies[2]]):
+            texts.append(text)
+            labels.append(f"cluster {c}")
+            if k == 2:
+                originals.append(len(texts) - 1)
+    return texts, labels, originals
+
+
+def check_2_4(keep_central: Callable[..., list[int]]) -> None:
+    """keep_central(texts, labels, n=5) -> sorted indices: each cluster's most central member."""
     ex = "2.4"
 
-    def run(sig: np.ndarray, bands: int, rows: int) -> list[int]:
-        got = call(ex, lsh_clusters, sig, bands, rows)
+    def run(texts: list[str], labels: list, n: int) -> list[int]:
+        got = call(ex, keep_central, list(texts), list(labels), n)
         try:
-            got = [int(x) for x in got]
-        except TypeError:
-            fail(ex, f"return a list of one int label per document, got {type(got).__name__}"
+            kept = [int(x) for x in got]
+        except (TypeError, ValueError):
+            fail(ex, f"return a list of kept indices, got {got!r:.60}"
                      + (": did you forget to return?" if got is None else ""))
-        if len(got) != len(sig):
-            fail(ex, f"return one label per document: {len(sig)} documents, got {len(got)} labels")
-        return got
+        if kept != sorted(kept):
+            fail(ex, f"return the kept indices sorted, got {kept}")
+        return kept
 
-    # Hand-worked: 5 documents, 2 bands of 2 rows. 0 and 1 share band 0; 1 and 2 share band 1;
-    # 3 and 4 share nothing. So {0, 1, 2} is one cluster (through 1), 3 and 4 are alone.
-    sig = np.array([[1, 2, 3, 4], [1, 2, 5, 6], [7, 8, 5, 6], [1, 9, 9, 4], [0, 2, 3, 0]],
-                   dtype=np.uint32)
-    got = run(sig, 2, 2)
-    if got != [0, 0, 0, 3, 4]:
+    # p..w twice (2 and 3), then edits of it: 1 has the largest sum, 2 and 3 the largest single
+    five = ["p q r s t x y z", "p q r s t u v z", "p q r s t u v w", "p q r s t u v w",
+            "p q r s t u y z"]
+    got = run(five, ["c"] * 5, 1)
+    if got != [1]:
         hint = ""
-        if got == [0, 0, 1, 3, 4]:
-            hint = (" Document 2 is linked to 0 through 1: clusters follow chains (union-find),"
-                    " not only direct pairs.")
-        elif got[3] == 0 or got[4] == 0:
-            hint = (" Documents 3 and 4 share single values with 0 but no whole band (band k is "
-                    "columns"
-                    " k*rows to (k+1)*rows): a bucket key is one band's rows together.")
-        elif sorted(set(got)) != [0, 3, 4] and len(set(got)) == 3:
-            hint = (" Name each cluster by its smallest member (hang the larger root under the"
-                    " smaller).")
-        fail(ex, f"on the hand-worked 5x4 signatures with 2 bands of 2 rows, expect [0, 0, 0, 3, "
-                 f"4], got {got}."
-                 + hint)
-    if run(sig, 1, 4) != [0, 1, 2, 3, 4]:
-        fail(ex, "with 1 band of all 4 rows no two of the hand-worked signatures agree everywhere: "
-                 "expect [0, 1, 2, 3, 4]. Use rows k*rows to (k+1)*rows for band k.")
-    words = [f"w{i}" for i in range(400)]
-    sets = [set(words[i: i + 60]) for i in range(0, 300, 3)]  # overlapping windows: chains
-    sig = minhash_signatures(sets, 64)
-    for bands, rows in ((16, 4), (8, 8), (21, 3)):
-        want = union_find_clusters(len(sig), lsh_candidate_pairs(sig, bands, rows))
-        got = run(sig, bands, rows)
-        if got != want:
-            fail(ex, f"on 100 overlapping sets with {bands} bands of {rows} rows, your clusters "
-                     f"differ from "
-                     f"union_find_clusters(lsh_candidate_pairs(...)) at documents "
-                     f"{[i for i in range(len(want)) if got[i] != want[i]][:8]}.")
-    passed(ex, "bucketing by band and union-find clusters match the companion on hand-worked and "
-               "MinHash "
-               "signatures, chains included.")
+        if got == [0]:
+            hint = " You kept the first member; keep the one most similar to all the others."
+        elif got in ([2], [3]):
+            hint = (" Documents 2 and 3 are identical, so each has one similarity of 1.0: you "
+                    "scored by the largest single similarity; sum them over the other members.")
+        fail(ex, f"with n=1 the summed similarities of {five!r} to the other members are "
+                 f"largest for document 1: expect [1], got {got}.{hint}")
+    # three copies in a row: the middle one is 7/9 similar to each neighbour, they 6/10
+    row = ["a b c d e f y x", "a b c d e f g h", "a b c d e f g x"]
+    got = run(row, [0, 0, 0], 1)
+    if got != [2]:
+        fail(ex, f"with n=1, {row!r} form one cluster; the last is 7/9 similar to each of the "
+                 f"others, which are 6/10 similar to each other: expect [2], got {got}.")
+    got = run(["same words here", "same words here", "something else entirely"], [7, 7, 3], 1)
+    if 2 not in got:
+        fail(ex, f"document 2 is alone in its cluster (label 3) and stays: a cluster of one keeps "
+                 f"its document. Got {got}.")
+    if got != [0, 2]:
+        fail(ex, "documents 0 and 1 are identical, a tie: keep the smallest index. Labels (7 and "
+                 f"3 here) name clusters; they are not document indices. Expect [0, 2], got {got}.")
+    got = run([row[0], "a lone page", row[1], row[2]], ["x", "y", "x", "x"], 1)
+    if got != [1, 3]:
+        fail(ex, "documents 0, 2 and 3 are the three copies above (label 'x'), document 1 is "
+                 f"alone: expect [1, 3], got {got}. Return the kept indices sorted, not in "
+                 "cluster order.")
+    texts, labels, originals = _edited_clusters()
+    want = _keep_central(texts, labels)
+    got = run(texts, labels, 5)
+    if got != want:
+        fail(ex, f"on {len(originals)} clusters of a crawl page and three copies each missing a "
+                 f"different stretch, expected {want[:6]}..., got {got[:6]}...")
+    found = sum(i in got for i in originals)
+    firsts = _keep_central(texts, labels, first=True)
+    passed(ex, f"the most central copy on hand-worked clusters, ties and singletons; on "
+               f"{len(originals)} clusters of a crawl page and three edited copies it keeps the "
+               f"original in {found} (keeping the first copy met: in "
+               f"{sum(i in firsts for i in originals)}).")
 
 
 def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
@@ -273,6 +351,14 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
         fail(ex, "'the river bank today' is the last 4-gram of the training text: index every "
                  "training "
                  "n-gram, the last included.")
+    if run(["a b c d"], ["x c d"], 3) != []:
+        fail(ex, "with n=3, 'x c d' shares no 3-gram with 'a b c d': expect []. A start "
+                 "position past len(words) - n gives a shorter tail ('c d'), which is not an "
+                 "n-gram; stop at len(words) - n + 1.")
+    if run(["the quick brown fox", "jumps over the dog"], ["brown fox jumps over"], 3) != []:
+        fail(ex, "'fox jumps over' runs across the boundary between two training documents, "
+                 "which no document contains: expect []. Take n-grams within each document, "
+                 "not over the documents joined.")
     crawl_train = ["word%d " % i * 1 + " ".join(f"t{i}_{k}" for k in range(30)) for i in range(20)]
     leak = " ".join(crawl_train[5].split()[4:20])
     evals = [" ".join(f"e{i}_{k}" for k in range(20)) for i in range(10)] + [f"Q: {leak}?"]
@@ -280,6 +366,6 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
     if run(crawl_train, evals, 13) != want:
         fail(ex, f"with a planted 16-word leak among 11 evaluation texts expected {want}, "
                  f"got {run(crawl_train, evals, 13)}.")
-    passed(ex, "13-gram overlap as GPT-3 defines it: case, punctuation, order, short texts and the "
-               "last "
-               "n-gram all handled; the planted leak is found.")
+    passed(ex, "n-gram overlap as GPT-3's Appendix C defines it (GPT-3 picks n per benchmark, "
+               "8 to 13): case, punctuation, order, short texts, document boundaries and the "
+               "last n-gram all handled; the planted leak is found.")

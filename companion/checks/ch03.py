@@ -145,12 +145,22 @@ def check_3_3(encode: Callable[[str, dict, dict], list[int]]) -> None:
         hint = (" The special token must become its one id, "
                 f"{tok.special_tokens[eot]}, not bytes.") if len(g) > 3 else ""
         fail(ex, f"'a{eot}b' should be {want}, got {g}.{hint}")
+    # Two specials, one a prefix of the other, listed shortest first: the longer must win
+    specials = {eot: tok.special_tokens[eot], "<|a|>": 1000, "<|a|>x": 1001}
+    got = call(ex, encode, "<|a|>x<|a|>y", dict(tok.merges), specials)
+    if not isinstance(got, (list, tuple)):
+        fail(ex, f"return a list of ids, got {type(got).__name__}")
+    if (g := [int(i) for i in got]) != (want := [1001, 1000, *tok.encode("y")]):
+        fail(ex, f"with specials '<|a|>' (1000) and '<|a|>x' (1001), '<|a|>x<|a|>y' should be "
+                 f"{want}, got {g}. Where two specials start at the same place the longer one "
+                 "wins: try them longest first.")
     for text in (corpus[5_000:5_600], f"end{eot}{eot}start  many   spaces\n\n", "naïve 生き 🙂 42"):
         if (g := run(text)) != (want := tok.encode(text, allowed_special="all")):
             k = next((i for i, (a, b) in enumerate(zip(g, want)) if a != b), min(len(g), len(want)))
             fail(ex, f"on {text[:40]!r}... your ids differ from the companion's at position {k}: "
                      f"{g[k:k + 4]} vs {want[k:k + 4]}")
-    passed(ex, "identical ids to BPETokenizer.encode(allowed_special='all') on words, specials, "
+    passed(ex, "identical ids to BPETokenizer.encode(allowed_special='all') on words, specials "
+               "(the longer of two overlapping ones first), "
                "Shakespeare, whitespace and Unicode.")
 
 

@@ -202,6 +202,14 @@ def check_6_3(top_p: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
         fail(ex, "for probabilities [0.2, 0.5, 0.3] (not sorted) and p = 0.7 keep the tokens "
                  "with 0.5 and 0.3, at their own positions: rank by probability, then put the "
                  "decision back in vocabulary order.")
+    # the boundary: 0.5 + 0.375 is exactly 0.875 in float32, so the mass before the third token
+    # equals p and the nucleus is already full
+    exact = torch.tensor([[0.5, 0.375, 0.125]]).log()
+    if kept(exact, 0.875) != [True, True, False]:
+        fail(ex, "with probabilities [0.5, 0.375, 0.125] and p = 0.875 keep the first two: they "
+                 "already hold exactly p, so the third is outside the nucleus. Keep a token "
+                 "while the mass before it is < p, not <= p. "
+                 f"Got kept = {kept(exact, 0.875)}.")
     if not all(kept(probs.log(), 1.0)):
         fail(ex, "p = 1 keeps every token.")
     gen = torch.Generator().manual_seed(0)
@@ -212,8 +220,8 @@ def check_6_3(top_p: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
             fail(ex, f"on a batch of 4 rows of 50 logits at p = {p} the kept tokens differ from "
                      "companion.generate.top_p_filter; filter each row on its own, with the "
                      "softmax over the vocabulary (the last dimension).")
-    passed(ex, "keeps the token that crosses p, always the likeliest one, and works row by row "
-               "in vocabulary order.")
+    passed(ex, "keeps the token that crosses p, not one after the mass reaches p exactly, always "
+               "the likeliest one, and works row by row in vocabulary order.")
 
 
 # --- 6.4: an MoE router and its load-balancing loss ----------------------------------------------

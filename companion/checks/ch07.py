@@ -49,6 +49,12 @@ def check_7_1(lr_at_step: Callable[[int, float, float, int, int], float]) -> Non
                  "which reaches max_lr at step warmup - 1.")
     if not math.isclose(run(9), max_lr, rel_tol=1e-6):
         fail(ex, f"the warmup should reach max_lr={max_lr} at step warmup - 1 = 9, got {run(9)}")
+    # the boundary: step == warmup is the cosine's first step (progress 0), so still max_lr
+    if not math.isclose(run(warmup), max_lr, rel_tol=1e-6):
+        hint = (" Warmup is step < warmup, not <=: at step == warmup the cosine starts."
+                if math.isclose(run(warmup), max_lr * (warmup + 1) / warmup, rel_tol=1e-6) else "")
+        fail(ex, f"at step warmup = {warmup} the cosine starts at progress 0, so the lr is "
+                 f"max_lr={max_lr}, got {run(warmup)}.{hint}")
     if math.isclose(run(110), 0.0, abs_tol=1e-12) or math.isclose(
         run(60), max_lr / 2, rel_tol=1e-6
     ):
@@ -61,11 +67,12 @@ def check_7_1(lr_at_step: Callable[[int, float, float, int, int], float]) -> Non
         if not math.isclose(run(step), min_lr, rel_tol=1e-6):
             fail(ex, f"from decay_steps={decay} on the lr stays at min_lr={min_lr}; step {step} "
                      f"gave {run(step)}")
-    bad = [s for s in range(0, 200, 7) if not math.isclose(run(s), lr_at(s, cfg), rel_tol=1e-6)]
+    bad = [s for s in [*range(0, 200, 7), warmup, decay - 1, decay]
+           if not math.isclose(run(s), lr_at(s, cfg), rel_tol=1e-6)]
     if bad:
         fail(ex, f"differs from companion.train.lr_at at steps {bad[:5]}")
-    passed(ex, "warmup from (1/10) max_lr, peak at step 9, cosine through 5.5e-4 to min_lr, flat "
-               "after; matches lr_at.")
+    passed(ex, "warmup from (1/10) max_lr, peak at step 9, cosine from max_lr at step 10 through "
+               "5.5e-4 to min_lr, flat after; matches lr_at.")
 
 
 def check_7_2(split_params: Callable[[torch.nn.Module, float], list[dict]]) -> None:
@@ -229,6 +236,15 @@ def _curves() -> list[tuple[str, dict[str, list], int | None]]:
         ("a run whose training loss rose too", _history(steps, rising_train, val), None),
         ("uneven evaluation steps", _history(
             resumed, [4, 3, 2.5, 2.2, 2.0, 1.8, 1.6], [4, 3.1, 2.7, 2.5, 2.6, 2.8, 3.0]), 400),
+        # the boundaries, in values exact in float32: a last evaluation that ties the minimum is
+        # not above it; a training loss back at its value is not below it; only the last
+        # evaluation decides, not the one before it
+        ("a last evaluation that ties the minimum", _history(
+            steps[:5], [4, 3, 2.5, 2.25, 2], [3, 2, 1.5, 1.75, 1.5]), None),
+        ("a flat training loss", _history(
+            steps[:6], [4, 3, 2, 2, 2, 2], [3, 2, 1.5, 1.75, 2, 2.25]), None),
+        ("a rise at the last evaluation only", _history(
+            steps[:5], [4, 3, 2.5, 2.25, 2], [3, 2, 1.75, 1.5, 1.625]), 750),
     ]
 
 
@@ -261,14 +277,22 @@ def check_7_5(overfit_step: Callable[[dict[str, list]], int | None]) -> None:
         if want is not None and got in steps and steps.index(got) == steps.index(want) + 1:
             fail(ex, f"{name}: {got} is the first evaluation after the best one; return the step "
                      f"where validation is lowest, {want}.")
+        if want is None and train[-1] == train[val.index(best)]:
+            fail(ex, f"{name}: the training loss at the last evaluation equals its value at "
+                     "validation's best step: it did not keep falling, so return None (below, "
+                     "not below or equal).")
         if want is None:
             fail(ex, f"{name}: validation rose, but so did the training loss: that is a run "
                      "going wrong, not memorisation. Return None unless the training loss kept "
                      "falling after validation's best step.")
+        if got is None and val[-1] > best:
+            fail(ex, f"{name}: the last evaluation's validation loss ({val[-1]}) is above the "
+                     f"minimum {best}, and the training loss kept falling: expected {want}. "
+                     "Compare the *last* evaluation, history['eval_val'][-1].")
         fail(ex, f"{name}: expected {want}, got {got!r}")
     passed(ex, "finds validation's best step, the earliest on a tie, with noise and uneven "
-               "intervals, and returns None while the run still improves or the training loss "
-               "rises too.")
+               "intervals, and returns None while the run still improves (a tie at the last "
+               "evaluation included) or the training loss rises or stays flat.")
 
 
 # Exercise 7.6's experiment: a one-layer model, 60 steps of 8 x 32 characters per learning rate.

@@ -234,6 +234,9 @@ def check_8_5(attention_flops: Callable[..., float]) -> None:
                 fail(ex, f"{where}: half the expected {want:,.0f}. Attention has two matmuls per "
                          "query, the scores against T keys and the weighted sum over T values, "
                          "and each multiply-add is 2 FLOPs.")
+            if causal and _close(got, want * (c.context_length + 1) / c.context_length):
+                fail(ex, f"{where}: you counted the exact average, (T + 1)/2 keys per query; the "
+                         "convention the exercise asks for (Kaplan, llm.c) is T/2.")
             if _close(got, want * 2) and causal:
                 fail(ex, f"{where}: a causal mask leaves query t only t + 1 keys, on average "
                          "half the window: halve the full-window count.")

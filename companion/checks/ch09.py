@@ -372,6 +372,10 @@ def check_9_4(longest_context: Callable[..., int]) -> None:
     cases = [(80e9, 36.1e9, 80, 8192, 64, 8, False), (80e9, 36.1e9, 80, 8192, 64, 8, True),
              (24e9, 4e9, 32, 4096, 32, 2, False), (24e9, 4e9, 32, 4096, 32, 2, True),
              (16e9, 15.9e9, 32, 4096, 32, 1, False)]
+    # the boundary: a GPU that holds 2,048 tokens exactly (every byte count here is a whole
+    # number below 2**53, so the sums are exact in float64): fitting exactly is fitting
+    exact_gpu = 4e9 + 32 * tp_activation_bytes(2048, 1, 4096, 32, 2, False, "selective")
+    cases.append((exact_gpu, 4e9, 32, 4096, 32, 2, False))
     for case in cases:
         got = call(ex, longest_context, *case)
         if isinstance(got, bool) or not isinstance(got, int):
@@ -381,6 +385,9 @@ def check_9_4(longest_context: Callable[..., int]) -> None:
                 f"a={case[4]}, tp={case[5]}, sp={case[6]}"
         if got == right:
             continue
+        if got == right - 1024 and case[0] == exact_gpu:
+            fail(ex, f"{shown}: 2,048 tokens fill the GPU exactly, and a length that fits exactly "
+                     f"fits: compare with <=, not <. Got {got}.")
         if got == right + 1024:
             fail(ex, f"{shown}: {got} tokens is one step too long; return the last length that "
                      "fits, not the first that doesn't.")
@@ -395,5 +402,5 @@ def check_9_4(longest_context: Callable[..., int]) -> None:
             fail(ex, f"{shown}: got {got}, the answer for sp={not case[6]}: pass "
                      "sequence_parallel through.")
         fail(ex, f"{shown}: the longest context that fits is {right:,} tokens, got {got:,}")
-    passed(ex, "the 70B layout with and without sequence parallelism, a smaller model, and a GPU "
-               "with no room left (0 tokens).")
+    passed(ex, "the 70B layout with and without sequence parallelism, a smaller model, a GPU "
+               "that holds 2,048 tokens exactly, and a GPU with no room left (0 tokens).")
