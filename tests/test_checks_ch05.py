@@ -87,3 +87,79 @@ def test_check_5_6_passes_on_a_correct_answer(capsys):
 ])
 def test_check_5_6_catches_mistakes(wrong, fragment):
     fails_with(check_5_6, wrong, fragment)
+
+
+def full_matrix(q, k, v, block):
+    """Right values, but the whole (T, T) weight matrix is built first and then read in blocks."""
+    T, D = q.shape
+    w = (q @ k.T / math.sqrt(D)).masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf"))
+    w = w.softmax(-1)
+    return sum(w[:, j:j + block] @ v[j:j + block] for j in range(0, T, block))
+
+
+def two_pass(q, k, v, block):
+    """Right values, not online: a first pass over the keys finds the max, a second sums."""
+    T, D = q.shape
+
+    def scores(j):
+        s = q @ k[j:j + block].T / math.sqrt(D)
+        return s.masked_fill(torch.arange(j, j + s.shape[1])[None] > torch.arange(T)[:, None],
+                             float("-inf"))
+
+    m = torch.full((T, 1), float("-inf"))
+    for j in range(0, k.shape[0], block):
+        m = torch.maximum(m, scores(j).amax(1, keepdim=True))
+    l, acc = torch.zeros(T, 1), torch.zeros(T, v.shape[1])
+    for j in range(0, k.shape[0], block):
+        p = torch.exp(scores(j) - m)
+        l, acc = l + p.sum(1, keepdim=True), acc + p @ v[j:j + block]
+    return acc / l
+
+
+def full_mask(q, k, v, block):
+    """Online and one pass, but the (T, T) causal mask is built once and sliced."""
+    T = q.shape[0]
+    mask = torch.ones(T, T, dtype=torch.bool).triu(1)
+    m = torch.full((T, 1), float("-inf"))
+    l, acc = torch.zeros(T, 1), torch.zeros(T, v.shape[1])
+    for j in range(0, T, block):
+        s = (q @ k[j:j + block].T / math.sqrt(q.shape[1])).masked_fill(mask[:, j:j + block],
+                                                                      float("-inf"))
+        m_new = torch.maximum(m, s.amax(1, keepdim=True))
+        p, r = torch.exp(s - m_new), torch.exp(m - m_new)
+        l, acc, m = l * r + p.sum(1, keepdim=True), acc * r + p @ v[j:j + block], m_new
+    return acc / l
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (full_matrix, "a quarter of the 256x256 matrix"),
+    (full_mask, "a quarter of the 256x256 matrix"),
+    (two_pass, "reads the keys more than once"),
+])
+def test_check_5_6_catches_right_values_by_the_wrong_method(wrong, fragment):
+    q, k, v = (torch.randn(23, 8) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None],
+                                                            is_causal=True)[0]
+    assert torch.allclose(wrong(q, k, v, 5), want, atol=1e-5)  # only the method is wrong
+    fails_with(check_5_6, wrong, fragment)
+
+
+def test_check_5_6_passes_a_solution_that_also_blocks_the_queries(capsys):
+    def both_blocked(q, k, v, block):
+        T, D = q.shape
+        outs = []
+        for i in range(0, T, block):
+            qi = q[i:i + block]
+            m = torch.full((qi.shape[0], 1), float("-inf"))
+            l, acc = torch.zeros(qi.shape[0], 1), torch.zeros(qi.shape[0], v.shape[1])
+            for j in range(0, min(T, i + block), block):  # skip key blocks after the queries
+                s = qi @ k[j:j + block].T / math.sqrt(D)
+                s = s.masked_fill(torch.arange(j, j + s.shape[1])[None]
+                                  > torch.arange(i, i + qi.shape[0])[:, None], float("-inf"))
+                m_new = torch.maximum(m, s.amax(1, keepdim=True))
+                p, r = torch.exp(s - m_new), torch.exp(m - m_new)
+                l, acc, m = l * r + p.sum(1, keepdim=True), acc * r + p @ v[j:j + block], m_new
+            outs.append(acc / l)
+        return torch.cat(outs)
+
+    passes(check_5_6, both_blocked, capsys)

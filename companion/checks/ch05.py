@@ -259,6 +259,35 @@ def _blockwise(q, k, v, block, rescale_sum=True, rescale_acc=True, causal=True):
     return acc / l
 
 
+_MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+             torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.einsum,
+             torch.nn.functional.linear}
+
+
+class _Spy(torch.overrides.TorchFunctionMode):
+    """Records the largest tensor made and the score entries (products over the head width)."""
+
+    def __init__(self, d_head: int):
+        super().__init__()
+        self.d_head, self.largest, self.scores = d_head, 0, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        operands = [a for a in (args[1:] if func is torch.einsum else args)
+                    if isinstance(a, torch.Tensor)]
+        if func is torch.einsum and len(args) == 2 and isinstance(args[1], (tuple, list)):
+            operands = list(args[1])
+        # A product of queries and keys reduces over the head width: both operands end in D
+        # (q @ k.T has a k.T whose second-to-last is D, so test the first operand's last dim).
+        if (func in _MATMULS and isinstance(out, torch.Tensor) and len(operands) >= 1
+                and operands[0].shape[-1] == self.d_head and out.shape[-1] != self.d_head):
+            self.scores += out.numel()
+        return out
+
+
 def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
     """blockwise_attention(q, k, v, block_size) -> (T, D) causal attention, keys in blocks.
 
@@ -298,5 +327,26 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
     if not torch.isfinite(big).all():
         fail(ex, "with large scores (q and k times 60) your output overflows: exponentiate scores "
                  "minus the running max, so every exponential is at most 1.")
-    passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, and "
-               "stable for large scores.")
+    # Right answers can still hold the whole (T, T) matrix, or read the keys twice (one pass for
+    # the max, one for the sum): watch every tensor made and every q.k product at T = 256.
+    T, D, block = 256, 8, 16
+    q, k, v = (torch.randn(T, D, generator=g) for _ in range(3))
+    spy = _Spy(D)
+    with spy:
+        out = call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), block)
+    want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None],
+                                                            is_causal=True)[0]
+    if not torch.allclose(as_tensor(ex, out, "the output").float(), want, atol=1e-4):
+        fail(ex, f"right at T=23 but wrong at T={T} with blocks of {block}.")
+    if spy.largest >= T * T // 4:
+        fail(ex, f"at T={T} with blocks of {block} your function made a tensor of "
+                 f"{spy.largest:,} numbers, a quarter of the {T}x{T} matrix or more. Hold one "
+                 f"(T, block) tile of scores at a time, and build the causal mask per tile from "
+                 "positions, never the whole score, weight or mask matrix.")
+    if spy.scores > 1.5 * T * T:
+        fail(ex, f"your function computed {spy.scores:,} query-key scores for {T}x{T} = "
+                 f"{T * T:,} pairs: it reads the keys more than once (a pass for the max, then one "
+                 "for the sum). That is exact but not online: keep a running max and rescale what "
+                 "was summed so far, so one pass over the keys is enough.")
+    passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, "
+               "stable for large scores, one pass over the keys, never a T x T tensor.")
