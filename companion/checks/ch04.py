@@ -191,7 +191,8 @@ def check_4_3(rope_interleaved: Callable[..., torch.Tensor],
     whole = torch.cat((torch.arange(0, H * D, 2), torch.arange(1, H * D, 2)))
     if torch.equal(got_w, w[whole]):
         fail(ex, "you reordered all H*D rows at once; the pairs live inside each head, so "
-                 "reorder the D rows of every head separately (view the weight as (H, D, d_model)).")
+                 "reorder the D rows of every head separately (view the weight as "
+                 "(H, D, d_model)).")
     inverse = torch.empty_like(per_head)
     inverse[per_head] = torch.arange(D)
     if torch.equal(got_w, w.view(H, D, d_model)[:, inverse].reshape(H * D, d_model)):
