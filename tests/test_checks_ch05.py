@@ -13,8 +13,10 @@ from checkhelpers import fails_with, passes, stub
 from companion.checks import check_5_1, check_5_2, check_5_4, check_5_5, check_5_6
 
 
-def attend_chunk(q, k, v, past_k, past_v, rope, offset=True, rope_at="start"):
+def attend_chunk(q, k, v, past_k, past_v, rope, offset=True, rope_at="start", cache="kv",
+                 group="interleave"):
     L, T = past_k.shape[2], q.shape[2]
+    n_rep = q.shape[1] // k.shape[1]
     if rope_at == "start":
         q, k = rope(q, L), rope(k, L)
     elif rope_at == "zero":
@@ -24,11 +26,18 @@ def attend_chunk(q, k, v, past_k, past_v, rope, offset=True, rope_at="start"):
     if rope_at == "after":  # cache raw keys, rotate everything at the chunk's position
         q = rope(q, L)
         keys = rope(all_k, L)
+    rep = n_rep
+    if group == "interleave":
+        keys, values = keys.repeat_interleave(rep, 1), all_v.repeat_interleave(rep, 1)
+    else:
+        keys, values = keys.repeat(1, rep, 1, 1), all_v.repeat(1, rep, 1, 1)
     S = L + T
     mask = torch.ones(S, S, dtype=torch.bool).tril()[L:] if offset else torch.ones(
         T, S, dtype=torch.bool).tril()
     s = (q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf"))
-    return s.softmax(-1) @ all_v, all_k, all_v
+    if cache == "repeated":  # slip: the grown cache returned with its K/V heads repeated
+        return s.softmax(-1) @ values, keys, values
+    return s.softmax(-1) @ values, all_k, all_v
 
 
 def test_check_5_5_passes_on_a_correct_answer(capsys):
@@ -41,6 +50,8 @@ def test_check_5_5_passes_on_a_correct_answer(capsys):
     (lambda *a: attend_chunk(*a, rope_at="zero"), "as if they began the text"),
     (lambda *a: attend_chunk(*a, rope_at="after"), "went into the cache unrotated"),
     (lambda *a: attend_chunk(*a)[0], "return three things"),
+    (lambda *a: attend_chunk(*a, cache="repeated"), "the repeated ones"),
+    (lambda *a: attend_chunk(*a, group="tile"), "tiled (0, 1, 0, 1)"),
     (lambda q, k, v, pk, pv, rope: (attend_chunk(q, k, v, pk, pv, rope)[0], rope(k, pk.shape[2]),
                                     v), "the cached ones followed by the chunk's"),
 ])

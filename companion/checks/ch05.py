@@ -301,27 +301,31 @@ def _rope(d_head: int):
     return RotaryEmbedding(d_head, 64)
 
 
-def _chunk_reference(q, k, v, past_k, past_v, rope, offset=True, rope_start=None):
-    """The right cached chunk (or one of its classic bugs, for diagnosis)."""
+def _chunk_reference(q, k, v, past_k, past_v, rope, offset=True, rope_start=None, tile=False):
+    """The right cached chunk with grouped K/V heads (or one of its classic bugs, for diagnosis)."""
     L, T = past_k.shape[2], q.shape[2]
     start = L if rope_start is None else rope_start
     q, k = rope(q, start), rope(k, start)
     all_k, all_v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-    S = L + T
+    S, n_rep = L + T, q.shape[1] // k.shape[1]
     mask = causal_mask(S)[L:] if offset else torch.ones(T, S, dtype=torch.bool).tril()
-    return attention_weights(q, all_k, mask) @ all_v, all_k, all_v
+    keys, values = ((t.repeat(1, n_rep, 1, 1) if tile else repeat_kv(t, n_rep))
+                    for t in (all_k, all_v))
+    return attention_weights(q, keys, mask) @ values, all_k, all_v
 
 
 def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
     """attend_chunk(q, k, v, past_k, past_v, rope) -> (out, all_k, all_v), chunk after a cache.
 
-    q, k, v (B, H, T, D) new and unrotated; past_k (rotated), past_v (B, H, L, D).
+    Grouped-query: q (B, H, T, D), k and v (B, H_kv, T, D), new and unrotated; past_k (rotated)
+    and past_v (B, H_kv, L, D). Query head h reads K/V head h // (H / H_kv).
     """
     ex = "5.5"
     g = torch.Generator().manual_seed(55)
-    B, H, D, S = 1, 2, 8, 12
+    B, H, Hkv, D, S = 1, 4, 2, 8, 12
     rope = _rope(D)
-    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    q = torch.randn(B, H, S, D, generator=g)
+    k, v = (torch.randn(B, Hkv, S, D, generator=g) for _ in range(2))
 
     def run(a: int, b: int, past_k, past_v):
         got = call(ex, attend_chunk, q[:, :, a:b].clone(), k[:, :, a:b].clone(),
@@ -330,12 +334,20 @@ def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
             fail(ex, "return three things: the chunk's output and the grown keys and values.")
         return [as_tensor(ex, t, "each returned value").float() for t in got]
 
-    empty = torch.zeros(B, H, 0, D)
+    empty = torch.zeros(B, Hkv, 0, D)
     want = _chunk_reference(q[:, :, :5], k[:, :, :5], v[:, :, :5], empty, empty, rope)
     out, all_k, all_v = run(0, 5, empty, empty)
-    if tuple(out.shape) != (B, H, 5, D) or tuple(all_k.shape) != (B, H, 5, D):
-        fail(ex, f"for a 5-token chunk and an empty cache expected output and keys of shape "
-                 f"{(B, H, 5, D)}, got {tuple(out.shape)} and {tuple(all_k.shape)}")
+    if tuple(all_k.shape) == (B, H, 5, D):
+        fail(ex, f"your cache holds {H} K/V heads: the repeated ones. Store the {Hkv} K/V heads "
+                 "as they are (that is what GQA saves) and repeat them only to attend.")
+    if tuple(out.shape) != (B, H, 5, D) or tuple(all_k.shape) != (B, Hkv, 5, D):
+        fail(ex, f"for a 5-token chunk and an empty cache expected an output of shape "
+                 f"{(B, H, 5, D)} and keys of shape {(B, Hkv, 5, D)}, got {tuple(out.shape)} and "
+                 f"{tuple(all_k.shape)}")
+    if torch.allclose(out, _chunk_reference(q[:, :, :5], k[:, :, :5], v[:, :, :5], empty, empty,
+                                            rope, tile=True)[0], atol=1e-5):
+        fail(ex, "query heads read the wrong K/V heads: the K/V heads were tiled (0, 1, 0, 1); "
+                 "GQA groups neighbours, so query head h reads K/V head h // (H / H_kv).")
     if not torch.allclose(out, want[0], atol=1e-5):
         fail(ex, "wrong already for the first chunk (an empty cache): this is plain causal "
                  "attention with RoPE at positions 0..T-1, scaled by 1/sqrt(D).")
@@ -345,9 +357,9 @@ def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
     args = (q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], past_k, past_v, rope)
     right = _chunk_reference(*args)
     out, all_k, all_v = run(a, b, past_k, past_v)
-    if tuple(all_k.shape) != (B, H, 9, D) or not torch.allclose(all_k[:, :, :5], past_k):
+    if tuple(all_k.shape) != (B, Hkv, 9, D) or not torch.allclose(all_k[:, :, :5], past_k):
         fail(ex, "the returned keys must be the cached ones followed by the chunk's, in order: "
-                 f"expected shape {(B, H, 9, D)}, got {tuple(all_k.shape)}")
+                 f"expected shape {(B, Hkv, 9, D)}, got {tuple(all_k.shape)}")
     new_k = all_k[:, :, 5:]
     if torch.allclose(new_k, rope(k[:, :, a:b], 0), atol=1e-5):
         fail(ex, "the chunk's keys were rotated as if they began the text. Its tokens sit after "
@@ -374,8 +386,9 @@ def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
     if not torch.allclose(got, full, atol=1e-5):
         fail(ex, "chunks of 5, 4, 1 and 2 do not add up to the full forward pass; check the "
                  "single-token step (T = 1), which may read every key.")
-    passed(ex, "chunks of 5, 4, 1 and 2 tokens through your cache equal the uncached forward, "
-               "with RoPE at each chunk's position.")
+    passed(ex, "chunks of 5, 4, 1 and 2 tokens through your grouped-query cache equal the "
+               "uncached forward, with RoPE at each chunk's position and 2 K/V heads cached for 4 "
+               "query heads.")
 
 
 def _blockwise(q, k, v, block, rescale_sum=True, rescale_acc=True, causal=True):
