@@ -1,7 +1,10 @@
 """Tiled attention with the online softmax: exact attention that never builds the T x S scores.
 
-Re-exported as companion.attention.tiled_attention. Shapes: B batch, H heads, T queries, S keys,
-D d_head.
+tiled_attention is the forward alone (re-exported as companion.attention.tiled_attention); under
+autograd it keeps every tile for the backward. flash_attention is FlashAttention-2 in PyTorch
+(Dao 2023, Algorithms 1 and 2): a torch.autograd.Function whose forward saves only the output and
+the per-row logsumexp, and whose backward recomputes each tile's probabilities from them.
+Shapes: B batch, H heads, T queries, S keys, D d_head.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["tiled_attention", "peak_cpu_bytes"]
+__all__ = ["tiled_attention", "flash_attention", "FlashAttention", "peak_cpu_bytes"]
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
@@ -36,21 +39,22 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
                          f"S={k.shape[2]} < T={q.shape[2]}")
 
 
-def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                    block_size: int = 64) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v, one (block, block) tile of scores at a time.
+def _diagonal_mask(s: torch.Tensor, q_start: int, k_start: int) -> torch.Tensor:
+    """s with the scores of keys after their query set to -inf (positions are absolute)."""
+    qpos = torch.arange(q_start, q_start + s.shape[-2], device=s.device)[:, None]
+    kpos = torch.arange(k_start, k_start + s.shape[-1], device=s.device)[None, :]
+    return s.masked_fill(kpos > qpos, float("-inf"))
 
-    q is (B, H, T, D); k and v are (B, H, S, D). With causal=True and S > T the queries are the
-    last T positions (a chunk after S - T cached tokens): query i sees keys j <= S - T + i.
-    Example: tiled_attention(q, k, v, block_size=16) equals
-    F.scaled_dot_product_attention(q, k, v, is_causal=True) when S == T. Introduced in chapter 5.
-    """
-    _check(q, k, v, causal, block_size)
+
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+             block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out (B, H, T, Dv), logsumexp of each row's scaled scores (B, H, T)), tile by tile."""
     B, H, T, D = q.shape
     S = k.shape[2]
     offset = S - T  # absolute position of query 0
     scale = 1.0 / math.sqrt(D)
     out = torch.empty(B, H, T, v.shape[-1], dtype=q.dtype, device=q.device)
+    lse = torch.empty(B, H, T, dtype=q.dtype, device=q.device)
     for q0 in range(0, T, block_size):
         qb = q[:, :, q0:q0 + block_size] * scale  # (B, H, bq, D)
         bq = qb.shape[2]
@@ -64,9 +68,7 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
         for k0 in range(0, k_end, block_size):
             s = qb @ k[:, :, k0:k0 + block_size].transpose(-2, -1)  # (B, H, bq, bk)
             if causal and k0 + s.shape[-1] - 1 > offset + q0:  # the tile crosses the diagonal
-                qpos = torch.arange(offset + q0, offset + q0 + bq, device=q.device)[:, None]
-                kpos = torch.arange(k0, k0 + s.shape[-1], device=q.device)[None, :]
-                s = s.masked_fill(kpos > qpos, float("-inf"))
+                s = _diagonal_mask(s, offset + q0, k0)
             m_new = torch.maximum(m, s.amax(-1, keepdim=True))
             # Every row sees key 0..its own position, so m_new is finite from the first tile on.
             p = torch.exp(s - m_new)  # (B, H, bq, bk), at most 1
@@ -75,7 +77,94 @@ def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
             acc = acc * rescale + p @ v[:, :, k0:k0 + block_size]
             m = m_new
         out[:, :, q0:q0 + bq] = acc / l
-    return out
+        # log sum_j exp(s_j) = m + log l: one number per row is all the backward needs to
+        # rebuild any tile's probabilities as exp(s - lse) (FlashAttention-2, Algorithm 1).
+        lse[:, :, q0:q0 + bq] = (m + torch.log(l)).squeeze(-1)
+    return out, lse
+
+
+def tiled_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    block_size: int = 64) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v, one (block, block) tile of scores at a time.
+
+    q is (B, H, T, D); k and v are (B, H, S, D). With causal=True and S > T the queries are the
+    last T positions (a chunk after S - T cached tokens): query i sees keys j <= S - T + i.
+    Under autograd every tile is kept for the backward; flash_attention does not keep them.
+    Example: tiled_attention(q, k, v, block_size=16) equals
+    F.scaled_dot_product_attention(q, k, v, is_causal=True) when S == T. Introduced in chapter 5.
+    """
+    _check(q, k, v, causal, block_size)
+    return _forward(q, k, v, causal, block_size)[0]
+
+
+def _backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+              lse: torch.Tensor, dout: torch.Tensor, causal: bool,
+              block_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dq, dk, dv) by FlashAttention-2's Algorithm 2: key blocks outside, query blocks inside."""
+    T, D = q.shape[2], q.shape[3]
+    S = k.shape[2]
+    offset = S - T
+    scale = 1.0 / math.sqrt(D)
+    # delta_i = sum_j P_ij dP_ij = dO_i . O_i: the softmax backward's row term, from O alone.
+    delta = (dout * out).sum(-1, keepdim=True)  # (B, H, T, 1)
+    lse = lse.unsqueeze(-1)  # (B, H, T, 1)
+    dq = torch.zeros_like(q)
+    dk, dv = torch.zeros_like(k), torch.zeros_like(v)
+    for k0 in range(0, S, block_size):
+        kb, vb = k[:, :, k0:k0 + block_size], v[:, :, k0:k0 + block_size]  # (B, H, bk, D)
+        bk = kb.shape[2]
+        dkb, dvb = torch.zeros_like(kb), torch.zeros_like(vb)
+        # Causal: query i reads key k0 only if offset + i >= k0; earlier query blocks see none.
+        q_first = (max(0, k0 - offset) // block_size) * block_size if causal else 0
+        for q0 in range(q_first, T, block_size):
+            qb = q[:, :, q0:q0 + block_size]
+            s = (qb @ kb.transpose(-2, -1)) * scale  # (B, H, bq, bk), recomputed
+            if causal and k0 + bk - 1 > offset + q0:
+                s = _diagonal_mask(s, offset + q0, k0)
+            p = torch.exp(s - lse[:, :, q0:q0 + block_size])  # the forward's weights, exactly
+            dob = dout[:, :, q0:q0 + block_size]
+            dvb += p.transpose(-2, -1) @ dob  # dV = P^T dO
+            dp = dob @ vb.transpose(-2, -1)  # dP = dO V^T
+            ds = p * (dp - delta[:, :, q0:q0 + block_size])  # softmax backward, row by row
+            dq[:, :, q0:q0 + block_size] += (ds @ kb) * scale  # S = scale Q K^T
+            dkb += (ds.transpose(-2, -1) @ qb) * scale
+        dk[:, :, k0:k0 + bk], dv[:, :, k0:k0 + bk] = dkb, dvb
+    return dq, dk, dv
+
+
+class FlashAttention(torch.autograd.Function):
+    """FlashAttention-2 as an autograd Function: saves q, k, v, the output and the logsumexp.
+
+    Example: FlashAttention.apply(q, k, v, True, 64); prefer flash_attention(q, k, v).
+    """
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                block_size: int) -> torch.Tensor:
+        out, lse = _forward(q, k, v, causal, block_size)
+        # O(T d) saved per head, not the tiles: the backward rebuilds them from q, k and lse.
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.block_size = causal, block_size
+        return out
+
+    @staticmethod
+    def backward(ctx, dout: torch.Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(q, k, v, out, lse, dout, ctx.causal, ctx.block_size)
+        return dq, dk, dv, None, None
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    block_size: int = 64) -> torch.Tensor:
+    """tiled_attention with FlashAttention-2's recomputing backward: O(T) memory under autograd.
+
+    Same arguments and result as tiled_attention; gradients equal autograd's through the
+    written-out softmax(q k^T / sqrt(D)) v.
+    Example: flash_attention(q, k, v, block_size=16).sum().backward() fills q.grad, k.grad, v.grad.
+    Introduced in chapter 5.
+    """
+    _check(q, k, v, causal, block_size)
+    return FlashAttention.apply(q, k, v, causal, block_size)
 
 
 def peak_cpu_bytes(fn: Callable[[], object]) -> int:

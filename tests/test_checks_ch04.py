@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from checkhelpers import fails_with, passes, stub
-from companion.checks import check_4_1, check_4_2, check_4_3, check_4_4
-from companion.positional import RotaryEmbedding, rotate_half, scaled_rope_frequencies, sinusoidal_encoding
+from companion.checks import ExerciseFailed, check_4_1, check_4_2, check_4_3, check_4_4
+from companion.positional import RotaryEmbedding, scaled_rope_frequencies, sinusoidal_encoding
 
 
 # --- 4.1 token + position embeddings ----------------------------------------------
@@ -71,130 +71,126 @@ def test_check_4_2_catches_mistakes(wrong, fragment):
     fails_with(check_4_2, wrong, fragment)
 
 
-# --- 4.3 RoPE at any position -----------------------------------------------------
+# --- 4.3 interleaved RoPE and the q/k permutation ---------------------------------
 
-def rope(x, theta=10000.0, start_pos=0, positions=None):
-    """A from-scratch answer, as a learner writes it (not the companion's code)."""
+def rope_interleaved(x, theta=10000.0, start_pos=0, pairing="interleaved", sign=1.0):
+    """A from-scratch answer, as a learner writes it: pairs (2i, 2i+1)."""
     T, D = x.shape
-    pos = (torch.arange(T) if positions is None else positions).float() + start_pos
-    angles = pos[:, None] * theta ** (-2 * torch.arange(D // 2).float() / D)  # (T, D/2)
-    a, b = x[:, : D // 2], x[:, D // 2:]
-    return torch.cat((a * angles.cos() - b * angles.sin(), b * angles.cos() + a * angles.sin()), -1)
-
-
-def interleaved(x, theta=10000.0, start_pos=0, positions=None):
-    D = x.shape[1]
-    perm = torch.cat((torch.arange(0, D, 2), torch.arange(1, D, 2)))
+    pos = torch.arange(start_pos, start_pos + T, dtype=x.dtype)
+    angles = pos[:, None] * theta ** (-torch.arange(0, D, 2, dtype=x.dtype) / D)  # (T, D/2)
+    cos, sin = angles.cos(), sign * angles.sin()
     out = torch.empty_like(x)
-    out[:, perm] = rope(x[:, perm], theta, start_pos, positions)
+    if pairing == "interleaved":
+        a, b = x[:, 0::2], x[:, 1::2]
+        out[:, 0::2], out[:, 1::2] = a * cos - b * sin, b * cos + a * sin
+    else:
+        a, b = x[:, : D // 2], x[:, D // 2:]
+        out[:, : D // 2], out[:, D // 2:] = a * cos - b * sin, b * cos + a * sin
     return out
 
 
-def backwards(x, theta=10000.0, start_pos=0, positions=None):
-    T, D = x.shape
-    r = RotaryEmbedding(D, T, theta)
-    return x * r.cos[:T] - rotate_half(x) * r.sin[:T]
+def permute_qk(w, n_heads):
+    """Hugging Face's conversion: in each head, rows 0, 2, 4, ... first, then 1, 3, 5, ...."""
+    d_out, d_model = w.shape
+    D = d_out // n_heads
+    return w.view(n_heads, D // 2, 2, d_model).transpose(1, 2).reshape(d_out, d_model)
 
 
-@pytest.mark.parametrize("wrong, fragment", [
-    (stub, "not implemented"),
-    (lambda x, theta, start_pos=0, positions=None: x, "nothing changed"),
-    (interleaved, "(2i, 2i+1)"),
-    (backwards, "wrong way"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, 10000.0, start_pos, positions), "theta=100"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, 500.0, start_pos, positions), "angles are off"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta)[:, :4], "keep x's shape"),
-    # the pre-KV-cache signature: no start offset at all
-    (lambda x, theta: rope(x, theta), "got an unexpected keyword argument 'start_pos'"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta, 0, positions), "same as start_pos=0"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta, max(start_pos - 1, 0), positions),
-     "one position early"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta, 2 * start_pos, positions),
-     "wrong for start_pos"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta, start_pos), "ignored positions"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta, 0 if positions is not None else start_pos,
-                                                         positions), "yours ignored start_pos"),
-    (lambda x, theta, start_pos=0, positions=None: rope(x, theta, start_pos,
-                                                         None if positions is None else positions.flip(0)),
-     "wrong for explicit positions"),
+def inverse_permute(w, n_heads):
+    d_out, d_model = w.shape
+    D = d_out // n_heads
+    return w.view(n_heads, 2, D // 2, d_model).transpose(1, 2).reshape(d_out, d_model)
+
+
+def whole_matrix(w, n_heads):
+    return permute_qk(w, 1)
+
+
+def check(rope, permute=permute_qk):
+    return lambda: check_4_3(rope, permute)
+
+
+@pytest.mark.parametrize("rope, permute, fragment", [
+    (stub, permute_qk, "not implemented"),
+    (rope_interleaved, stub, "not implemented"),
+    (lambda x, theta, start_pos: x, permute_qk, "nothing changed"),
+    (lambda x, theta, start_pos: rope_interleaved(x, theta, start_pos, pairing="half"),
+     permute_qk, "rotate-half layout of the chapter"),
+    (lambda x, theta, start_pos: rope_interleaved(x, theta, start_pos, sign=-1.0), permute_qk,
+     "wrong way"),
+    (lambda x, theta, start_pos: rope_interleaved(x, 500.0, start_pos), permute_qk,
+     "angles are off"),
+    (lambda x, theta, start_pos: rope_interleaved(x, 10000.0, start_pos), permute_qk,
+     "theta=100"),
+    (lambda x, theta, start_pos: rope_interleaved(x, theta), permute_qk, "start_pos=7"),
+    (lambda x, theta, start_pos: rope_interleaved(x, theta, start_pos)[:, :4], permute_qk,
+     "keep x's shape"),
+    (rope_interleaved, lambda w, h: w, "unchanged"),
+    (rope_interleaved, lambda w, h: w * 2, "only reorder the rows"),
+    (rope_interleaved, whole_matrix, "all H*D rows at once"),
+    (rope_interleaved, inverse_permute, "the other way"),
+    (rope_interleaved, lambda w, h: w.flip(0), "not the right order"),
+    (rope_interleaved, lambda w, h: permute_qk(w, h)[:-1], "keep the weight's shape"),
 ])
-def test_check_4_3_catches_mistakes(wrong, fragment):
-    fails_with(check_4_3, wrong, fragment)
+def test_check_4_3_catches_mistakes(rope, permute, fragment):
+    with pytest.raises(ExerciseFailed) as info:
+        check_4_3(rope, permute)
+    assert fragment in str(info.value), str(info.value)
 
 
 def test_check_4_3_passes_on_a_correct_answer(capsys):
-    passes(check_4_3, rope, capsys)
+    check_4_3(rope_interleaved, permute_qk)
+    assert "passed" in capsys.readouterr().out
 
 
-def test_check_4_3_passes_on_the_companion(capsys):
-    def companion(x, theta=10000.0, start_pos=0, positions=None):
-        return RotaryEmbedding(x.shape[1], 64, theta)(x, start_pos, positions)
-    passes(check_4_3, companion, capsys)
+def test_check_4_3_permutation_gives_the_companions_rope_the_same_scores():
+    """The check's claim, against the companion's RotaryEmbedding rather than its own helper."""
+    g = torch.Generator().manual_seed(0)
+    H, D, d_model, T = 2, 8, 6, 9
+    w, x = torch.randn(H * D, d_model, generator=g), torch.randn(T, d_model, generator=g)
+    rope = RotaryEmbedding(D, T)
+    for h in range(H):
+        meta = rope_interleaved(x @ w[h * D:(h + 1) * D].T)
+        hf = rope((x @ permute_qk(w, H)[h * D:(h + 1) * D].T)[None, None])[0, 0]
+        assert torch.allclose(meta @ meta.T, hf @ hf.T, atol=1e-4)
 
 
-# --- 4.4 Llama 3's frequency scaling ----------------------------------------------
+# --- 4.4 YaRN as the paper defines it ------------------------------------------------
 
-def llama3(inv_freq, factor, low, high, L):
-    """A from-scratch answer: weight 0..1, linear in the number of turns L / wavelength."""
-    keep = ((L * inv_freq / (2 * math.pi) - low) / (high - low)).clamp(0, 1)
-    return (1 - keep) * inv_freq / factor + keep * inv_freq
-
-
-def zones(inv_freq, factor, low, high, L, mid):
-    """Short wavelengths kept, long ones divided, the middle handled by `mid`."""
-    wavelength = 2 * math.pi / inv_freq
-    out = torch.where(wavelength > L / low, inv_freq / factor, inv_freq)
-    between = (wavelength >= L / high) & (wavelength <= L / low)
-    return torch.where(between, mid(inv_freq, factor, low, high, L), out)
+def yarn(inv_freq, factor, L, alpha=1.0, beta=32.0, log=math.log, turns_scale=2 * math.pi):
+    """A from-scratch answer: gamma linear in r = L / wavelength, cos/sin times 0.1 ln s + 1."""
+    r = L * inv_freq / turns_scale
+    gamma = ((r - alpha) / (beta - alpha)).clamp(0, 1)
+    return (1 - gamma) * inv_freq / factor + gamma * inv_freq, 0.1 * log(factor) + 1
 
 
-def swapped_zones(inv_freq, factor, low, high, L):
-    wavelength = 2 * math.pi / inv_freq
-    return torch.where(wavelength < L / high, inv_freq / factor, llama3(inv_freq, factor, low, high, L))
-
-
-def reversed_blend(inv_freq, factor, low, high, L):
-    keep = (L * inv_freq / (2 * math.pi) - low) / (high - low)
-    return zones(inv_freq, factor, low, high, L, lambda f, *a: keep * f / factor + (1 - keep) * f)
-
-
-def hard_coded(inv_freq, factor, low, high, L):
-    return llama3(inv_freq, 8.0, 1.0, 4.0, 8192)
+def code_ramp(inv_freq, factor, L, alpha=1.0, beta=32.0):
+    d = 2 * len(inv_freq)
+    theta = float(1 / inv_freq[1]) ** (d / 2)
+    config = {"rope_type": "yarn", "factor": factor, "original_max_position_embeddings": L,
+              "beta_fast": beta, "beta_slow": alpha}
+    return scaled_rope_frequencies(d, theta, config)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda f, factor, low, high, L: f, "nothing changed"),
-    (lambda f, factor, low, high, L: f * factor, "speeds went up"),
-    (lambda f, factor, low, high, L: f / factor, "position interpolation"),
-    (swapped_zones, "zones swapped"),
-    (lambda f, factor, low, high, L: llama3(f, factor, low, high, L) * 0.9, "must keep their speed."),
-    (lambda f, factor, low, high, L: zones(f, 1.0, low, high, L, lambda f, *a: f), "must be divided by factor"),
-    (lambda f, factor, low, high, L: zones(f, factor, low, high, L, lambda f, *a: f), "must blend"),
-    (lambda f, factor, low, high, L: zones(f, factor, low, high, L, lambda f, factor, *a: f / factor),
-     "must blend"),
-    (reversed_blend, "wrong way"),
-    # a blend linear in the wavelength instead of in the number of turns
-    (lambda f, factor, low, high, L: zones(
-        f, factor, low, high, L,
-        lambda f, factor, low, high, L: (lambda w: w * f + (1 - w) * f / factor)(
-            ((L / low - 2 * math.pi / f) / (L / low - L / high)).clamp(0, 1))), "linear in L / wavelength"),
-    (hard_coded, "don't hard-code"),
-    (lambda f, factor, low, high, L: llama3(f, factor, low, high, L)[:-1], "expected shape"),
+    (lambda f, s, L, a, b: yarn(f, s, L, a, b)[0], "return two things"),
+    (lambda f, s, L, a, b: (f, 1.0), "no speed changed"),
+    (lambda f, s, L, a, b: (f / s, 0.1 * math.log(s) + 1), "position interpolation"),
+    (lambda f, s, L, a, b: (yarn(f, s, L, a, b)[0] * 0 + f + f / s - yarn(f, s, L, a, b)[0],
+                            yarn(f, s, L, a, b)[1]), "wrong way round"),
+    (code_ramp, "authors' code"),
+    (lambda f, s, L, a, b: yarn(f, s, L, a, b, turns_scale=1.0), "2 pi / theta"),
+    (lambda f, s, L, a, b: yarn(f, 8.0, 8192, 1.0, 32.0), "use every argument"),
+    (lambda f, s, L, a, b: (yarn(f, s, L, a, b)[0], 1.0), "factor on cos and sin is missing"),
+    (lambda f, s, L, a, b: (yarn(f, s, L, a, b)[0], yarn(f, s, L, a, b)[1] ** 2),
+     "what the attention logits get"),
+    (lambda f, s, L, a, b: yarn(f, s, L, a, b, log=math.log10), "natural log"),
+    (lambda f, s, L, a, b: (yarn(f, s, L, a, b)[0][:-1], 1.2), "expected speeds of shape"),
 ])
 def test_check_4_4_catches_mistakes(wrong, fragment):
     fails_with(check_4_4, wrong, fragment)
 
 
 def test_check_4_4_passes_on_a_correct_answer(capsys):
-    passes(check_4_4, llama3, capsys)
-
-
-def test_check_4_4_passes_on_the_companion(capsys):
-    def companion(inv_freq, factor, low, high, L):
-        d = 2 * len(inv_freq)
-        theta = float(1 / inv_freq[1]) ** (d / 2)  # inv_freq[1] = theta^(-2/d)
-        config = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
-                  "original_max_position_embeddings": L}
-        return scaled_rope_frequencies(d, theta, config)[0]
-    passes(check_4_4, companion, capsys)
+    passes(check_4_4, yarn, capsys)

@@ -1,16 +1,17 @@
 """Self-checks for chapter 4's exercises.
 
-Token plus position embeddings, the sinusoidal table, RoPE at any position, Llama 3's scaling.
+Token plus position embeddings, the sinusoidal table, interleaved RoPE and the q/k weight
+permutation to the rotate-half layout, and YaRN's scaling as the paper defines it.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 
-from ..positional import (RotaryEmbedding, rope_frequencies, rotate_half,
-                          scaled_rope_frequencies, sinusoidal_encoding)
-from ._core import as_tensor, call, fail, passed
+from ..positional import rope_frequencies, scaled_rope_frequencies, sinusoidal_encoding
+from ._core import as_scalar, as_tensor, call, fail, passed
 
 __all__ = ["check_4_1", "check_4_2", "check_4_3", "check_4_4"]
 
@@ -113,139 +114,171 @@ def check_4_2(sinusoidal: Callable[[int, int], torch.Tensor]) -> None:
                "case.")
 
 
-def _rope_want(x: torch.Tensor, theta: float, start_pos: int = 0,
-               positions: torch.Tensor | None = None) -> torch.Tensor:
-    """The companion's answer for a (T, D) x."""
+def _interleaved(x: torch.Tensor, theta: float, start_pos: int = 0,
+                 backwards: bool = False, pairing: str = "interleaved") -> torch.Tensor:
+    """RoPE on (T, D) with pairs (2i, 2i+1) (or a classic slip, for diagnosis)."""
     T, D = x.shape
-    top = start_pos + (T if positions is None else int(positions.max()) + 1)
-    return RotaryEmbedding(D, top, theta)(x[None, None], start_pos, positions)[0, 0]
+    pos = torch.arange(start_pos, start_pos + T, dtype=torch.float64)
+    angles = pos[:, None] * theta ** (-torch.arange(0, D, 2, dtype=torch.float64) / D)
+    cos, sin = angles.cos(), (-1 if backwards else 1) * angles.sin()
+    first, second = (slice(0, D, 2), slice(1, D, 2)) if pairing == "interleaved" else (
+        slice(0, D // 2), slice(D // 2, D))
+    a, b = x.double()[:, first], x.double()[:, second]
+    out = torch.empty(T, D, dtype=torch.float64)
+    out[:, first], out[:, second] = a * cos - b * sin, b * cos + a * sin
+    return out
 
 
-def check_4_3(rope: Callable[..., torch.Tensor]) -> None:
-    """rope(x (T, D), theta, start_pos=0, positions=None) -> x with its pairs (i, i + D/2) rotated.
+def _rotate_half_rope(x: torch.Tensor, theta: float) -> torch.Tensor:
+    """The companion's rotate-half RoPE on (T, D), in float64."""
+    return _interleaved(x, theta, pairing="half")
 
-    Row t sits at position start_pos + t, or start_pos + positions[t] when positions is given.
+
+def check_4_3(rope_interleaved: Callable[..., torch.Tensor],
+              permute_qk: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """rope_interleaved(x (T, D), theta, start_pos) rotates pairs (2i, 2i+1).
+
+    permute_qk(w (H*D, d_model), n_heads) reorders each head's rows so that rotate-half RoPE on
+    x @ w'.T scores exactly as interleaved RoPE on x @ w.T.
     """
     ex = "4.3"
     g = torch.Generator().manual_seed(43)
     T, D = 12, 8
-    x = torch.randn(T, D, generator=g)
-    got = as_tensor(ex, call(ex, rope, x.clone(), 10000.0), "rope(x)").float()
-    want = _rope_want(x, 10000.0)
-    if tuple(got.shape) != (T, D):
-        fail(ex, f"rope(x) should keep x's shape ({T}, {D}), got {tuple(got.shape)}")
-    if torch.allclose(got, x):
+    x = torch.randn(T, D, generator=g, dtype=torch.float64)
+
+    def rotated(theta: float = 10000.0, start: int = 0) -> torch.Tensor:
+        got = call(ex, rope_interleaved, x.clone(), theta, start)
+        got = as_tensor(ex, got, f"rope_interleaved(x, {theta:g}, {start})").double()
+        if tuple(got.shape) != (T, D):
+            fail(ex, f"rope_interleaved(x) should keep x's shape ({T}, {D}), got "
+                     f"{tuple(got.shape)}")
+        return got
+
+    got = rotated()
+    if torch.allclose(got, x, atol=1e-5):
         fail(ex, "nothing changed: row t must be rotated by angle t * theta_i in every pair.")
-    # The interleaved layout (2i, 2i+1) of the RoFormer paper: right idea, different pairing.
-    perm = torch.cat((torch.arange(0, D, 2), torch.arange(1, D, 2)))
-    inter = torch.empty_like(x)
-    inter[:, perm] = _rope_want(x[:, perm], 10000.0)
-    if torch.allclose(got, inter, atol=1e-5):
-        fail(ex, "you paired dimensions (2i, 2i+1); this course (like Hugging Face Llama) pairs i "
-                 "with i + D/2.")
-    backwards = RotaryEmbedding(D, T)
-    flipped = x * backwards.cos[:T] - rotate_half(x) * backwards.sin[:T]
-    if torch.allclose(got, flipped, atol=1e-5):
-        fail(ex, "you rotated the wrong way: (a, b) -> (a cos - b sin, b cos + a sin), i.e. x*cos "
-                 "+ rotate_half(x)*sin.")
+    if torch.allclose(got, _interleaved(x, 1e4, pairing="half"), atol=1e-5):
+        fail(ex, "that is the rotate-half layout of the chapter (pairs i, i + D/2); here pair i is "
+                 "the neighbours (2i, 2i + 1), as in the RoFormer paper and Meta's Llama code.")
+    if torch.allclose(got, _interleaved(x, 1e4, backwards=True), atol=1e-5):
+        fail(ex, "you rotated the wrong way: (a, b) -> (a cos - b sin, b cos + a sin).")
     if not torch.allclose(got[0], x[0], atol=1e-5):
         fail(ex, "row 0 (position 0) must come back unchanged: its angle is 0.")
-    if not torch.allclose(got.norm(dim=-1), x.norm(dim=-1), atol=1e-4):
-        fail(ex, "a rotation keeps every row's length, but yours changed it; check the cos/sin "
-                 "pairing.")
-    if not torch.allclose(got, want, atol=1e-5):
-        fail(ex, "close, but the angles are off: pair i of row t turns by t * theta ** "
-                 "(-2 * i / D).")
-    other = as_tensor(ex, call(ex, rope, x.clone(), 100.0), "rope(x, theta=100)").float()
-    if not torch.allclose(other, _rope_want(x, 100.0), atol=1e-5):
-        fail(ex, "right for theta=10000 but not for theta=100: use the theta argument, don't "
-                 "hard-code it.")
-    # A KV cache feeds new tokens after `start_pos` cached ones.
-    for start in (5, 30, 1):
-        shifted = as_tensor(ex, call(ex, rope, x.clone(), 10000.0, start_pos=start),
-                            f"rope(x, start_pos={start})").float()
-        if torch.allclose(shifted, got, atol=1e-5):
-            fail(ex, f"rope(x, start_pos={start}) gave the same as start_pos=0: row t sits at "
-                     "position start_pos + t.")
-        if torch.allclose(shifted, _rope_want(x, 10000.0, start - 1), atol=1e-5):
-            fail(ex, f"with start_pos={start} your rows sit one position early: row 0 is at "
-                     f"position {start}, not {start - 1}.")
-        if not torch.allclose(shifted, _rope_want(x, 10000.0, start), atol=1e-5):
-            fail(ex, f"wrong for start_pos={start}: row t should turn as a token at position "
-                     f"{start} + t does.")
-    # Packed documents restart their positions at 0.
-    packed = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3])
-    docs = as_tensor(ex, call(ex, rope, x.clone(), 10000.0, positions=packed.clone()),
-                     "rope(x, positions=...)").float()
-    if torch.allclose(docs, got, atol=1e-5):
-        fail(ex, "rope(x, positions=[0, 1, 2, 3, 4, 0, 1, ...]) ignored positions: row t must "
-                 "sit at positions[t].")
-    if not torch.allclose(docs, _rope_want(x, 10000.0, 0, packed), atol=1e-5):
-        fail(ex, "wrong for explicit positions: row t should turn as a token at position "
-                 "positions[t] does.")
-    both = as_tensor(ex, call(ex, rope, x.clone(), 10000.0, start_pos=7, positions=packed.clone()),
-                     "rope(x, start_pos=7, positions=...)").float()
-    if torch.allclose(both, docs, atol=1e-5):
-        fail(ex, "with both start_pos=7 and positions, row t sits at start_pos + positions[t]; "
-                 "yours ignored start_pos.")
-    if not torch.allclose(both, _rope_want(x, 10000.0, 7, packed), atol=1e-5):
-        fail(ex, "with both start_pos and positions, row t should sit at start_pos + "
-                 "positions[t].")
-    passed(ex, "matches the companion's RotaryEmbedding at start offsets and explicit positions, "
-               "keeps lengths, honours theta.")
+    if not torch.allclose(got, _interleaved(x, 1e4), atol=1e-5):
+        fail(ex, "close, but the angles are off: pair i (dimensions 2i, 2i+1) of row t turns by "
+                 "t * theta ** (-2 * i / D).")
+    if not torch.allclose(rotated(100.0), _interleaved(x, 100.0), atol=1e-5):
+        fail(ex, "right for theta=10000 but not for theta=100: use the theta argument.")
+    if not torch.allclose(rotated(10000.0, 7), _interleaved(x, 1e4, 7), atol=1e-5):
+        fail(ex, "right from position 0 but not with start_pos=7: row t sits at position "
+                 "start_pos + t.")
+
+    # The weights: Meta's interleaved q projection, converted for rotate-half RoPE.
+    H, d_model = 3, 10
+    w = torch.randn(H * D, d_model, generator=g, dtype=torch.float64)
+    xs = torch.randn(T, d_model, generator=g, dtype=torch.float64)
+    got_w = as_tensor(ex, call(ex, permute_qk, w.clone(), H), "permute_qk(w, 3)").double()
+    if tuple(got_w.shape) != tuple(w.shape):
+        fail(ex, f"permute_qk must keep the weight's shape {tuple(w.shape)}, got "
+                 f"{tuple(got_w.shape)}")
+    if torch.equal(got_w, w):
+        fail(ex, "the weight came back unchanged: its rows must be reordered.")
+    if not torch.equal(got_w.sort(0).values, w.sort(0).values):
+        fail(ex, "permute_qk must only reorder the rows of w, not change them.")
+    # Head h of the converted weight must hold rows 2i of head h first, then rows 2i + 1.
+    per_head = torch.cat((torch.arange(0, D, 2), torch.arange(1, D, 2)))
+    want_w = w.view(H, D, d_model)[:, per_head].reshape(H * D, d_model)
+    whole = torch.cat((torch.arange(0, H * D, 2), torch.arange(1, H * D, 2)))
+    if torch.equal(got_w, w[whole]):
+        fail(ex, "you reordered all H*D rows at once; the pairs live inside each head, so "
+                 "reorder the D rows of every head separately (view the weight as "
+                 "(H, D, d_model)).")
+    inverse = torch.empty_like(per_head)
+    inverse[per_head] = torch.arange(D)
+    if torch.equal(got_w, w.view(H, D, d_model)[:, inverse].reshape(H * D, d_model)):
+        fail(ex, "the rows moved the other way: in each head, rows 0, 2, 4, ... (every pair's "
+                 "first coordinate) must come first, then rows 1, 3, 5, ....")
+    if not torch.equal(got_w, want_w):
+        fail(ex, "not the right order: after conversion, head h's row i is its old row 2i and "
+                 "row D/2 + i its old row 2i + 1.")
+    # What the conversion is for: the same attention scores, head by head.
+    for h in range(H):
+        q_meta = _interleaved(xs @ w[h * D:(h + 1) * D].T, 1e4)
+        q_hf = _rotate_half_rope(xs @ got_w[h * D:(h + 1) * D].T, 1e4)
+        if not torch.allclose(q_meta @ q_meta.T, q_hf @ q_hf.T, atol=1e-8):
+            fail(ex, f"head {h}: the converted weight does not give the same scores.")
+    passed(ex, "interleaved RoPE at any theta and start position, and a q/k weight converted to "
+               "the rotate-half layout that gives the same scores in every head.")
 
 
-def check_4_4(llama3_frequencies: Callable[..., torch.Tensor]) -> None:
-    """llama3_frequencies(inv_freq (D/2,), factor, low, high, original_context) -> (D/2,) speeds."""
+def _yarn_paper(inv_freq: torch.Tensor, factor: float, L: int, alpha: float = 1.0,
+                beta: float = 32.0, ramp: bool = True, swap: bool = False) -> torch.Tensor:
+    """YaRN's speeds as the paper defines them (or a classic slip)."""
+    turns = L * inv_freq.double() / (2 * math.pi)  # r = L / lambda
+    gamma = ((turns - alpha) / (beta - alpha)).clamp(0, 1) if ramp else (turns > beta).double()
+    if swap:
+        gamma = 1 - gamma
+    return (1 - gamma) * inv_freq.double() / factor + gamma * inv_freq.double()
+
+
+def check_4_4(yarn_frequencies: Callable[..., tuple]) -> None:
+    """yarn_frequencies(inv_freq (D/2,), factor, original_context, alpha, beta) -> (speeds, mscale).
+
+    As in Peng et al. (2024): gamma(r) = clamp((r - alpha) / (beta - alpha), 0, 1) with
+    r = L / lambda, speeds (1 - gamma) theta / s + gamma theta, and cos/sin scaled by
+    0.1 ln s + 1.
+    """
     ex = "4.4"
-    cases = [(128, 500_000.0, 8.0, 1.0, 4.0, 8192), (64, 10_000.0, 4.0, 2.0, 8.0, 2048)]
-
-    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-        return torch.allclose(a, b.double(), rtol=1e-4)
-
-    for n, (d, theta, factor, low, high, L) in enumerate(cases):
+    cases = [(128, 500_000.0, 8.0, 8192, 1.0, 32.0), (64, 10_000.0, 4.0, 2048, 2.0, 16.0)]
+    for n, (d, theta, factor, L, alpha, beta) in enumerate(cases):
         inv = rope_frequencies(d, theta)
-        config = {"rope_type": "llama3", "factor": factor, "low_freq_factor": low,
-                  "high_freq_factor": high, "original_max_position_embeddings": L}
-        want = scaled_rope_frequencies(d, theta, config)[0]
-        args = f"(factor={factor:g}, low_freq_factor={low:g}, high_freq_factor={high:g}, " \
-               f"original_context={L})"
-        got = as_tensor(ex, call(ex, llama3_frequencies, inv.clone(), factor, low, high, L),
-                        "llama3_frequencies' result").double()
+        result = call(ex, yarn_frequencies, inv.clone(), factor, L, alpha, beta)
+        if not isinstance(result, tuple) or len(result) != 2:
+            fail(ex, "return two things: the (D/2,) speeds and the factor on cos and sin.")
+        got = as_tensor(ex, result[0], "the speeds").double()
+        mscale = as_scalar(ex, result[1], "the cos/sin factor")
         if tuple(got.shape) != (d // 2,):
-            fail(ex, f"for {d // 2} pairs expected shape ({d // 2},), got {tuple(got.shape)}")
-        if n and not torch.allclose(got, want.double(), rtol=1e-4):
-            fail(ex, f"right for Llama 3.1's numbers but wrong for {args}: use the arguments, "
-                     "don't hard-code them.")
-        if close(got, inv):
-            fail(ex, "nothing changed: the slow pairs must be divided by factor.")
-        if close(got, inv * factor):
-            fail(ex, "your speeds went up: scaling to a longer context divides speeds by factor.")
-        if close(got, inv / factor):
-            fail(ex, "you slowed every pair: that is position interpolation. Pairs with "
-                     "wavelengths shorter than L / high_freq_factor keep their speed.")
-        wavelength = 2 * torch.pi / inv
-        short, long = wavelength < L / high, wavelength > L / low
-        mid = ~short & ~long
-        if not close(got[short], inv[short]):
-            why = (", but you divided them by factor: are the two zones swapped?"
-                   if close(got[short], inv[short] / factor) else ".")
-            fail(ex, f"the fast pairs (wavelength < L / high_freq_factor = {L / high:g}) must keep "
-                     f"their speed{why}")
-        if not close(got[long], inv[long] / factor):
-            fail(ex, f"the slow pairs (wavelength > L / low_freq_factor = {L / low:g}) must be "
-                     "divided by factor.")
-        if close(got[mid], inv[mid]) or close(got[mid], inv[mid] / factor):
-            fail(ex, "the pairs between the two edges must blend the kept and the divided speed, "
-                     "not take one of them.")
-        turns = L / wavelength[mid]
-        keep = (turns - low) / (high - low)
-        if close(got[mid], keep * inv[mid] / factor + (1 - keep) * inv[mid]):
-            fail(ex, "the blend runs the wrong way: next to the short edge a pair should be "
-                     "almost kept, next to the long edge almost divided.")
-        if not close(got, want):
-            bad = int((got - want.double()).abs().argmax())
-            fail(ex, f"wrong speed for pair {bad} with {args}: expected {float(want[bad]):.6g}, "
-                     f"got {float(got[bad]):.6g}. The blend's weight is linear in L / wavelength.")
-    passed(ex, "matches the companion's llama3 scaling for Llama 3.1's numbers and another set; "
-               "fast pairs kept, slow divided, the middle blended.")
+            fail(ex, f"for {d // 2} pairs expected speeds of shape ({d // 2},), got "
+                     f"{tuple(got.shape)}")
+        want = _yarn_paper(inv, factor, L, alpha, beta)
+
+        def close(other: torch.Tensor) -> bool:
+            return torch.allclose(got, other, rtol=1e-4)
+
+        if close(inv.double()):
+            fail(ex, "no speed changed: pairs with fewer than alpha turns in the original context "
+                     "must be divided by the factor.")
+        if close(inv.double() / factor):
+            fail(ex, "every speed was divided by the factor (position interpolation); pairs with "
+                     "more than beta turns keep their speed.")
+        if close(_yarn_paper(inv, factor, L, alpha, beta, swap=True)):
+            fail(ex, "the ramp is the wrong way round: fast pairs (many turns) keep their speed, "
+                     "slow pairs (few turns) are divided by the factor.")
+        hf = scaled_rope_frequencies(d, theta, {"rope_type": "yarn", "factor": factor,
+                                                "original_max_position_embeddings": L,
+                                                "beta_fast": beta, "beta_slow": alpha})[0]
+        if close(hf.double()):
+            fail(ex, "that is the authors' code (and the chapter's build): a ramp over the pair "
+                     "index with rounded edges. The paper's ramp is linear in the number of turns "
+                     "r = L / lambda itself.")
+        wavelength_slip = _yarn_paper(inv * 2 * math.pi, factor, L, alpha, beta) / (2 * math.pi)
+        if close(wavelength_slip):
+            fail(ex, "a pair's wavelength is 2 pi / theta tokens, so its turns in L tokens are "
+                     "L theta / (2 pi), not L theta.")
+        if not close(want):
+            if n:
+                fail(ex, f"right for the first case but not for factor={factor:g}, L={L}, "
+                         f"alpha={alpha:g}, beta={beta:g}: use every argument.")
+            fail(ex, "fast and slow pairs are right but the blend in between is not: gamma = "
+                     "(r - alpha) / (beta - alpha), clamped to [0, 1].")
+        right = 0.1 * math.log(factor) + 1
+        if abs(mscale - 1.0) < 1e-9:
+            fail(ex, "the factor on cos and sin is missing: YaRN scales both by 0.1 ln s + 1.")
+        if abs(mscale - right ** 2) < 1e-6:
+            fail(ex, "(0.1 ln s + 1)^2 is what the attention logits get; cos and sin, which "
+                     "scale q and k each, get 0.1 ln s + 1.")
+        if abs(mscale - right) > 1e-6:
+            fail(ex, f"the cos/sin factor for s={factor:g} is 0.1 ln s + 1 = {right:.4f} "
+                     f"(natural log), got {mscale:.4f}")
+    passed(ex, "the paper's ramp in turns, the kept and interpolated ends, and the cos/sin factor "
+               "0.1 ln s + 1, for Llama 3's shape and a second configuration.")

@@ -1,7 +1,8 @@
 """Self-checks for chapter 5's exercises.
 
-Causal attention weights, splitting heads, sharing K/V heads, KV-cache size, a cached chunk with
-RoPE, and blockwise attention with the online softmax.
+FlashAttention-2's backward for one key block, MLA decoding with W_UK absorbed, sharing K/V
+heads, a rolling sliding-window buffer, a cached chunk with RoPE, and blockwise attention with the
+online softmax.
 """
 from __future__ import annotations
 
@@ -10,87 +11,193 @@ from collections.abc import Callable
 
 import torch
 
-from ..attention import attention_weights, causal_mask, kv_cache_bytes, repeat_kv
-from ._core import as_scalar, as_tensor, call, fail, passed
+from ..attention import attention_weights, causal_mask, repeat_kv
+from ._core import as_tensor, call, fail, passed
 
 __all__ = ["check_5_1", "check_5_2", "check_5_3", "check_5_4", "check_5_5", "check_5_6"]
 
 
-def check_5_1(
-    causal_attention_weights: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-) -> None:
-    """causal_attention_weights(q, k) -> (B, T, T) softmax(q k^T / sqrt(D)), masked causally.
+def _tile_backward(q, k, v, dout, lse, delta, k0, block, mask="absolute", renorm=False,
+                   use_delta=True, scale_grads=True):
+    """One key block's causal backward for (T, D) q, k, v (or one of its classic slips)."""
+    scale = 1 / math.sqrt(q.shape[1])
+    kb, vb = k[k0:k0 + block], v[k0:k0 + block]
+    s = q @ kb.T * scale  # (T, b)
+    qpos = torch.arange(q.shape[0])[:, None]
+    kpos = torch.arange(kb.shape[0])[None, :] + (k0 if mask == "absolute" else 0)
+    if mask != "none":
+        s = s.masked_fill(kpos > qpos, float("-inf"))
+    p = torch.softmax(s, -1) if renorm else torch.exp(s - lse[:, None])
+    dv = p.T @ dout
+    dp = dout @ vb.T
+    ds = p * (dp - delta[:, None]) if use_delta else p * dp
+    g = scale if scale_grads else 1.0
+    return ds @ kb * g, ds.T @ q * g, dv
 
-    q and k are (B, T, D).
+
+def check_5_1(key_block_backward: Callable[..., tuple]) -> None:
+    """key_block_backward(q, k, v, dout, lse, delta, k_start, block_size) -> (dq_part, dk_b, dv_b).
+
+    One head, causal, q, k, v, dout (T, D); lse and delta (T,); the block is keys
+    k_start .. k_start + block_size - 1 (the last block may be shorter).
     """
     ex = "5.1"
     g = torch.Generator().manual_seed(51)
-    B, T, D = 2, 6, 16
-    q, k = torch.randn(B, T, D, generator=g) * 2, torch.randn(B, T, D, generator=g) * 2
-    got = as_tensor(
-        ex, call(ex, causal_attention_weights, q.clone(), k.clone()), "the weights"
-    ).float()
-    if tuple(got.shape) != (B, T, T):
-        fail(ex, f"for q, k of shape (B={B}, T={T}, D={D}) expected weights (B, T, T) = "
-                 f"{(B, T, T)}, got {tuple(got.shape)}")
-    mask = causal_mask(T)
-    want = attention_weights(q, k, mask)
-    scores = q @ k.transpose(-1, -2)
-    if torch.isnan(got).any():
-        fail(ex, "NaN in the weights: a row with every score at -inf gives 0/0. Mask the future "
-                 "only (j > i), never the diagonal.")
-    if (got.triu(1).abs() > 1e-6).any():
-        if torch.allclose(got.tril(-1), torch.zeros_like(got.tril(-1)), atol=1e-6):
-            fail(ex, "the mask is the wrong way round: query i may read keys j <= i "
-                     "(lower triangle), not the future.")
-        fail(ex, "query i puts weight on keys j > i: the future must get weight exactly 0 "
-                 "(set its scores to -inf before softmax).")
-    sums = got.sum(-1)
-    if not torch.allclose(sums, torch.ones_like(sums), atol=1e-5):
-        if torch.allclose(got.sum(-2), torch.ones(B, T), atol=1e-5):
-            fail(ex, "your columns sum to 1, not your rows: take the softmax over the last "
-                     "dimension (the keys).")
-        fail(ex, "rows don't sum to 1: mask before the softmax (scores -> -inf), not by zeroing "
-                 "weights after it.")
-    if torch.allclose(got, torch.softmax(scores.masked_fill(~mask, float("-inf")), -1), atol=1e-5):
-        fail(ex, f"you forgot the scaling: divide the scores by sqrt(D) = sqrt({D}) before the "
-                 "softmax.")
-    if torch.allclose(
-        got, torch.softmax((scores / D).masked_fill(~mask, float("-inf")), -1), atol=1e-5
-    ):
-        fail(ex, f"you divided by D = {D}; the scale is 1/sqrt(D) = 1/{math.sqrt(D):.0f}.")
-    if not torch.allclose(got, want, atol=1e-5):
-        fail(ex, "masked and normalised, but the values are off: weights = "
-                 "softmax(q @ k^T / sqrt(D)) with the causal mask.")
-    one = as_tensor(
-        ex, call(ex, causal_attention_weights, q[:, :1], k[:, :1]), "the weights"
-    ).float()
-    if not torch.allclose(one, torch.ones(B, 1, 1)):
-        fail(ex, "with one token (T=1) the only weight is 1: the token attends to itself.")
-    passed(ex, "weights are scaled, masked causally, sum to 1 per query, and handle T=1.")
+    T, D, block = 23, 8, 5
+    q, k, v, dout = (torch.randn(T, D, generator=g, dtype=torch.float64) for _ in range(4))
+    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+    s = leaves[0] @ leaves[1].T / math.sqrt(D)
+    s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+    out = torch.softmax(s, -1) @ leaves[2]
+    out.backward(dout)
+    want = [t.grad for t in leaves]
+    lse = torch.logsumexp(s.detach(), -1)
+    delta = (dout * out.detach()).sum(-1)
+
+    def run(k0: int) -> list[torch.Tensor]:
+        got = call(ex, key_block_backward, q.clone(), k.clone(), v.clone(), dout.clone(),
+                   lse.clone(), delta.clone(), k0, block)
+        if not isinstance(got, tuple) or len(got) != 3:
+            fail(ex, "return three things: this block's share of dq (T, D), and dk and dv for the "
+                     "block's keys (block_size, D).")
+        got = [as_tensor(ex, t, "each returned gradient").double() for t in got]
+        n = min(block, T - k0)
+        if (tuple(got[0].shape) != (T, D) or tuple(got[1].shape) != (n, D)
+                or tuple(got[2].shape) != (n, D)):
+            fail(ex, f"for keys {k0}..{k0 + n - 1} expected shapes ({T}, {D}), ({n}, {D}), "
+                     f"({n}, {D}), got {[tuple(t.shape) for t in got]}")
+        return got
+
+    got = run(10)  # keys 10..14: a block crossing the diagonal
+    if not all(torch.isfinite(t).all() for t in got):
+        fail(ex, "NaN or inf in your gradients: queries 0..9 see none of keys 10..14, and a "
+                 "softmax over the tile alone divides 0 by 0 there. Rebuild the weights as "
+                 "exp(s - lse), which is 0 for a masked score.")
+
+    def like(**slip) -> bool:
+        ref = _tile_backward(q, k, v, dout, lse, delta, 10, block, **slip)
+        return all(torch.allclose(a, b, atol=1e-8) for a, b in zip(got, ref))
+
+    if like(mask="none"):
+        fail(ex, "keys after a query got weight: mask the scores of keys j > i before "
+                 "exponentiating, as the forward did.")
+    if like(mask="local"):
+        fail(ex, "the mask compares the query's row with the key's index inside the block; key "
+                 "j of the block sits at position k_start + j.")
+    if like(use_delta=False):
+        fail(ex, "ds = p * dp is missing the softmax's row term: ds = p * (dp - delta), with "
+                 "delta_i = do_i . o_i.")
+    if like(scale_grads=False):
+        fail(ex, "the scores were q k^T / sqrt(D), so dq and dk carry the factor 1/sqrt(D) too.")
+    right = _tile_backward(q, k, v, dout, lse, delta, 10, block)
+    for name, a, b in zip(("dq", "dk", "dv"), got, right):
+        if not torch.allclose(a, b, atol=1e-8):
+            fail(ex, f"{name} of keys 10..14 is off by {(a - b).abs().max():.1e}: rebuild "
+                     "p = exp(q k^T / sqrt(D) - lse), then dv = p^T dout, dp = dout v^T, "
+                     "ds = p (dp - delta), dq = ds k / sqrt(D), dk = ds^T q / sqrt(D).")
+    dq, dks, dvs = torch.zeros(T, D, dtype=torch.float64), [], []
+    for k0 in range(0, T, block):
+        part, dk_b, dv_b = run(k0)
+        dq += part
+        dks.append(dk_b)
+        dvs.append(dv_b)
+    for name, a, b in zip(("dq", "dk", "dv"), (dq, torch.cat(dks), torch.cat(dvs)), want):
+        if not torch.allclose(a, b, atol=1e-8):
+            fail(ex, f"right for keys 10..14 but the blocks together miss autograd's {name} by "
+                     f"{(a - b).abs().max():.1e}; check the first block and the short last one.")
+    passed(ex, "every key block's share, summed, equals autograd's dq, dk and dv through causal "
+               "attention, the short last block and the diagonal included.")
 
 
-def check_5_2(split_heads: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
-    """split_heads(x (B, T, C), n_heads) -> (B, H, T, C // H).
+def _mla_absorbed(mla, x, c, k_r, rope_at=None, use_rope=True, head_scale=False):
+    """The absorbed decoding step (or a classic slip): W_UK into q, W_UV after the weights."""
+    B, S, C = c.shape
+    H, D, R = mla.n_heads, mla.d_head, mla.d_rope
+    q = mla.q_proj(x).view(B, 1, H, D).transpose(1, 2)  # (B, H, 1, D)
+    q_lat = torch.einsum("bhtd,hdc->bhtc", q, mla.k_up.weight.view(H, D, C))
+    q_r = mla.q_rope_proj(x).view(B, 1, H, R).transpose(1, 2)
+    q_r = mla.rope(q_r, S - 1 if rope_at is None else rope_at)
+    scores = q_lat @ c[:, None].transpose(-1, -2)  # (B, H, 1, S)
+    if use_rope:
+        scores = scores + q_r @ k_r[:, None].transpose(-1, -2)
+    w = torch.softmax(scores / math.sqrt(D if head_scale else D + R), -1)
+    o = torch.einsum("bhtc,hdc->bhtd", w @ c[:, None], mla.v_up.weight.view(H, D, C))
+    return mla.o_proj(o.transpose(1, 2).reshape(B, 1, H * D))
 
-    Head h holds channels h*D .. (h+1)*D - 1.
+
+class _ShapeSpy(torch.overrides.TorchFunctionMode):
+    """Records the shape of every tensor made that has S rows of per-head keys or values."""
+
+    def __init__(self, S: int, H: int, D: int):
+        super().__init__()
+        self.S, self.H, self.D, self.seen = S, H, D, None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and self.seen is None and self.S in t.shape and (
+                    self.H * self.D in t.shape or (self.H in t.shape and self.D in t.shape)):
+                self.seen = tuple(t.shape)
+        return out
+
+
+def check_5_2(absorbed_step: Callable[..., torch.Tensor]) -> None:
+    """absorbed_step(mla, x (B, 1, d_model), c (B, S, d_c), k_r (B, S, d_rope)) -> (B, 1, d_model).
+
+    One MLA decoding step for the newest token (position S - 1), with W_UK absorbed into the
+    query and W_UV applied after the weights: no per-head key or value for the S cached tokens.
     """
+    from ..attention_variants import MultiHeadLatentAttention
+    from ..positional import RotaryEmbedding
+
     ex = "5.2"
-    B, T, H, D = 2, 5, 3, 4
-    x = torch.arange(B * T * H * D, dtype=torch.float32).view(B, T, H * D)
-    got = as_tensor(ex, call(ex, split_heads, x.clone(), H), "split_heads(x)")
-    want = x.view(B, T, H, D).transpose(1, 2)
-    if tuple(got.shape) == (B, T, H, D):
-        fail(ex, f"shape (B, T, H, D) = {(B, T, H, D)}: one more step, swap T and H with "
-                 ".transpose(1, 2).")
-    if tuple(got.shape) != (B, H, T, D):
-        fail(ex, f"expected (B, H, T, D) = {(B, H, T, D)}, got {tuple(got.shape)}")
-    if torch.equal(got, x.view(B, H, T, D)):
-        fail(ex, "right shape, scrambled data: .view(B, H, T, D) cuts the sequence, not the "
-                 "channels. View as (B, T, H, D) first, then transpose(1, 2).")
-    if not torch.equal(got, want):
-        fail(ex, "right shape, wrong layout: head h of token t should hold x[b, t, h*D:(h+1)*D].")
-    passed(ex, "each head gets its own slice of channels, for every token, in shape (B, H, T, D).")
+    torch.manual_seed(52)
+    B, S, d_model, H, D, C, R = 2, 11, 40, 4, 16, 24, 6
+    mla = MultiHeadLatentAttention(d_model, H, D, d_c=C, d_rope=R,
+                                   rope=RotaryEmbedding(R, 64)).eval()
+    x_seq = torch.randn(B, S, d_model, generator=torch.Generator().manual_seed(52))
+    with torch.no_grad():
+        full = mla(x_seq)  # the unabsorbed forward: keys and values up-projected for all tokens
+        c = mla.kv_down(x_seq)
+        k_r = mla.rope(mla.k_rope_proj(x_seq)[:, None], 0)[:, 0]
+        spy = _ShapeSpy(S, H, D)
+        with spy:
+            got = call(ex, absorbed_step, mla, x_seq[:, -1:].clone(), c.clone(), k_r.clone())
+        got = as_tensor(ex, got, "absorbed_step's result").float()
+        if tuple(got.shape) != (B, 1, d_model):
+            fail(ex, f"expected the new token's output of shape (B, 1, d_model) = "
+                     f"{(B, 1, d_model)}, got {tuple(got.shape)}")
+
+        def like(**slip) -> bool:
+            return torch.allclose(got, _mla_absorbed(mla, x_seq[:, -1:], c, k_r, **slip),
+                                  atol=1e-5)
+
+        if like(use_rope=False):
+            fail(ex, "the scores miss the decoupled RoPE part: add q_rope . k_rope to the "
+                     "content score q_c . k_c of every cached token.")
+        if like(rope_at=0):
+            fail(ex, f"the new token's RoPE query was rotated at position 0; it sits at position "
+                     f"S - 1 = {S - 1}, after the cached tokens.")
+        if like(head_scale=True):
+            fail(ex, f"the scores are divided by sqrt(d_head) = sqrt({D}); MLA's score spans the "
+                     f"content and RoPE parts, so divide by sqrt(d_head + d_rope) = "
+                     f"sqrt({D + R}).")
+        err = (got - full[:, -1:]).abs().max()
+        if err > 1e-5:
+            fail(ex, f"max |yours - the full forward's last token| = {err:.1e}. Per head h, "
+                     f"q_c . (W_UK[h] c) = (W_UK[h]^T q_c) . c: W_UK[h] is rows h*d_head.."
+                     f"(h+1)*d_head - 1 of mla.k_up.weight.")
+        if spy.seen is not None:
+            fail(ex, f"right output, but your step made a tensor of shape {spy.seen}: per-head "
+                     f"keys or values for all {S} cached tokens. Absorb W_UK into the query and "
+                     "apply W_UV after the weighted sum of latents, so only the latents are read.")
+        one = call(ex, absorbed_step, mla, x_seq[:, :1].clone(), c[:, :1].clone(),
+                   k_r[:, :1].clone())
+        if not torch.allclose(as_tensor(ex, one, "the first step").float(), full[:, :1],
+                              atol=1e-5):
+            fail(ex, "right after 10 cached tokens but not for the very first token (S = 1).")
+    passed(ex, "the absorbed step equals the full forward's last token, reading only the cached "
+               "latents and RoPE keys, never per-head keys or values.")
 
 
 def check_5_3(repeat_kv_heads: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
@@ -123,39 +230,69 @@ def check_5_3(repeat_kv_heads: Callable[[torch.Tensor, int], torch.Tensor]) -> N
     passed(ex, "GQA groups, MHA (n_rep=1) and MQA (one KV head) all share K/V heads correctly.")
 
 
-def check_5_4(kv_bytes: Callable[..., int]) -> None:
-    """kv_bytes(n_layers, n_heads, n_kv_heads, d_model, seq_len, batch_size, bytes_per_value).
+def _rolling_step(q, k, v, buf_k, buf_v, buf_pos, pos, window, write_first=True,
+                  mask_empty=True):
+    """One decoding step through a rolling buffer (or a classic slip)."""
+    def attend():
+        seen = buf_pos >= 0 if mask_empty else torch.ones_like(buf_pos, dtype=torch.bool)
+        s = (q[:, None] @ buf_k.transpose(-1, -2))[:, 0] / math.sqrt(q.shape[-1])  # (H, W)
+        w = torch.softmax(s.masked_fill(~seen, float("-inf")), -1)
+        return (w[:, None] @ buf_v)[:, 0]
 
-    Returns the bytes of the cache.
+    if not write_first:
+        out = attend()
+    slot = pos % window
+    buf_k[:, slot], buf_v[:, slot], buf_pos[slot] = k, v, pos
+    return attend() if write_first else out
+
+
+def check_5_4(rolling_step: Callable[..., torch.Tensor]) -> None:
+    """rolling_step(q, k, v, buf_k, buf_v, buf_pos, pos, window) -> (H, D), buffers updated.
+
+    q, k, v (H, D) are the token at position pos; buf_k, buf_v (H, window, D) and buf_pos
+    (window,) are the rolling buffer, -1 marking an empty slot.
     """
     ex = "5.4"
+    from ..attention_variants import band_mask
 
-    def want(n_layers, n_heads, n_kv_heads, d_model, seq_len, batch_size, bytes_per_value):
-        return kv_cache_bytes(
-            n_layers, n_kv_heads, d_model // n_heads, seq_len, batch_size, bytes_per_value
-        )
-
-    llama70 = (80, 64, 8, 8192, 4096, 1, 2)
-    got = as_scalar(ex, call(ex, kv_bytes, *llama70), "kv_bytes(...)")
-    right = want(*llama70)
-    if got == right / 2:
-        fail(ex, "half the right answer: the cache holds keys AND values, a factor of 2.")
-    if got == want(80, 64, 64, 8192, 4096, 1, 2):
-        fail(ex, "you sized the cache with n_heads query heads; only the n_kv_heads K/V heads are "
-                 "cached.")
-    if got == 2 * 80 * 8 * 8192 * 4096 * 2:
-        fail(ex, "each KV head is d_head = d_model / n_heads wide, not d_model.")
-    if got != right:
-        fail(ex, f"Llama-2-70B at 4,096 tokens in bf16 needs {right:,} bytes (1.25 GiB), got "
-                 f"{got:,.0f}")
-    for args in [(32, 32, 32, 4096, 4096, 1, 2), (12, 12, 12, 768, 1024, 8, 4),
-                 (80, 64, 1, 8192, 4096, 1, 2)]:
-        got = as_scalar(ex, call(ex, kv_bytes, *args), "kv_bytes(...)")
-        if got != want(*args):
-            fail(ex, f"right for Llama-2-70B but wrong for {args}: expected {want(*args):,}, got "
-                     f"{got:,.0f}. Use every argument, batch_size and bytes_per_value included.")
-    passed(ex, "Llama-2-70B (GQA), Llama-2-7B (MHA), GPT-2 in fp32 at batch 8, and MQA all come "
-               "out exact.")
+    g = torch.Generator().manual_seed(54)
+    H, D, W, N = 2, 8, 6, 30
+    q, k, v = (torch.randn(H, N, D, generator=g) for _ in range(3))
+    want = torch.softmax(
+        (q @ k.transpose(-1, -2) / math.sqrt(D)).masked_fill(
+            ~band_mask(torch.arange(N), torch.arange(N), W), float("-inf")), -1) @ v
+    buf_k, buf_v = torch.zeros(H, W, D), torch.zeros(H, W, D)
+    buf_pos = torch.full((W,), -1, dtype=torch.long)
+    slips = {"write_first": False, "mask_empty": False}
+    refs = {name: (torch.zeros(H, W, D), torch.zeros(H, W, D),
+                   torch.full((W,), -1, dtype=torch.long)) for name in slips}
+    for t in range(N):
+        got = call(ex, rolling_step, q[:, t].clone(), k[:, t].clone(), v[:, t].clone(), buf_k,
+                   buf_v, buf_pos, t, W)
+        got = as_tensor(ex, got, f"rolling_step at position {t}").float()
+        if tuple(got.shape) != (H, D):
+            fail(ex, f"expected the token's output of shape (H, D) = {(H, D)}, got "
+                     f"{tuple(got.shape)}")
+        if torch.isnan(got).any():
+            fail(ex, f"NaN at position {t}: the token did not read its own key and found no "
+                     "filled slot to read. Write it into its slot first, then attend.")
+        wrong = {name: _rolling_step(q[:, t], k[:, t], v[:, t], *refs[name], t, W,
+                                     **{name: False}) for name in slips}
+        if not torch.allclose(got, want[:, t], atol=1e-5):
+            if torch.allclose(got, wrong["write_first"], atol=1e-5):
+                fail(ex, f"at position {t} the token did not read its own key: write it into "
+                         "its slot first, then attend (and the key it overwrites, W positions "
+                         "back, is just outside the window).")
+            if torch.allclose(got, wrong["mask_empty"], atol=1e-5):
+                fail(ex, f"at position {t} the query read empty slots (their zero keys score 0, "
+                         "not -inf): mask the slots whose position is -1.")
+            fail(ex, f"wrong output at position {t} (window {W}): the token at position p "
+                     f"goes into slot p % window, and its query reads every filled slot.")
+        if int(buf_pos[t % W]) != t or not torch.equal(buf_k[:, t % W], k[:, t]):
+            fail(ex, f"after position {t} slot {t % W} must hold its key and buf_pos[{t % W}] = "
+                     f"{t}: update the buffers in place.")
+    passed(ex, f"{N} tokens decoded through a {W}-slot rolling buffer equal band-masked attention "
+               "over the full sequence, the first (not yet full) steps included.")
 
 
 def _rope(d_head: int):
@@ -164,27 +301,31 @@ def _rope(d_head: int):
     return RotaryEmbedding(d_head, 64)
 
 
-def _chunk_reference(q, k, v, past_k, past_v, rope, offset=True, rope_start=None):
-    """The right cached chunk (or one of its classic bugs, for diagnosis)."""
+def _chunk_reference(q, k, v, past_k, past_v, rope, offset=True, rope_start=None, tile=False):
+    """The right cached chunk with grouped K/V heads (or one of its classic bugs, for diagnosis)."""
     L, T = past_k.shape[2], q.shape[2]
     start = L if rope_start is None else rope_start
     q, k = rope(q, start), rope(k, start)
     all_k, all_v = torch.cat([past_k, k], 2), torch.cat([past_v, v], 2)
-    S = L + T
+    S, n_rep = L + T, q.shape[1] // k.shape[1]
     mask = causal_mask(S)[L:] if offset else torch.ones(T, S, dtype=torch.bool).tril()
-    return attention_weights(q, all_k, mask) @ all_v, all_k, all_v
+    keys, values = ((t.repeat(1, n_rep, 1, 1) if tile else repeat_kv(t, n_rep))
+                    for t in (all_k, all_v))
+    return attention_weights(q, keys, mask) @ values, all_k, all_v
 
 
 def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
     """attend_chunk(q, k, v, past_k, past_v, rope) -> (out, all_k, all_v), chunk after a cache.
 
-    q, k, v (B, H, T, D) new and unrotated; past_k (rotated), past_v (B, H, L, D).
+    Grouped-query: q (B, H, T, D), k and v (B, H_kv, T, D), new and unrotated; past_k (rotated)
+    and past_v (B, H_kv, L, D). Query head h reads K/V head h // (H / H_kv).
     """
     ex = "5.5"
     g = torch.Generator().manual_seed(55)
-    B, H, D, S = 1, 2, 8, 12
+    B, H, Hkv, D, S = 1, 4, 2, 8, 12
     rope = _rope(D)
-    q, k, v = (torch.randn(B, H, S, D, generator=g) for _ in range(3))
+    q = torch.randn(B, H, S, D, generator=g)
+    k, v = (torch.randn(B, Hkv, S, D, generator=g) for _ in range(2))
 
     def run(a: int, b: int, past_k, past_v):
         got = call(ex, attend_chunk, q[:, :, a:b].clone(), k[:, :, a:b].clone(),
@@ -193,12 +334,20 @@ def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
             fail(ex, "return three things: the chunk's output and the grown keys and values.")
         return [as_tensor(ex, t, "each returned value").float() for t in got]
 
-    empty = torch.zeros(B, H, 0, D)
+    empty = torch.zeros(B, Hkv, 0, D)
     want = _chunk_reference(q[:, :, :5], k[:, :, :5], v[:, :, :5], empty, empty, rope)
     out, all_k, all_v = run(0, 5, empty, empty)
-    if tuple(out.shape) != (B, H, 5, D) or tuple(all_k.shape) != (B, H, 5, D):
-        fail(ex, f"for a 5-token chunk and an empty cache expected output and keys of shape "
-                 f"{(B, H, 5, D)}, got {tuple(out.shape)} and {tuple(all_k.shape)}")
+    if tuple(all_k.shape) == (B, H, 5, D):
+        fail(ex, f"your cache holds {H} K/V heads: the repeated ones. Store the {Hkv} K/V heads "
+                 "as they are (that is what GQA saves) and repeat them only to attend.")
+    if tuple(out.shape) != (B, H, 5, D) or tuple(all_k.shape) != (B, Hkv, 5, D):
+        fail(ex, f"for a 5-token chunk and an empty cache expected an output of shape "
+                 f"{(B, H, 5, D)} and keys of shape {(B, Hkv, 5, D)}, got {tuple(out.shape)} and "
+                 f"{tuple(all_k.shape)}")
+    if torch.allclose(out, _chunk_reference(q[:, :, :5], k[:, :, :5], v[:, :, :5], empty, empty,
+                                            rope, tile=True)[0], atol=1e-5):
+        fail(ex, "query heads read the wrong K/V heads: the K/V heads were tiled (0, 1, 0, 1); "
+                 "GQA groups neighbours, so query head h reads K/V head h // (H / H_kv).")
     if not torch.allclose(out, want[0], atol=1e-5):
         fail(ex, "wrong already for the first chunk (an empty cache): this is plain causal "
                  "attention with RoPE at positions 0..T-1, scaled by 1/sqrt(D).")
@@ -208,9 +357,9 @@ def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
     args = (q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], past_k, past_v, rope)
     right = _chunk_reference(*args)
     out, all_k, all_v = run(a, b, past_k, past_v)
-    if tuple(all_k.shape) != (B, H, 9, D) or not torch.allclose(all_k[:, :, :5], past_k):
+    if tuple(all_k.shape) != (B, Hkv, 9, D) or not torch.allclose(all_k[:, :, :5], past_k):
         fail(ex, "the returned keys must be the cached ones followed by the chunk's, in order: "
-                 f"expected shape {(B, H, 9, D)}, got {tuple(all_k.shape)}")
+                 f"expected shape {(B, Hkv, 9, D)}, got {tuple(all_k.shape)}")
     new_k = all_k[:, :, 5:]
     if torch.allclose(new_k, rope(k[:, :, a:b], 0), atol=1e-5):
         fail(ex, "the chunk's keys were rotated as if they began the text. Its tokens sit after "
@@ -237,8 +386,9 @@ def check_5_5(attend_chunk: Callable[..., tuple]) -> None:
     if not torch.allclose(got, full, atol=1e-5):
         fail(ex, "chunks of 5, 4, 1 and 2 do not add up to the full forward pass; check the "
                  "single-token step (T = 1), which may read every key.")
-    passed(ex, "chunks of 5, 4, 1 and 2 tokens through your cache equal the uncached forward, "
-               "with RoPE at each chunk's position.")
+    passed(ex, "chunks of 5, 4, 1 and 2 tokens through your grouped-query cache equal the "
+               "uncached forward, with RoPE at each chunk's position and 2 K/V heads cached for 4 "
+               "query heads.")
 
 
 def _blockwise(q, k, v, block, rescale_sum=True, rescale_acc=True, causal=True):
@@ -257,6 +407,35 @@ def _blockwise(q, k, v, block, rescale_sum=True, rescale_acc=True, causal=True):
         acc = (acc * r if rescale_acc else acc) + p @ v[j:j + block]
         m = m_new
     return acc / l
+
+
+_MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+             torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm, torch.einsum,
+             torch.nn.functional.linear}
+
+
+class _Spy(torch.overrides.TorchFunctionMode):
+    """Records the largest tensor made and the score entries (products over the head width)."""
+
+    def __init__(self, d_head: int):
+        super().__init__()
+        self.d_head, self.largest, self.scores = d_head, 0, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        operands = [a for a in (args[1:] if func is torch.einsum else args)
+                    if isinstance(a, torch.Tensor)]
+        if func is torch.einsum and len(args) == 2 and isinstance(args[1], (tuple, list)):
+            operands = list(args[1])
+        # A product of queries and keys reduces over the head width: both operands end in D
+        # (q @ k.T has a k.T whose second-to-last is D, so test the first operand's last dim).
+        if (func in _MATMULS and isinstance(out, torch.Tensor) and len(operands) >= 1
+                and operands[0].shape[-1] == self.d_head and out.shape[-1] != self.d_head):
+            self.scores += out.numel()
+        return out
 
 
 def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
@@ -298,5 +477,26 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
     if not torch.isfinite(big).all():
         fail(ex, "with large scores (q and k times 60) your output overflows: exponentiate scores "
                  "minus the running max, so every exponential is at most 1.")
-    passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, and "
-               "stable for large scores.")
+    # Right answers can still hold the whole (T, T) matrix, or read the keys twice (one pass for
+    # the max, one for the sum): watch every tensor made and every q.k product at T = 256.
+    T, D, block = 256, 8, 16
+    q, k, v = (torch.randn(T, D, generator=g) for _ in range(3))
+    spy = _Spy(D)
+    with spy:
+        out = call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), block)
+    want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None],
+                                                            is_causal=True)[0]
+    if not torch.allclose(as_tensor(ex, out, "the output").float(), want, atol=1e-4):
+        fail(ex, f"right at T=23 but wrong at T={T} with blocks of {block}.")
+    if spy.largest >= T * T // 4:
+        fail(ex, f"at T={T} with blocks of {block} your function made a tensor of "
+                 f"{spy.largest:,} numbers, a quarter of the {T}x{T} matrix or more. Hold one "
+                 f"(T, block) tile of scores at a time, and build the causal mask per tile from "
+                 "positions, never the whole score, weight or mask matrix.")
+    if spy.scores > 1.5 * T * T:
+        fail(ex, f"your function computed {spy.scores:,} query-key scores for {T}x{T} = "
+                 f"{T * T:,} pairs: it reads the keys more than once (a pass for the max, then one "
+                 "for the sum). That is exact but not online: keep a running max and rescale what "
+                 "was summed so far, so one pass over the keys is enough.")
+    passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, "
+               "stable for large scores, one pass over the keys, never a T x T tensor.")
