@@ -72,7 +72,7 @@ def test_continuous_batching_equals_unbatched_greedy(pos, max_batch, block_size)
 def test_static_batching_equals_unbatched_greedy_and_takes_more_steps():
     model = tiny()
     static = Engine(model, max_batch=2, policy="static")
-    cont = Engine(model, max_batch=2)
+    cont = Engine(model, max_batch=2, num_blocks=static.cache.allocator.num_blocks)  # same memory
     assert static.generate(PROMPTS, LENGTHS) == reference(model)
     cont.generate(PROMPTS, LENGTHS)
     assert static.steps > cont.steps
@@ -163,7 +163,7 @@ def test_a_failed_step_fails_its_rows_frees_their_blocks_and_the_next_step_runs(
     engine = Engine(tiny())
     reqs = [engine.submit(Request(p, 8)) for p in PROMPTS[:3]]
     engine.step()  # prefill: every row running
-    monkeypatch.setattr(engine, "_decode", lambda rows: 1 / 0)
+    monkeypatch.setattr(engine, "_forward", lambda rows: 1 / 0)
     assert engine.step() == 0
     assert [r.finish_reason for r in reqs] == ["error"] * 3
     assert "ZeroDivisionError" in reqs[0].error and engine.errors == 3

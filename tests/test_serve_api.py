@@ -150,7 +150,7 @@ def test_an_engine_error_is_a_500_and_the_loop_goes_on(char_server, monkeypatch)
         monkeypatch.undo()  # fail once
         raise RuntimeError("probability tensor contains either inf, nan or element < 0")
 
-    monkeypatch.setattr(engine, "_decode", broken)
+    monkeypatch.setattr(engine, "_forward", broken)
     status, body = post(f"{char_server.url}/v1/completions", GOOD)
     assert status == 500 and is_openai_error(body) and body["error"]["type"] == "server_error"
     assert "probability tensor" in body["error"]["message"]
