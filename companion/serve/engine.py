@@ -300,32 +300,44 @@ class Engine:
 
     @torch.no_grad()
     def _forward(self, plan: list[tuple[Request, int]]) -> list[torch.Tensor]:
-        """Read each row's next n tokens in one batched forward -> per row, logits (n, V).
+        """Read each row's next n tokens in one batched forward -> per row, logits (n or 1, V).
 
         The tokens of all rows are packed into one sequence for the linear layers; attention
         unpacks them into a padded (rows, T_max) batch, each row reading its own keys through its
         block table, masked to its own positions.
         """
-        m, cache, dev = self.model, self.cache, self.cache.k.device
-        ids = [r.id for r, _ in plan]
+        m, cache, dev, bs = self.model, self.cache, self.cache.k.device, self.cache.block_size
         counts = [n for _, n in plan]
-        flat = torch.tensor([t for r, n in plan for t in r.tokens[r.computed:r.computed + n]],
-                            device=dev)  # (M,)
-        pos = torch.cat([torch.arange(r.computed, r.computed + n, device=dev) for r, n in plan])
-        row = torch.cat([torch.full((n,), i, device=dev) for i, n in enumerate(counts)])  # (M,)
-        col = torch.cat([torch.arange(n, device=dev) for n in counts])  # (M,) index within row
-        slots = [cache.slots(r.id, r.computed, n) for r, n in plan]
-        blocks = torch.cat([b for b, _ in slots])
-        offsets = torch.cat([o for _, o in slots])
-        N, T, M = len(plan), max(counts), len(flat)
-        qpos = torch.zeros(N, T, dtype=torch.long, device=dev)  # padded queries sit at 0
-        qpos[row, col] = pos
-        S = max(len(cache.tables[i]) for i in ids) * cache.block_size
+        N, T = len(plan), max(counts)
+        tokens, pos, where, blocks, heads = [], [], [], [], []
+        for i, (r, n) in enumerate(plan):
+            table, span = cache.tables[r.id], range(r.computed, r.computed + n)
+            tokens += r.tokens[r.computed:r.computed + n]
+            pos += span
+            where += range(i * T, i * T + n)  # its place in the padded (N * T) batch
+            blocks += [table[p // bs] for p in span]
+            # The head only where logits are used: the last token, or all of an echo's prompt.
+            echo = r.prompt_logprobs and r.computed < len(r.prompt) - 1
+            heads += range(len(pos) - (n if echo else 1), len(pos))
+        M = len(tokens)
+        pos_t = torch.tensor(pos, device=dev)  # (M,) each token's own position
+        blocks_t, offsets_t = torch.tensor(blocks, device=dev), pos_t % bs
+        where_t = torch.tensor(where, device=dev)
+        width = max(len(cache.tables[r.id]) for r, _ in plan)
+        # Short tables are padded with block 0: the mask hides those keys.
+        tables = torch.tensor([cache.tables[r.id] + [0] * (width - len(cache.tables[r.id]))
+                               for r, _ in plan], device=dev)  # (N, width)
+        qpos = torch.zeros(N * T, dtype=torch.long, device=dev)  # padded queries sit at 0
+        qpos[where_t] = pos_t
         # Query (n, t) sees keys 0..qpos[n, t] of its own row; padding and the future are hidden.
-        mask = (torch.arange(S, device=dev)[None, None, :] <= qpos[:, :, None])[:, None]
-        x = m.tok_emb(flat)[None]  # (1, M, d): packed, no padding in the matmuls
+        mask = torch.arange(width * bs, device=dev) <= qpos.view(N, 1, T, 1)  # (N, 1, T, S)
+        x = m.tok_emb(torch.tensor(tokens, device=dev))[None]  # (1, M, d): packed, no padding
         if m.pos_emb is not None:
-            x = x + m.pos_emb(pos)[None]  # each token at its own position
+            x = x + m.pos_emb(pos_t)[None]  # each token at its own position
+        rope = m.blocks[0].attn.rope
+        if rope is not None:  # every block's tables are the same: look them up once
+            cos = rope.cos[pos_t].to(x.dtype)[:, None, :]  # (M, 1, D)
+            sin = rope.sin[pos_t].to(x.dtype)[:, None, :]
         for layer, block in enumerate(m.blocks):
             a = block.attn
             h = block.attn_norm(x)[0]  # (M, d)
@@ -335,26 +347,33 @@ class Engine:
             if a.q_norm is not None:
                 q, k = a.q_norm(q), a.k_norm(k)
             if a.rope is not None:
-                cos = a.rope.cos[pos].to(q.dtype)[:, None, :]  # (M, 1, D)
-                sin = a.rope.sin[pos].to(q.dtype)[:, None, :]
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            cache.write_step(layer, blocks, offsets, k, v)  # (M, H_kv, D) into their slots
-            keys, values = cache.gather(layer, ids)  # (N, H_kv, S, D)
+            cache.write_step(layer, blocks_t, offsets_t, k, v)  # (M, H_kv, D) into their slots
+            keys = cache.k[layer][tables]  # (N, width, H_kv, bs, D) through the block tables
+            values = cache.v[layer][tables]
+            keys = keys.permute(0, 2, 1, 3, 4).flatten(2, 3)  # (N, H_kv, S, D)
+            values = values.permute(0, 2, 1, 3, 4).flatten(2, 3)
             rep = a.n_heads // a.n_kv_heads
             keys, values = repeat_kv(keys, rep), repeat_kv(values, rep)
-            qp = q.new_zeros(N, T, a.n_heads, a.d_head)
-            qp[row, col] = q
-            y = F.scaled_dot_product_attention(qp.transpose(1, 2), keys, values,
-                                               attn_mask=mask)  # (N, H, T, D)
-            y = y.transpose(1, 2)[row, col].reshape(1, M, a.n_heads * a.d_head)  # packed again
-            x = x + a.o_proj(y)
+            if M == N * T:  # nothing padded (every row reads one token, say): no scatter
+                qp = q
+            else:
+                qp = q.new_zeros(N * T, a.n_heads, a.d_head)
+                qp[where_t] = q
+            qp = qp.view(N, T, a.n_heads, a.d_head).transpose(1, 2)  # (N, H, T, D)
+            y = F.scaled_dot_product_attention(qp, keys, values, attn_mask=mask)  # (N, H, T, D)
+            y = y.transpose(1, 2).reshape(N * T, a.n_heads * a.d_head)
+            if M != N * T:
+                y = y[where_t]  # packed again: (M, H * D)
+            x = x + a.o_proj(y[None])
             x = x + block.mlp(block.mlp_norm(x))
-        # The head only where logits are used: each row's last token, or all of an echo's.
+        logits = m.head(x[0, heads])  # (rows of logits, V): one head call for the step
         out, start = [], 0
-        for (r, n) in plan:
-            first = start if r.prompt_logprobs and r.computed < len(r.prompt) - 1 else start + n - 1
-            out.append(m.head(x[:, first:start + n])[0])
-            start += n
+        for r, n in plan:
+            echo = r.prompt_logprobs and r.computed < len(r.prompt) - 1
+            used = n if echo else 1
+            out.append(logits[start:start + used])
+            start += used
         return out
 
     def _read(self, r: Request, n: int, logits: torch.Tensor) -> int:
