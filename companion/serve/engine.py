@@ -229,17 +229,21 @@ class Engine:
                         return
                     self.reserved += self._need(r)
                 cache.add_sequence(r.id)
-                tokens = r.tokens
+                tokens, lookups = r.tokens, 0
                 if self.prefix_cache and not r.prompt_logprobs:  # echo scores every prompt token
                     # The last token is always read again: its logits give the next token.
-                    cache.match_prefix(r.id, tokens, (len(tokens) - 1) // cache.block_size)
+                    lookups = (len(tokens) - 1) // cache.block_size
+                    cache.match_prefix(r.id, tokens, lookups, count=False)
                 r.computed = cache.lengths[r.id]
                 # Admit on the blocks the request needs now, its tokens, not its maximum length,
                 # and keep one spare block per running row so that they can grow this step.
                 need = cache.blocks_to_grow(r.id, len(tokens))
-                if self.policy == "continuous" and need + len(self.running) > cache.allocator.num_free:
+                if (self.policy == "continuous"
+                        and need + len(self.running) > cache.allocator.num_free):
                     cache.free_sequence(r.id)
                     return
+                cache.prefix_queries += lookups
+                cache.prefix_hits += r.computed // cache.block_size
                 self.waiting.pop(0)
                 self.running.append(r)
 

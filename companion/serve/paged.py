@@ -38,7 +38,7 @@ class BlockAllocator:
         return len(self._free) + len(self.evictable)
 
     def allocate(self) -> int:
-        """One free block id (recycling the oldest evictable one); RuntimeError when none is left."""
+        """One free block id, else the oldest evictable one; RuntimeError when none is left."""
         if self._free:
             block = self._free.pop()
         elif self.evictable:
@@ -151,7 +151,8 @@ class PagedKVCache:
 
     # --- the prefix cache ----------------------------------------------------------------------
 
-    def match_prefix(self, seq_id: int, tokens: list[int], max_blocks: int) -> int:
+    def match_prefix(self, seq_id: int, tokens: list[int], max_blocks: int,
+                     count: bool = True) -> int:
         """Share the cached blocks that begin `tokens` (at most max_blocks); tokens now held.
 
         Example: after a 32-token prompt was read with block_size 16, the same prompt matches
@@ -161,14 +162,15 @@ class PagedKVCache:
             raise ValueError(f"sequence {seq_id} already holds tokens")
         bs, table = self.block_size, self.tables[seq_id]
         n_full = min(len(tokens) // bs, max_blocks)
-        self.prefix_queries += n_full
         for i in range(n_full):
             block = self.prefix.get(tuple(tokens[:(i + 1) * bs]))
             if block is None:
                 break
             self.allocator.share(block)
             table.append(block)
-        self.prefix_hits += len(table)
+        if count:  # the hit rate: blocks looked up and found (count=False for a trial lookup)
+            self.prefix_queries += n_full
+            self.prefix_hits += len(table)
         self.lengths[seq_id] = len(table) * bs
         self.peak_blocks = max(self.peak_blocks, self.blocks_in_use)
         return self.lengths[seq_id]
