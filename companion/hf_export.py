@@ -66,7 +66,8 @@ def _hf_state(model: GPT) -> dict[str, torch.Tensor]:
             continue  # tied: stored once, as the embedding
         new = (name.replace("tok_emb.", "embed_tokens.").replace("blocks.", "layers.")
                .replace(".attn_norm.", ".input_layernorm.")
-               .replace(".mlp_norm.", ".post_attention_layernorm.").replace(".attn.", ".self_attn."))
+               .replace(".mlp_norm.", ".post_attention_layernorm.")
+               .replace(".attn.", ".self_attn."))
         out[new if new == "lm_head.weight" else "model." + new] = t.detach().contiguous().clone()
     return out
 
@@ -82,8 +83,9 @@ def to_hf(model: GPT, folder: str | os.PathLike) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = hf_config(model)
     state = {k: v.float() for k, v in _hf_state(model).items()}
+    text = json.dumps(config, indent=2)
     for name, write in [("model.safetensors", lambda p: save_file(state, p, {"format": "pt"})),
-                        ("config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2)))]:
+                        ("config.json", lambda p: Path(p).write_text(text))]:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
         os.close(fd)
         try:
