@@ -97,7 +97,7 @@ class Peer:
     def __init__(self, folder: Path, startup_s: float = 180):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.cmd = [shutil.which("transformers") or "transformers", "serve",
+        self.cmd = [_transformers_cli(), "serve",
                     "--continuous-batching", "--host", "127.0.0.1", "--port", str(self.port),
                     str(folder)]
         self.startup_s, self.folder = startup_s, folder
@@ -124,6 +124,12 @@ class Peer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _transformers_cli() -> str | None:
+    """The `transformers` command: on PATH, or beside this Python (an unactivated venv)."""
+    beside = Path(sys.executable).parent / "transformers"
+    return shutil.which("transformers") or (str(beside) if beside.is_file() else None)
 
 
 def export_for_peer(model: GPT, folder: Path) -> None:
@@ -162,7 +168,7 @@ def main() -> None:
     prompts = [torch.randint(0, len(CHARS), (int(torch.randint(4, 65, (1,), generator=g)),),
                              generator=g).tolist() for _ in range(n)]
     answers = [int(torch.randint(8, 129, (1,), generator=g)) for _ in range(n)]
-    rows = engine_rows(model, cfg, prompts, answers, (1, 4, 8) if args.quick else (1, 4, 8, 16, 64))
+    rows = engine_rows(model, cfg, prompts, answers, (1, 8) if args.quick else (1, 4, 8, 16, 64))
 
     http, clients = [], (1, 16) if args.quick else (1, 16, 64)
     max_tokens = 32 if args.quick else 64
@@ -172,20 +178,20 @@ def main() -> None:
         save_checkpoint(ckpt, {"format_version": 1, "model": model.state_dict(), "step": 0,
                                "model_config": cfg.to_dict(),
                                "tokenizer": {"kind": "char", "chars": CHARS}})
-        servers = [("companion", lambda: ServerProcess(ckpt, "--max-batch", "64",
-                                                       "--threads", str(args.threads)))]
-        have_peer = shutil.which("transformers") is not None and not args.no_peer
+        servers = [("companion", "ckpt", lambda: ServerProcess(ckpt, "--max-batch", "64",
+                                                               "--threads", str(args.threads)))]
+        have_peer = _transformers_cli() is not None and not args.no_peer
         if have_peer:
             export_for_peer(model, folder)
-            servers.append(("transformers serve", lambda: Peer(folder)))
+            servers.append(("transformers serve", str(folder), lambda: Peer(folder)))
         else:
             print("transformers serve is not installed (or --no-peer): no peer row", flush=True)
-        for name, start in servers:
+        for name, model_name, start in servers:
             with start() as server:
-                streaming_load(server.url, str(folder), texts[:2], 4, 1)  # warm up
+                streaming_load(server.url, model_name, texts[:2], 4, 1)  # warm up
                 for c in clients:
                     reqs = (texts * 8)[:max(2 * c, 8 if args.quick else 16)]
-                    r = {"server": name, **streaming_load(server.url, str(folder), reqs,
+                    r = {"server": name, **streaming_load(server.url, model_name, reqs,
                                                           max_tokens, c)}
                     http.append(r)
                     print(f"{name:<20}{c:>4} clients {r['tokens_per_s']:>7.0f} tok/s  TTFT p50 "

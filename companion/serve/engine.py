@@ -38,7 +38,7 @@ class QueueFull(RuntimeError):
     """submit() refused a request: the waiting queue is at its bound (a server answers 429)."""
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: compared by identity, as list.remove() expects
 class Request:
     """One generation request and what became of it."""
 
