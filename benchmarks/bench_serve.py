@@ -31,7 +31,7 @@ from common import cpu_name, write_results
 import torch
 
 from companion.checkpoint import save_checkpoint
-from companion.hf_export import to_hf
+from companion.hf_export import char_tokenizer_to_hf, to_hf
 from companion.model import GPT, GPTConfig
 from companion.serve import Engine
 from companion.serve.client import ServerProcess, free_port, stream
@@ -134,14 +134,10 @@ def _transformers_cli() -> str | None:
 
 def export_for_peer(model: GPT, folder: Path) -> None:
     """The model and a character tokenizer in Hugging Face's format; logits checked equal."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM
 
     to_hf(model, folder)
-    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(CHARS)}, unk_token=" "))
-    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tk.decoder = decoders.Fuse()  # characters join without spaces
-    PreTrainedTokenizerFast(tokenizer_object=tk).save_pretrained(folder)
+    char_tokenizer_to_hf(CHARS, folder)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     x = torch.randint(0, len(CHARS), (2, 32))
     with torch.no_grad():

@@ -17,7 +17,7 @@ import torch
 from .hf import config_from_hf
 from .model import GPT
 
-__all__ = ["hf_config", "to_hf"]
+__all__ = ["hf_config", "to_hf", "char_tokenizer_to_hf"]
 
 
 def hf_config(model: GPT) -> dict[str, Any]:
@@ -94,4 +94,28 @@ def to_hf(model: GPT, folder: str | os.PathLike) -> Path:
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+    return folder
+
+
+def char_tokenizer_to_hf(chars: list[str] | str, folder: str | os.PathLike) -> Path:
+    """A character tokenizer (id i is chars[i]) as tokenizer.json for Hugging Face's tokenizers.
+
+    Every character is its own token and decoding joins them without spaces, so that
+    AutoTokenizer.from_pretrained(folder).encode(s) equals CharTokenizer(chars).encode(s).
+    Needs the `tokenizers` package. Example: char_tokenizer_to_hf(tok.itos, "out/hf")
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    chars = list(chars)
+    if len(set(chars)) != len(chars) or any(len(c) != 1 for c in chars):
+        raise ValueError("chars must be distinct single characters")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    # WordLevel needs an unknown token; a character outside the vocabulary maps to id 0.
+    tk = Tokenizer(models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=chars[0]))
+    tk.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tk.decoder = decoders.Fuse()  # characters join without spaces
+    tk.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}))
     return folder

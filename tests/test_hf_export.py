@@ -51,3 +51,73 @@ def test_transformers_reads_the_export_with_the_same_logits(tmp_path, kw):
 def test_other_model_kinds_are_refused_naming_the_setting(kw, match):
     with pytest.raises(ValueError, match=match):
         hf_config(llama(**kw))
+
+
+def test_char_tokenizer_export_encodes_and_decodes_like_ours(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from companion.hf_export import char_tokenizer_to_hf
+    from companion.tokenizer import CharTokenizer
+
+    ours = CharTokenizer.from_text("ROMEO:\nO, she doth teach the torches to burn bright!")
+    char_tokenizer_to_hf(ours.itos, tmp_path)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    text = "O ROMEO,\n  teach the torches!"
+    ids = theirs.encode(text)
+    assert ids == ours.encode(text) and theirs.decode(ids) == text
+    with pytest.raises(ValueError, match="distinct single characters"):
+        char_tokenizer_to_hf(["a", "a"], tmp_path)
+
+
+def test_transformers_serve_writes_what_our_server_writes(tmp_path):
+    """The peer of chapter 11's benchmark, on the same weights: greedy text must agree."""
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    from companion.checkpoint import save_checkpoint
+    from companion.hf_export import char_tokenizer_to_hf
+    from companion.serve.client import ServerProcess, complete, free_port
+
+    beside = Path(sys.executable).parent / "transformers"
+    cli = shutil.which("transformers") or (str(beside) if beside.is_file() else None)
+    if cli is None:
+        pytest.skip("transformers serve is not installed")
+    pytest.importorskip("fastapi")
+    chars = "".join(sorted(set("abcdefghijklmnopqrstuvwxyz ,.\n")))
+    model = llama(vocab_size=len(chars))
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)  # varied greedy text
+    to_hf(model, tmp_path / "hf")
+    char_tokenizer_to_hf(chars, tmp_path / "hf")
+    save_checkpoint(tmp_path / "ckpt.pt", {
+        "format_version": 1, "model": model.state_dict(), "step": 0,
+        "model_config": model.config.to_dict(), "tokenizer": {"kind": "char", "chars": chars}})
+    port = free_port()
+    peer = subprocess.Popen([cli, "serve", "--continuous-batching", "--host", "127.0.0.1",
+                             "--port", str(port), str(tmp_path / "hf")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # bounded: up, dead, or out of time
+            assert peer.poll() is None and time.monotonic() < deadline, "peer did not start"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+                break
+            except OSError:
+                time.sleep(0.5)
+        body = dict(prompt="to be, or", max_tokens=12, temperature=0)
+        theirs = complete(f"http://127.0.0.1:{port}", model=str(tmp_path / "hf"), **body)
+        with ServerProcess(tmp_path / "ckpt.pt") as server:
+            ours = complete(server.url, **body)
+        assert ours["choices"][0]["text"] == theirs["choices"][0]["text"]
+        assert len(ours["choices"][0]["text"]) == 12
+    finally:
+        peer.terminate()
+        try:
+            peer.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            peer.kill()
+            peer.wait()
