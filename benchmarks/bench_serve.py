@@ -16,6 +16,7 @@ Writes benchmarks/results/serve.json.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -94,16 +95,19 @@ def streaming_load(url: str, model_name: str, prompts: list[str], max_tokens: in
 class Peer:
     """`transformers serve --continuous-batching FOLDER` on a free loopback port."""
 
-    def __init__(self, folder: Path, startup_s: float = 180):
+    def __init__(self, folder: Path, threads: int, startup_s: float = 180):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.cmd = [_transformers_cli(), "serve",
                     "--continuous-batching", "--host", "127.0.0.1", "--port", str(self.port),
                     str(folder)]
         self.startup_s, self.folder = startup_s, folder
+        # The same CPU threads as the course's server (--threads), for a like-for-like row.
+        self.env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
     def __enter__(self) -> Peer:
-        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                                     env=self.env)
         deadline = time.monotonic() + self.startup_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -179,7 +183,7 @@ def main() -> None:
         have_peer = _transformers_cli() is not None and not args.no_peer
         if have_peer:
             export_for_peer(model, folder)
-            servers.append(("transformers serve", str(folder), lambda: Peer(folder)))
+            servers.append(("transformers serve", str(folder), lambda: Peer(folder, args.threads)))
         else:
             print("transformers serve is not installed (or --no-peer): no peer row", flush=True)
         for name, model_name, start in servers:
