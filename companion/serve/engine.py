@@ -83,6 +83,8 @@ class Request:
 class Engine:
     """Serve many requests with one model: a paged KV cache and (continuous or static) batching.
 
+    The pool holds num_blocks blocks (or kv_budget_bytes of them; default half of max_batch full
+    contexts); a step reads at most max_step_tokens tokens; prefix_cache shares prompt blocks.
     Example: Engine(model).generate([[1, 2], [3]], max_new_tokens=5) -> two lists of 5 token ids
     """
 
