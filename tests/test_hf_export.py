@@ -11,6 +11,7 @@ from companion.hf import load_pretrained
 from companion.hf_export import hf_config, to_hf
 from companion.model import GPT, GPTConfig
 
+pytest.importorskip("safetensors")
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
