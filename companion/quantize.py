@@ -83,9 +83,15 @@ def dequantize_int4(packed: torch.Tensor, scale: torch.Tensor, group_size: int) 
 # --- the layer -------------------------------------------------------------------------------
 
 
+_KERNELS = {8: "_weight_int8pack_mm", 4: "_weight_int4pack_mm_for_cpu"}
+
+
 class QuantLinear(nn.Module):
     """A Linear with int8 (per-row scale) or packed int4 (group scale) weights; float activations.
 
+    Two paths: the from-scratch one (the default) dequantizes in the call, as chapter 11 builds
+    it; use_kernel() switches to PyTorch's packed CPU kernels, which read the integers directly
+    and take bfloat16 activations (their float32 path is a slow scalar loop).
     Example: QuantLinear.from_linear(nn.Linear(64, 8), bits=4)(torch.randn(2, 64)).shape -> (2, 8)
     """
 
@@ -94,7 +100,44 @@ class QuantLinear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.bits, self.group_size = bits, group_size
+        self.kernel = False
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
+
+    def use_kernel(self) -> QuantLinear:
+        """Compute with torch.ops.aten's packed int8 / int4 CPU kernel; ValueError if it cannot.
+
+        int8 reuses the codes, with the scales in bfloat16. int4 repacks the codes into the
+        kernel's own layout and keeps it beside the reference codes (both count in model_bytes).
+        """
+        op = _KERNELS[self.bits]
+        if not hasattr(torch.ops.aten, op) or self.qweight.device.type != "cpu":
+            raise ValueError(f"torch.ops.aten.{op} is not available for this layer "
+                             f"(torch {torch.__version__}, device {self.qweight.device})")
+        if self.bits == 8:
+            self.register_buffer("kscale", self.scale.view(-1).to(torch.bfloat16))
+        else:
+            codes = unpack_int4(self.qweight).to(torch.int32)  # (out, in) in [0, 15]
+            try:
+                packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            except RuntimeError as err:
+                raise ValueError(f"the int4 kernel refuses this layer ({self.out_features} x "
+                                 f"{self.in_features}, group_size {self.group_size}): {err}")
+            # The kernel computes (code - 8) * scale + zero per group; symmetric codes: zero 0.
+            sz = torch.stack([self.scale, torch.zeros_like(self.scale)], dim=-1)  # (out, G, 2)
+            self.register_buffer("kweight", packed)
+            self.register_buffer("kscale", sz.transpose(0, 1).contiguous().to(torch.bfloat16))
+        self.kernel = True
+        return self
+
+    def _kernel_forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, in)
+        if self.bits == 8:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.kscale)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.kweight, self.group_size,
+                                                           self.kscale)
+        y = y.to(x.dtype).view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, bits: int = 8, group_size: int = 32) -> QuantLinear:
@@ -118,6 +161,8 @@ class QuantLinear(nn.Module):
         return dequantize_int4(self.qweight, self.scale, self.group_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel:
+            return self._kernel_forward(x)
         if self.bits == 8:
             # The row scale commutes with the matmul: multiply the integer result, not the weight.
             y = (x @ self.qweight.to(x.dtype).T) * self.scale.to(x.dtype).T  # (..., out)
@@ -128,14 +173,16 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         g = f", group_size={self.group_size}" if self.bits == 4 else ""
-        return f"{self.in_features}, {self.out_features}, bits={self.bits}{g}"
+        k = ", kernel=True" if self.kernel else ""
+        return f"{self.in_features}, {self.out_features}, bits={self.bits}{g}{k}"
 
 
 def quantize(model: nn.Module, bits: int = 8, group_size: int = 32,
-             skip: tuple[str, ...] = ("lm_head",)) -> nn.Module:
+             skip: tuple[str, ...] = ("lm_head",), kernel: bool = False) -> nn.Module:
     """A copy of `model` with every nn.Linear (except names ending in `skip`) made a QuantLinear.
 
     The head is skipped by default: when tied it is the embedding matrix, which stays float.
+    kernel=True computes with PyTorch's packed CPU kernels (QuantLinear.use_kernel).
     Example: quantize(GPT(cfg), bits=4) generates like GPT(cfg), its blocks ~6x smaller.
     """
     if bits not in (8, 4):
@@ -151,7 +198,8 @@ def quantize(model: nn.Module, bits: int = 8, group_size: int = 32,
     for name, m in linears:
         parent_name, _, child = name.rpartition(".")
         parent = qmodel.get_submodule(parent_name) if parent_name else qmodel
-        setattr(parent, child, QuantLinear.from_linear(m, bits, group_size))
+        layer = QuantLinear.from_linear(m, bits, group_size)
+        setattr(parent, child, layer.use_kernel() if kernel else layer)
     return qmodel
 
 

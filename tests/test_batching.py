@@ -2,6 +2,7 @@
 unbatched greedy generation whatever joins or leaves the batch."""
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -72,7 +73,7 @@ def test_continuous_batching_equals_unbatched_greedy(pos, max_batch, block_size)
 def test_static_batching_equals_unbatched_greedy_and_takes_more_steps():
     model = tiny()
     static = Engine(model, max_batch=2, policy="static")
-    cont = Engine(model, max_batch=2)
+    cont = Engine(model, max_batch=2, num_blocks=static.cache.allocator.num_blocks)  # same memory
     assert static.generate(PROMPTS, LENGTHS) == reference(model)
     cont.generate(PROMPTS, LENGTHS)
     assert static.steps > cont.steps
@@ -163,7 +164,7 @@ def test_a_failed_step_fails_its_rows_frees_their_blocks_and_the_next_step_runs(
     engine = Engine(tiny())
     reqs = [engine.submit(Request(p, 8)) for p in PROMPTS[:3]]
     engine.step()  # prefill: every row running
-    monkeypatch.setattr(engine, "_decode", lambda rows: 1 / 0)
+    monkeypatch.setattr(engine, "_forward", lambda rows: 1 / 0)
     assert engine.step() == 0
     assert [r.finish_reason for r in reqs] == ["error"] * 3
     assert "ZeroDivisionError" in reqs[0].error and engine.errors == 3
@@ -216,3 +217,135 @@ def test_health_reports_a_stalled_step():
     assert engine.health()["state"] == "ok"
     engine.step_started = time.monotonic() - 5
     assert engine.health(stall_s=1)["state"] == "stalled"
+
+
+# --- the scheduler: a memory budget, preemption, chunked and batched prefill, a prefix cache ---
+
+
+def test_default_pool_is_smaller_than_max_batch_contexts_and_a_budget_sizes_it():
+    model = tiny()
+    per_seq = math.ceil(model.config.context_length / 4)
+    assert Engine(model, max_batch=8, block_size=4).cache.allocator.num_blocks < 8 * per_seq
+    e = Engine(model, block_size=4, kv_budget_bytes=10_000)
+    assert e.cache.allocator.num_blocks == 10_000 // e.cache.bytes_per_block
+    with pytest.raises(ValueError, match="less than one block"):
+        Engine(model, kv_budget_bytes=10)
+
+
+def test_a_pool_smaller_than_max_batch_contexts_still_runs_max_batch_rows():
+    # Admission used to book prompt + max_new_tokens up front: 6 requests of 3 + 20 tokens booked
+    # 6 blocks each, so a 16-block pool ran 2 rows at a time (issue 29).
+    model = tiny()
+    prompts, lengths = [[i + 1, 2, 3] for i in range(6)], [20] * 6
+    engine = Engine(model, max_batch=6, block_size=4, num_blocks=16)
+    assert engine.generate(prompts, lengths) == reference(model, prompts, lengths)
+    assert engine.peak_rows == 6 and engine.cache.peak_blocks <= 16
+    assert engine.cache.blocks_in_use == 0 and engine.cache.allocator.num_free == 16
+
+
+def test_a_preempted_request_outputs_what_it_would_have_without_preemption():
+    model = tiny()
+    prompts, lengths = [[i + 1, 2, 3] for i in range(6)], [20] * 6
+    small = Engine(model, max_batch=6, block_size=4, num_blocks=16)
+    greedy = small.generate(prompts, lengths)
+    assert small.preemptions > 0
+    assert greedy == reference(model, prompts, lengths)
+    # Sampled too: the recomputed row keeps its generator, so it draws the same tokens.
+    sampled = Engine(model, max_batch=6, block_size=4, num_blocks=16).generate(
+        prompts, lengths, temperature=1.0, seed=3)
+    roomy = Engine(model, max_batch=6, block_size=4, num_blocks=60)
+    assert sampled == roomy.generate(prompts, lengths, temperature=1.0, seed=3)
+    assert roomy.preemptions == 0
+
+
+def test_preemption_keeps_block_accounting_exact_with_cancels():
+    model = tiny()
+    engine = Engine(model, max_batch=6, block_size=4, num_blocks=16)
+    reqs = [engine.submit(Request([i + 1, 2, 3], 20)) for i in range(6)]
+    for _ in range(12):
+        engine.step()
+    engine.cancel(reqs[0])
+    while engine.has_work:
+        engine.step()
+        held = sum(len(t) for t in engine.cache.tables.values())
+        assert held >= engine.cache.blocks_in_use  # shared blocks are counted once in the pool
+    assert engine.preemptions > 0 and engine.cache.blocks_in_use == 0
+    assert not engine.cache.allocator.refs and engine.cache.allocator.num_free == 16
+
+
+def test_prefix_blocks_are_shared_and_freed_only_at_refcount_zero():
+    """block_size 4, 9 tokens: blocks for tokens 0-3 and 4-7 are full and cacheable; at most
+    (9 - 1) // 4 = 2 blocks may match, the last token is always read again."""
+    cache = PagedKVCache(1, 1, 2, block_size=4, num_blocks=6)
+    tokens = list(range(9))
+    cache.add_sequence(0)
+    kv = torch.randn(1, 9, 2)
+    cache.write_prefill(0, [kv], [kv])
+    cache.register_prefix(0, tokens)
+    cache.add_sequence(1)
+    assert cache.match_prefix(1, tokens, (9 - 1) // 4) == 8
+    shared = cache.tables[1]
+    assert shared == cache.tables[0][:2] and all(cache.allocator.refs[b] == 2 for b in shared)
+    cache.free_sequence(0)  # the first holder leaves: the shared blocks stay
+    assert all(cache.allocator.refs[b] == 1 for b in shared) and cache.blocks_in_use == 2
+    cache.free_sequence(1)  # the last one leaves: refcount 0, back in the pool but still cached
+    assert cache.blocks_in_use == 0 and cache.allocator.num_free == 6
+    cache.add_sequence(2)
+    assert cache.match_prefix(2, tokens + [99], 2) == 8 and cache.tables[2] == shared
+    assert cache.prefix_hits == 4 and cache.prefix_queries == 4
+    cache.free_sequence(2)
+    cache.add_sequence(3)
+    cache.grow(3, 24)  # all six blocks: the cached ones are recycled and forgotten
+    assert not cache.prefix and not cache.block_key
+    cache.add_sequence(4)
+    assert cache.match_prefix(4, tokens, 2) == 0
+
+
+def test_prefix_cache_hits_a_shared_prompt_and_outputs_stay_exact():
+    model = tiny()
+    system = [5, 1, 7, 3, 9, 2, 8, 4, 6, 10, 11, 12]  # 12 tokens: 3 full blocks of 4
+    prompts = [system + [13], system + [14, 15], system + [16]]
+    engine = Engine(model, max_batch=4, block_size=4)
+    first = engine.generate(prompts[:1], 5)  # reads and caches the shared blocks
+    rest = engine.generate(prompts[1:], 5)
+    assert first + rest == reference(model, prompts, [5] * 3)
+    assert engine.cache.prefix_hits == 6 and engine.cache.prefix_queries == 3 + 3 + 3
+    assert engine.cache.blocks_in_use == 0
+    off = Engine(model, max_batch=4, block_size=4, prefix_cache=False)
+    assert off.generate(prompts, 5) == first + rest and off.cache.prefix_hits == 0
+
+
+def test_prompts_are_read_together_in_one_batched_forward(monkeypatch):
+    engine = Engine(tiny(), max_batch=5, block_size=4)
+    plans = []
+    forward = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda plan: plans.append(
+        [(r.id, n) for r, n in plan]) or forward(plan))
+    reqs = [engine.submit(Request(p, n)) for p, n in zip(PROMPTS, LENGTHS)]
+    engine.step()
+    assert sorted(plans[0]) == [(r.id, len(r.prompt)) for r in reqs]  # every prompt, one forward
+    while engine.has_work:
+        engine.step()
+    assert [r.output for r in reqs] == reference(tiny())
+
+
+def test_chunked_prefill_never_stalls_a_running_decode(monkeypatch):
+    model = tiny()
+    engine = Engine(model, max_batch=2, block_size=4, num_blocks=24, max_step_tokens=8)
+    plans = []
+    forward = engine._forward
+    monkeypatch.setattr(engine, "_forward", lambda plan: plans.append(
+        [(r, n) for r, n in plan]) or forward(plan))
+    short = engine.submit(Request([1, 2], 30))
+    engine.step()
+    long = engine.submit(Request(list(range(1, 23)) * 2, 2))  # 44 tokens: six steps of 7
+    plans.clear()
+    while not long.output:
+        before = len(short.output)
+        engine.step()
+        assert len(short.output) == before + 1  # the decode ran in every step
+    assert len(plans) == math.ceil(44 / 7)
+    assert all(sum(n for _, n in p) <= 8 and p[0] == (short, 1) for p in plans)
+    while engine.has_work:
+        engine.step()
+    assert [short.output, long.output] == reference(model, [[1, 2], long.prompt], [30, 2])

@@ -133,3 +133,37 @@ def test_model_bytes_counts_tied_weights_once():
 def test_quantize_rejects_bad_bits():
     with pytest.raises(ValueError, match="bits must be 8 or 4"):
         quantize(GPT(CFG), bits=3)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("shape", [(64, 32), (128, 96)])
+def test_packed_kernel_path_agrees_with_the_reference_path(bits, shape):
+    """The kernels read the same codes and scales; they differ only by bfloat16 activations and
+    scales (8 significant bits: relative error about 2^-8 per value)."""
+    torch.manual_seed(0)
+    lin = nn.Linear(*shape)
+    ref = QuantLinear.from_linear(lin, bits=bits, group_size=32)
+    fast = QuantLinear.from_linear(lin, bits=bits, group_size=32).use_kernel()
+    x = torch.randn(3, 5, shape[0])
+    want, got = ref(x), fast(x)
+    assert got.shape == want.shape and got.dtype == torch.float32 and fast.kernel
+    rel = (got - want).norm() / want.norm()
+    assert rel < 1e-2
+    assert not torch.equal(got, want)  # the kernel really ran: bfloat16 leaves a trace
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_kernel_model_keeps_its_loss(bits):
+    torch.manual_seed(0)
+    model = GPT(CFG).eval()
+    ref, fast = quantize(model, bits=bits), quantize(model, bits=bits, kernel=True)
+    assert all(m.kernel for m in fast.modules() if isinstance(m, QuantLinear))
+    x = torch.randint(0, 17, (2, 12))
+    assert (fast(x) - ref(x)).abs().max() < 0.05
+    assert generate(fast, torch.tensor([[1, 2, 3]]), 8, temperature=0).shape == (1, 11)
+
+
+def test_int4_kernel_refuses_a_layer_it_cannot_pack_with_a_clear_error():
+    layer = QuantLinear.from_linear(nn.Linear(64, 10), bits=4, group_size=32)
+    with pytest.raises(ValueError, match="int4 kernel refuses this layer.*10 x 64"):
+        layer.use_kernel()

@@ -150,7 +150,7 @@ def test_an_engine_error_is_a_500_and_the_loop_goes_on(char_server, monkeypatch)
         monkeypatch.undo()  # fail once
         raise RuntimeError("probability tensor contains either inf, nan or element < 0")
 
-    monkeypatch.setattr(engine, "_decode", broken)
+    monkeypatch.setattr(engine, "_forward", broken)
     status, body = post(f"{char_server.url}/v1/completions", GOOD)
     assert status == 500 and is_openai_error(body) and body["error"]["type"] == "server_error"
     assert "probability tensor" in body["error"]["message"]
@@ -485,7 +485,9 @@ def test_a_bpe_model_streams_whole_characters(tmp_path):
 # --- 5. metrics ---------------------------------------------------------------------------------
 
 def test_metrics_in_prometheus_text(char_server):
-    post(f"{char_server.url}/v1/completions", GOOD)
+    shared = {**GOOD, "prompt": "To be, or not to be, that is the question. "}  # 2 blocks
+    for body in (GOOD, shared, shared):
+        assert post(f"{char_server.url}/v1/completions", body)[0] == 200
     with urllib.request.urlopen(f"{char_server.url}/metrics", timeout=10) as r:
         text = r.read().decode()
         kind = r.headers["Content-Type"]
@@ -493,9 +495,11 @@ def test_metrics_in_prometheus_text(char_server):
     values = {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
     for name in ("companion_queue_depth", "companion_running_rows", "companion_kv_blocks_in_use",
-                 "companion_prefix_cache_hits_total"):
+                 "companion_prefix_cache_hits_total", "companion_preemptions_total"):
         assert name in values
-    assert values["companion_prefix_cache_hits_total"] == 0  # no prefix cache yet
+    # The second time, the shared prompt's two full blocks of 16 come from the prefix cache.
+    assert values["companion_prefix_cache_hits_total"] >= 2
+    assert values["companion_prefix_cache_queries_total"] >= 4
     assert values["companion_time_to_first_token_seconds_count"] >= 1
     assert values["companion_inter_token_latency_seconds_count"] >= 7
     assert values['companion_requests_total{route="completions",status="200"}'] >= 1

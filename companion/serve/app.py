@@ -71,9 +71,16 @@ class _Metrics:
               registry=r).set_function(lambda: engine.cache.allocator.num_blocks)
         Gauge("companion_engine_errors", "Requests failed by an error inside the engine",
               registry=r).set_function(lambda: engine.errors)
-        # The engine has no prefix cache yet: the counter is exported and stays at 0.
+        # The engine counts; these counters follow it at each scrape (see sync).
         self.prefix_hits = Counter("companion_prefix_cache_hits",
                                    "Prompt blocks served from the prefix cache", registry=r)
+        self.prefix_queries = Counter("companion_prefix_cache_queries",
+                                      "Full prompt blocks looked up in the prefix cache",
+                                      registry=r)
+        self.preemptions = Counter("companion_preemptions",
+                                   "Rows whose KV blocks were taken back, to be recomputed",
+                                   registry=r)
+        self._engine, self._seen = engine, {"hits": 0, "queries": 0, "preemptions": 0}
         buckets = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
         self.ttft = Histogram("companion_time_to_first_token_seconds",
                               "From a request's arrival to its first token", buckets=buckets,
@@ -83,6 +90,16 @@ class _Metrics:
                              registry=r)
         self.requests = Counter("companion_requests", "Answered requests by route and status",
                                 ["route", "status"], registry=r)
+
+    def sync(self) -> None:
+        """Bring the counters up to the engine's own tallies (they only grow)."""
+        e = self._engine
+        now = {"hits": e.cache.prefix_hits, "queries": e.cache.prefix_queries,
+               "preemptions": e.preemptions}
+        for key, counter in [("hits", self.prefix_hits), ("queries", self.prefix_queries),
+                             ("preemptions", self.preemptions)]:
+            counter.inc(max(0, now[key] - self._seen[key]))
+        self._seen = now
 
 
 def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion-gpt",
@@ -127,6 +144,7 @@ def build_app(engine: Engine, tokenizer: Tokenizer, model_name: str = "companion
 
     @app.get("/metrics")
     async def prometheus() -> Response:
+        metrics.sync()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def model_card() -> dict:

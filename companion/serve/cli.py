@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--group-size", type=int, default=32, help="int4 group size")
     p.add_argument("--max-batch", type=int, default=8, help="rows in the running batch")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--kv-blocks", type=int, default=None,
+                   help="KV blocks in the pool (default: half of max-batch full contexts)")
+    p.add_argument("--max-step-tokens", type=int, default=256,
+                   help="tokens one engine step reads: decodes first, then prompt chunks")
+    p.add_argument("--no-prefix-cache", action="store_true", help="do not share prompt blocks")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests waiting for a row; beyond it a 429 (default 256)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="413 above it (1 MiB)")
@@ -124,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, args.threads))
     from .engine import Engine
 
-    engine = Engine(model, max_batch=args.max_batch, block_size=args.block_size,
-                    max_waiting=args.max_queue)
+    try:
+        engine = Engine(model, max_batch=args.max_batch, block_size=args.block_size,
+                        num_blocks=args.kv_blocks, max_waiting=args.max_queue,
+                        max_step_tokens=args.max_step_tokens,
+                        prefix_cache=not args.no_prefix_cache)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     name = Path(args.checkpoint).stem + (f"-int{args.quantize}" if args.quantize else "")
     limits = Limits(max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout,
                     stall_s=args.stall_seconds)

@@ -14,8 +14,12 @@ __all__ = ["BlockAllocator", "PagedKVCache"]
 
 
 class BlockAllocator:
-    """Hands out block ids from a free list and takes them back.
+    """Hands out block ids from a free list, counts who holds each, and takes them back.
 
+    A block may be shared (a prefix two prompts have in common): share() adds a holder, free()
+    drops one, and the block returns to the pool only when its count reaches 0. A block that a
+    prefix cache still names is parked as *evictable* instead: reusable at once, but found again
+    by the next prompt that starts the same way, until allocate() runs out and recycles it.
     Example: a = BlockAllocator(2); a.allocate() -> 0; a.free([0]); a.num_free -> 2
     """
 
@@ -24,28 +28,50 @@ class BlockAllocator:
             raise ValueError(f"num_blocks must be positive, got {num_blocks}")
         self.num_blocks = num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))  # a stack: pop() gives the lowest id first
-        self._used: set[int] = set()
+        self.refs: dict[int, int] = {}  # held block -> number of holders
+        self.evictable: dict[int, None] = {}  # unheld but cached blocks, least recently used first
+        self.on_evict = None  # called with a cached block's id when it is recycled
 
     @property
     def num_free(self) -> int:
-        """Blocks not held by any sequence."""
-        return len(self._free)
+        """Blocks no sequence holds: the free list plus the evictable cached blocks."""
+        return len(self._free) + len(self.evictable)
 
     def allocate(self) -> int:
-        """One free block id; RuntimeError when the pool is exhausted."""
-        if not self._free:
+        """One free block id, else the oldest evictable one; RuntimeError when none is left."""
+        if self._free:
+            block = self._free.pop()
+        elif self.evictable:
+            block = next(iter(self.evictable))  # least recently used
+            del self.evictable[block]
+            if self.on_evict is not None:
+                self.on_evict(block)
+        else:
             raise RuntimeError(f"out of KV blocks: all {self.num_blocks} are in use")
-        block = self._free.pop()
-        self._used.add(block)
+        self.refs[block] = 1
         return block
 
-    def free(self, blocks: list[int]) -> None:
-        """Return blocks to the free list; freeing a block twice is an error."""
+    def share(self, block: int) -> None:
+        """One more holder for a block (held, or evictable and revived)."""
+        if block in self.evictable:
+            del self.evictable[block]
+            self.refs[block] = 0
+        if block not in self.refs:
+            raise ValueError(f"block {block} is neither allocated nor cached")
+        self.refs[block] += 1
+
+    def free(self, blocks: list[int], cached: set[int] | frozenset[int] = frozenset()) -> None:
+        """Drop one holder of each block; at 0 it is free again, or evictable if in `cached`."""
         for b in blocks:
-            if b not in self._used:
+            if b not in self.refs:
                 raise ValueError(f"block {b} is not allocated")
-            self._used.remove(b)
-            self._free.append(b)
+            self.refs[b] -= 1
+            if self.refs[b] == 0:
+                del self.refs[b]
+                if b in cached:
+                    self.evictable[b] = None
+                else:
+                    self._free.append(b)
 
 
 class PagedKVCache:
@@ -68,6 +94,14 @@ class PagedKVCache:
         self.tables: dict[int, list[int]] = {}
         self.lengths: dict[int, int] = {}
         self.peak_blocks = 0
+        # The prefix cache: the exact tokens 0..end of a full block -> the block that holds their
+        # keys and values. Keyed by the whole prefix, not the block alone, because a key depends
+        # on every token before it.
+        self.prefix: dict[tuple[int, ...], int] = {}
+        self.block_key: dict[int, tuple[int, ...]] = {}
+        self.prefix_queries = self.prefix_hits = 0  # full prompt blocks looked up, and found
+        self.named: dict[int, int] = {}  # sequence -> its first blocks already in the cache
+        self.allocator.on_evict = self._forget
 
     @classmethod
     def for_model(cls, model: nn.Module, block_size: int = 16,
@@ -97,9 +131,14 @@ class PagedKVCache:
         self.tables[seq_id], self.lengths[seq_id] = [], 0
 
     def free_sequence(self, seq_id: int) -> None:
-        """Give a finished sequence's blocks back to the free list."""
-        self.allocator.free(self.tables.pop(seq_id))
+        """Drop a sequence's hold on its blocks: unshared ones go back to the pool."""
+        self.allocator.free(self.tables.pop(seq_id), cached=self.block_key.keys())
         del self.lengths[seq_id]
+        self.named.pop(seq_id, None)
+
+    def blocks_to_grow(self, seq_id: int, n_tokens: int) -> int:
+        """New blocks the sequence needs to hold n_tokens tokens."""
+        return max(0, self.blocks_for(n_tokens) - len(self.tables[seq_id]))
 
     def _grow(self, seq_id: int, n_tokens: int) -> None:
         """Allocate blocks until the table covers n_tokens tokens."""
@@ -107,6 +146,63 @@ class PagedKVCache:
         while len(table) * self.block_size < n_tokens:
             table.append(self.allocator.allocate())
         self.peak_blocks = max(self.peak_blocks, self.blocks_in_use)
+
+    grow = _grow
+
+    # --- the prefix cache ----------------------------------------------------------------------
+
+    def match_prefix(self, seq_id: int, tokens: list[int], max_blocks: int,
+                     count: bool = True) -> int:
+        """Share the cached blocks that begin `tokens` (at most max_blocks); tokens now held.
+
+        Example: after a 32-token prompt was read with block_size 16, the same prompt matches
+        its first block (the last token is always recomputed, for its logits): 16.
+        """
+        if self.lengths[seq_id] or self.tables[seq_id]:
+            raise ValueError(f"sequence {seq_id} already holds tokens")
+        bs, table = self.block_size, self.tables[seq_id]
+        n_full = min(len(tokens) // bs, max_blocks)
+        for i in range(n_full):
+            block = self.prefix.get(tuple(tokens[:(i + 1) * bs]))
+            if block is None:
+                break
+            self.allocator.share(block)
+            table.append(block)
+        if count:  # the hit rate: blocks looked up and found (count=False for a trial lookup)
+            self.prefix_queries += n_full
+            self.prefix_hits += len(table)
+        self.lengths[seq_id] = len(table) * bs
+        self.peak_blocks = max(self.peak_blocks, self.blocks_in_use)
+        return self.lengths[seq_id]
+
+    def register_prefix(self, seq_id: int, tokens: list[int]) -> None:
+        """Name the sequence's full blocks by the tokens they end, so later prompts can share them.
+
+        tokens are the sequence's tokens so far; only blocks whose keys are all written count.
+        """
+        bs, table = self.block_size, self.tables[seq_id]
+        n_full = min(self.lengths[seq_id], len(tokens)) // bs
+        for i in range(self.named.get(seq_id, 0), n_full):  # only blocks filled since last time
+            block = table[i]
+            if block in self.block_key:
+                continue
+            key = tuple(tokens[:(i + 1) * bs])
+            if key not in self.prefix:  # another sequence may have cached the same prefix
+                self.prefix[key], self.block_key[block] = block, key
+        self.named[seq_id] = n_full
+
+    def _forget(self, block: int) -> None:
+        """The allocator recycled a cached block: its prefix is no longer held."""
+        del self.prefix[self.block_key.pop(block)]
+
+    @property
+    def prefix_hit_rate(self) -> float:
+        """Share of the full prompt blocks looked up that the prefix cache already held."""
+        return self.prefix_hits / self.prefix_queries if self.prefix_queries else 0.0
+
+    def slots(self, seq_id: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, offset) of the sequence's tokens start..start+n-1, which its table covers."""
+        return self._slots(seq_id, start, n)
 
     def _slots(self, seq_id: int, start: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         table = torch.tensor(self.tables[seq_id], device=self.k.device)
