@@ -12,9 +12,11 @@ from companion.model import count_params
 
 # --- 6.1 block_params ------------------------------------------------------------
 
-def block_params(c):
+def block_params(c, head_width=True, qk=True):
     d, b, kv = c.d_model, int(c.bias), c.n_kv_heads * c.d_head
-    attn = 2 * (d * d + b * d) + 2 * (d * kv + b * kv)
+    q = c.n_heads * c.d_head if head_width else d
+    attn = (d * q + b * q) + (q * d + b * d) + 2 * (d * kv + b * kv)
+    attn += 2 * c.d_head if c.qk_norm and qk else 0
     n_in = 2 if c.mlp == "swiglu" else 1
     mlp = n_in * (d * c.d_ff + b * c.d_ff) + c.d_ff * d + b * d
     norm = d + (b * d if c.norm == "layernorm" else 0)
@@ -24,6 +26,15 @@ def block_params(c):
 def test_check_6_1_passes_on_a_correct_answer(capsys):
     check_6_1(block_params)
     assert "passed" in capsys.readouterr().out
+
+
+def test_the_old_reference_solution_undercounts_a_qwen3_style_block():
+    # the exercise's reference solution once used d_model x d_model for q_proj and o_proj
+    from companion.model import Block, GPTConfig
+    c = GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
+                  head_dim=32, norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)
+    assert sum(p.numel() for p in Block(c).parameters()) == block_params(c) == 69_760
+    assert block_params(c, head_width=False) == 61_568
 
 
 def test_check_6_1_passes_on_the_companion_count():
@@ -62,6 +73,9 @@ def two_matrix_swiglu(c):
     (gqa_ignored, "grouped-query"),
     (two_matrix_swiglu, "three matrices"),
     (lambda c: float(block_params(c)), "return an int"),
+    (lambda c: block_params(c, head_width=False), "not d_model x d_model"),
+    (lambda c: block_params(c, head_width=False, qk=False), "not d_model x d_model"),
+    (lambda c: block_params(c, qk=False), "QK-norm"),
     (lambda c: block_params(c) + 1, "Exercise 6.1"),
 ])
 def test_check_6_1_rejects_mistakes(wrong, fragment):
@@ -210,11 +224,12 @@ def test_check_6_3_rejects_mistakes(wrong, fragment):
 # --- 6.4 route_tokens ----------------------------------------------------------------
 
 
-def route_tokens(logits, k, renorm=True, n_factor=True, f_from_probs=False, detach=False):
+def route_tokens(logits, k, renormalise=False, renorm_always=False, n_factor=True,
+                 f_from_probs=False, detach=False, detach_gates=False, no_renorm=False):
     E = logits.shape[-1]
     probs = logits.softmax(-1)
-    gates, experts = probs.topk(k, -1)
-    if renorm:
+    gates, experts = (probs.detach() if detach_gates else probs).topk(k, -1)
+    if (renormalise or renorm_always) and not no_renorm:
         gates = gates / gates.sum(-1, keepdim=True)
     f = torch.bincount(experts.flatten(), minlength=E).float() / experts.numel()
     P = probs.mean(0)
@@ -228,12 +243,14 @@ def test_check_6_4_passes_on_a_correct_answer(capsys):
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda lg, k: route_tokens(lg, k, renorm=False), "renormalise"),
-    (lambda lg, k: route_tokens(lg, k, n_factor=False), "factor N"),
-    (lambda lg, k: route_tokens(lg, k, f_from_probs=True), "a count"),
-    (lambda lg, k: route_tokens(lg, k, detach=True), "gradient"),
-    (lambda lg, k: route_tokens(-lg, k), "highest router probability"),
-    (lambda lg, k: route_tokens(lg, k)[:2], "three things"),
+    (lambda lg, k, r: route_tokens(lg, k, r, renorm_always=True), "renormalise only when asked"),
+    (lambda lg, k, r: route_tokens(lg, k, r, no_renorm=True), "renormalise=True divide"),
+    (lambda lg, k, r: route_tokens(lg, k, r, n_factor=False), "factor N"),
+    (lambda lg, k, r: route_tokens(lg, k, r, f_from_probs=True), "a count"),
+    (lambda lg, k, r: route_tokens(lg, k, r, detach=True), "gradient"),
+    (lambda lg, k, r: route_tokens(lg, k, r, detach_gates=True), "gates carry no gradient"),
+    (lambda lg, k, r: route_tokens(-lg, k, r), "highest router probability"),
+    (lambda lg, k, r: route_tokens(lg, k, r)[:2], "three things"),
 ])
 def test_check_6_4_rejects_mistakes(wrong, fragment):
     fails_with(check_6_4, wrong, fragment)

@@ -37,6 +37,14 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
         ("LLaMA style with GQA",
          GPTConfig(**_SMALL, norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, n_kv_heads=2)),
         ("LayerNorm without biases", GPTConfig(**_SMALL, bias=False, d_ff=100)),
+        # head_dim set wider than d_model / n_heads: q_proj and o_proj are not d x d
+        ("head_dim != d_model / n_heads",
+         GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
+                   head_dim=32, norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)),
+        ("Qwen3 style: head_dim, GQA and QK-norm",
+         GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
+                   n_kv_heads=2, head_dim=32, qk_norm=True, norm="rmsnorm", mlp="swiglu",
+                   pos="rope", bias=False)),
     ]
     for name, cfg in cases:
         got = call(ex, block_params, cfg)
@@ -48,16 +56,23 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
         if got == want:
             continue
         d, b = cfg.d_model, int(cfg.bias)
-        kv = cfg.n_kv_heads * cfg.d_head
+        kv, q = cfg.n_kv_heads * cfg.d_head, cfg.n_heads * cfg.d_head
         norms = 2 * (d + b * d if cfg.norm == "layernorm" else d)
+        qk_scales = 2 * cfg.d_head if cfg.qk_norm else 0
         hint = ""
         if got == want - norms:
             hint = " You left out the two norms' weights (and LayerNorm's biases)."
+        elif q != d and want - got in (2 * (q - d) * d, 2 * (q - d) * d + qk_scales):
+            hint = (f" With head_dim={cfg.d_head} and n_heads={cfg.n_heads}, q_proj is d_model x"
+                    f" (n_heads * d_head) = {d} x {q} and o_proj {q} x {d}: not d_model x d_model.")
+        elif qk_scales and want - got == qk_scales:
+            hint = (" With qk_norm, attention also holds two RMSNorm scales of width d_head, one"
+                    " for the queries and one for the keys.")
         n_in = 2 if cfg.mlp == "swiglu" else 1
         # q, o; k, v; the MLP's input(s); its output
         linear_biases = 2 * d + 2 * kv + n_in * cfg.d_ff + d
         norm_biases = 2 * d if cfg.norm == "layernorm" else 0
-        if got == want - norms:
+        if hint:
             pass  # handled above
         elif cfg.bias and want - got in (linear_biases, linear_biases + norm_biases):
             hint = (" You left out the biases: every nn.Linear in a GPT-2 block has one, and so"
@@ -73,7 +88,8 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
                  f"n_kv_heads={cfg.n_kv_heads}, bias={cfg.bias}): expected {want:,} parameters, "
                  f"got {got:,}.{hint}")
     passed(ex, f"matches the tensors for {len(cases)} configs, including GPT-2 small "
-               f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA and no biases.")
+               f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA, no biases, and "
+               "a head_dim wider than d_model / n_heads with QK-norm (Qwen3).")
 
 
 # --- 6.2: GPT-2's checkpoint into our names -----------------------------------------------------
@@ -219,31 +235,53 @@ def check_6_3(top_p: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
 # --- 6.4: an MoE router and its load-balancing loss ----------------------------------------------
 
 
-def check_6_4(route_tokens: Callable[[torch.Tensor, int], tuple]) -> None:
-    """route_tokens(logits (N, E), k) -> (gates (N, k), experts (N, k), aux loss)."""
+def check_6_4(route_tokens: Callable[[torch.Tensor, int, bool], tuple]) -> None:
+    """route_tokens(logits (N, E), k, renormalise) -> (gates (N, k), experts (N, k), aux loss)."""
     ex = "6.4"
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(32, 4, generator=gen) * 2
-    out = call(ex, route_tokens, logits.clone(), 2)
-    if not isinstance(out, tuple) or len(out) != 3:
-        fail(ex, "return three things: (gates, experts, aux_loss)")
-    gates, experts, aux = (as_tensor(ex, v, w) for v, w in zip(out, ("gates", "experts", "aux")))
+
+    def run(lg: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, ...]:
+        out = call(ex, route_tokens, lg, k, renormalise)
+        if not isinstance(out, tuple) or len(out) != 3:
+            fail(ex, "return three things: (gates, experts, aux_loss)")
+        return tuple(as_tensor(ex, v, w) for v, w in zip(out, ("gates", "experts", "aux")))
+
+    gates, experts, aux = run(logits.clone(), 2, False)
     probs, want_gates, want_experts = route(logits, 2)
     if gates.shape != (32, 2) or experts.shape != (32, 2):
         fail(ex, f"gates and experts should both be (N, k) = (32, 2), got {tuple(gates.shape)} "
                  f"and {tuple(experts.shape)}")
     if not torch.equal(experts.sort(-1).values, want_experts.sort(-1).values):
         fail(ex, "each token should go to the k experts with the highest router probability.")
-    order = experts.argsort(-1)
-    g = gates.gather(-1, order).float()
-    want_g = want_gates.gather(-1, want_experts.argsort(-1))
-    top = probs.topk(2, dim=-1).values
-    if torch.allclose(g, top.gather(-1, want_experts.argsort(-1)), atol=1e-5):
-        fail(ex, "the gates are the raw probabilities: renormalise the k kept ones so that each "
-                 "token's gates sum to 1.")
-    if not torch.allclose(g, want_g, atol=1e-5):
-        fail(ex, "the gates should be the chosen experts' softmax probabilities, renormalised "
-                 "over the k chosen; each token's gates sum to 1.")
+
+    def in_expert_order(g: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return g.detach().gather(-1, e.argsort(-1)).float()
+
+    g = in_expert_order(gates, experts)
+    renormed = in_expert_order(route(logits, 2, True)[1], want_experts)
+    if torch.allclose(g, renormed, atol=1e-5):
+        fail(ex, "with renormalise=False the gates are the router's probabilities p_i(x) "
+                 "themselves, as in the Switch Transformer; renormalise only when asked.")
+    if not torch.allclose(g, in_expert_order(want_gates, want_experts), atol=1e-5):
+        fail(ex, "the gates should be the chosen experts' softmax probabilities (over all E "
+                 "experts).")
+    g2, e2, _ = run(logits.clone(), 2, True)
+    if not torch.allclose(in_expert_order(g2, e2), renormed, atol=1e-5):
+        fail(ex, "with renormalise=True divide the k kept probabilities by their sum, so that "
+                 "each token's gates sum to 1 (Mixtral).")
+    # The LM loss reaches the router only through the gates' values (top-k picks are not
+    # differentiable), so the gates must keep their graph back to the logits.
+    for k in (1, 2):
+        lg = logits.clone().requires_grad_(True)
+        gk = run(lg, k, False)[0]
+        if not gk.requires_grad:
+            fail(ex, "the gates carry no gradient: the language-model loss reaches the router "
+                     "only through them. Did you take them from a detached copy of the "
+                     "probabilities, or with .item() / torch.no_grad()?")
+        (gk * torch.arange(1.0, k + 1)).sum().backward()
+        if lg.grad is None or lg.grad.abs().sum() == 0:
+            fail(ex, f"at k = {k} the gates send no gradient back to the router logits.")
     want_aux = load_balancing_loss(probs, want_experts)
     aux_v = float(aux.reshape(-1)[0]) if aux.numel() == 1 else float("nan")
     if aux.numel() != 1:
@@ -258,15 +296,15 @@ def check_6_4(route_tokens: Callable[[torch.Tensor, int], tuple]) -> None:
     if abs(aux_v - want_aux.item()) > 1e-4:
         fail(ex, f"aux loss {aux_v:.4f}, expected {want_aux.item():.4f}: N times the sum over "
                  "experts of (share of choices) x (mean router probability).")
-    uniform = call(ex, route_tokens, torch.zeros(8, 4), 1)
-    if isinstance(uniform, tuple) and len(uniform) == 3:
-        # all-equal logits: topk picks expert 0 for everyone, P is uniform, so N * 1 * 1/4 = 1
-        if abs(float(as_tensor(ex, uniform[2], "aux")) - 1.0) > 1e-5:
-            fail(ex, "with uniform router probabilities the aux loss should be exactly 1.")
+    uniform = run(torch.zeros(8, 4), 1, False)
+    # all-equal logits: topk picks expert 0 for everyone, P is uniform, so N * 1 * 1/4 = 1
+    if abs(float(uniform[2]) - 1.0) > 1e-5:
+        fail(ex, "with uniform router probabilities the aux loss should be exactly 1.")
     logits_g = logits.clone().requires_grad_(True)
-    aux_g = call(ex, route_tokens, logits_g, 2)[2]
-    if not isinstance(aux_g, torch.Tensor) or not aux_g.requires_grad:
+    aux_g = run(logits_g, 2, False)[2]
+    if not aux_g.requires_grad:
         fail(ex, "the aux loss must stay a tensor with a gradient to the router logits (through "
                  "the mean probabilities); did you call .item() or detach it?")
-    passed(ex, "top-k experts with renormalised gates, and the Switch Transformer loss "
-               f"({want_aux.item():.3f} here, 1 when balanced).")
+    passed(ex, "top-k experts with Switch's gates p_i(x) (or renormalised, Mixtral's), gates that "
+               f"carry the router's gradient, and the balancing loss ({want_aux.item():.3f} "
+               "here, 1 when balanced).")
