@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.checks import ExerciseFailed, check_6_1, check_6_2, check_6_3, check_6_4
+from companion.checks import ExerciseFailed, check_6_1, check_6_2, check_6_3, check_6_4, check_6_5
 from checkhelpers import fails_with, passes, stub
 from companion.model import count_params
 
@@ -254,3 +254,75 @@ def test_check_6_4_passes_on_a_correct_answer(capsys):
 ])
 def test_check_6_4_rejects_mistakes(wrong, fragment):
     fails_with(check_6_4, wrong, fragment)
+
+
+# --- 6.5 gpt_forward -------------------------------------------------------------------
+
+
+def gpt_forward(sd, cfg, idx, **switch):
+    from companion.checks.ch06 import _forward_reference
+    return _forward_reference(sd, cfg, idx, **switch)
+
+
+def gpt_forward_by_hand(sd, cfg, idx):
+    """The exercise's answer, written without the check's reference."""
+    B, T = idx.shape
+    d, H = cfg.d_model, cfg.n_heads
+    x = F.embedding(idx, sd["tok_emb.weight"]) + sd["pos_emb.embedding.weight"][:T]
+    for i in range(cfg.n_layers):
+        def w(name):
+            return sd[f"blocks.{i}.{name}"]
+        h = F.layer_norm(x, (d,), w("attn_norm.weight"), w("attn_norm.bias"), cfg.norm_eps)
+        q, k, v = (F.linear(h, w(f"attn.{n}_proj.weight"), w(f"attn.{n}_proj.bias"))
+                   .view(B, T, H, d // H).transpose(1, 2) for n in "qkv")
+        att = (q @ k.transpose(-2, -1)) / (d // H) ** 0.5
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        a = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, d)
+        x = x + F.linear(a, w("attn.o_proj.weight"), w("attn.o_proj.bias"))
+        h = F.layer_norm(x, (d,), w("mlp_norm.weight"), w("mlp_norm.bias"), cfg.norm_eps)
+        h = F.gelu(F.linear(h, w("mlp.up_proj.weight"), w("mlp.up_proj.bias")), approximate="tanh")
+        x = x + F.linear(h, w("mlp.down_proj.weight"), w("mlp.down_proj.bias"))
+    x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], cfg.norm_eps)
+    return x @ sd["tok_emb.weight"].T
+
+
+def test_check_6_5_passes_on_a_correct_answer(capsys):
+    passes(check_6_5, gpt_forward_by_hand, capsys)
+    passes(check_6_5, gpt_forward, capsys)
+
+
+def heads_interleaved(sd, cfg, idx):
+    """Splits the heads along the wrong axis: (B, T, d) viewed as (B, H, T, d_head)."""
+    B, T = idx.shape
+    import companion.checks.ch06 as ch
+    real = F.scaled_dot_product_attention
+    try:
+        F.scaled_dot_product_attention = lambda q, k, v, is_causal: real(
+            q.reshape(B, T, cfg.n_heads, -1).transpose(1, 2),
+            k.reshape(B, T, cfg.n_heads, -1).transpose(1, 2),
+            v.reshape(B, T, cfg.n_heads, -1).transpose(1, 2), is_causal=is_causal)
+        return ch._forward_reference(sd, cfg, idx)
+    finally:
+        F.scaled_dot_product_attention = real
+
+
+def fixed_positions(sd, cfg, idx):
+    """Always adds the first 12 position rows, padded: wrong for a shorter input."""
+    out = gpt_forward(sd, cfg, torch.cat([idx, idx.new_zeros(idx.shape[0], 12 - idx.shape[1])], 1)
+                      if idx.shape[1] < 12 else idx)
+    return out[:, :idx.shape[1]] + (0.5 if idx.shape[1] < 12 else 0.0)
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, causal=False), "causal mask"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, final_norm=False), "final LayerNorm"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, positions=False), "position embeddings"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, pre_norm=False), "post-norm"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, tanh=False), "tanh approximation"),
+    (lambda sd, c, i: gpt_forward(sd, c, i)[:, -1], "shape"),
+    (heads_interleaved, "how the heads are split"),
+    (fixed_positions, "cut there"),
+])
+def test_check_6_5_rejects_mistakes(wrong, fragment):
+    fails_with(check_6_5, wrong, fragment)

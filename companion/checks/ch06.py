@@ -1,7 +1,7 @@
 """Self-checks for chapter 6's exercises.
 
-A block's parameter count, GPT-2's checkpoint converted by hand, top-p at its boundary, and an
-MoE router with its load-balancing loss.
+A block's parameter count, GPT-2's checkpoint converted by hand, top-p at its boundary, an
+MoE router with its load-balancing loss, and the GPT's forward from a state dict.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..model import GPT, Block, GPTConfig
 from ..moe import load_balancing_loss, route
 from ._core import as_tensor, call, fail, passed
 
-__all__ = ["check_6_1", "check_6_2", "check_6_3", "check_6_4"]
+__all__ = ["check_6_1", "check_6_2", "check_6_3", "check_6_4", "check_6_5"]
 
 _SMALL = dict(vocab_size=64, context_length=16, d_model=48, n_layers=2, n_heads=6)
 
@@ -308,3 +308,89 @@ def check_6_4(route_tokens: Callable[[torch.Tensor, int, bool], tuple]) -> None:
     passed(ex, "top-k experts with Switch's gates p_i(x) (or renormalised, Mixtral's), gates that "
                f"carry the router's gradient, and the balancing loss ({want_aux.item():.3f} "
                "here, 1 when balanced).")
+
+
+# --- 6.5: the GPT's forward from a state dict ---------------------------------------------------
+
+
+def _forward_reference(sd: dict[str, torch.Tensor], cfg: GPTConfig, idx: torch.Tensor, *,
+                       causal: bool = True, final_norm: bool = True, positions: bool = True,
+                       pre_norm: bool = True, tanh: bool = True) -> torch.Tensor:
+    """A GPT-2 forward in functional ops; the switches turn on one plausible mistake each."""
+    import torch.nn.functional as F
+
+    B, T = idx.shape
+    d, H, eps = cfg.d_model, cfg.n_heads, cfg.norm_eps
+    x = sd["tok_emb.weight"][idx]
+    if positions:
+        x = x + sd["pos_emb.embedding.weight"][:T]
+    for i in range(cfg.n_layers):
+        w = {k[len(f"blocks.{i}."):]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
+
+        def norm(h: torch.Tensor, name: str) -> torch.Tensor:
+            return F.layer_norm(h, (d,), w[name + ".weight"], w[name + ".bias"], eps)
+
+        h = norm(x, "attn_norm") if pre_norm else x
+        q, k, v = (F.linear(h, w[f"attn.{n}_proj.weight"], w[f"attn.{n}_proj.bias"])
+                   .view(B, T, H, -1).transpose(1, 2) for n in "qkv")
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        x = x + F.linear(a.transpose(1, 2).reshape(B, T, -1), w["attn.o_proj.weight"],
+                         w["attn.o_proj.bias"])
+        x = x if pre_norm else norm(x, "attn_norm")
+        h = norm(x, "mlp_norm") if pre_norm else x
+        h = F.gelu(F.linear(h, w["mlp.up_proj.weight"], w["mlp.up_proj.bias"]),
+                   approximate="tanh" if tanh else "none")
+        x = x + F.linear(h, w["mlp.down_proj.weight"], w["mlp.down_proj.bias"])
+        x = x if pre_norm else norm(x, "mlp_norm")
+    if final_norm:
+        x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], eps)
+    return x @ sd["tok_emb.weight"].T
+
+
+def check_6_5(gpt_forward: Callable[[dict, GPTConfig, torch.Tensor], torch.Tensor]) -> None:
+    """gpt_forward(state_dict, config, idx (B, T)) -> logits (B, T, V), as companion GPT's."""
+    ex = "6.5"
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=40, context_length=16, d_model=32, n_layers=2, n_heads=4)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:  # away from 0 and 1: a lost one shows
+                p.add_(0.2 * torch.randn_like(p))
+            else:  # larger than at init, so that GELU's two forms differ visibly
+                p.normal_(0.0, 0.2)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(idx)
+        got = as_tensor(ex, call(ex, gpt_forward, sd, cfg, idx), "the logits")
+    if got.shape != want.shape:
+        fail(ex, f"return logits of shape (B, T, vocab_size) = {tuple(want.shape)}, got "
+                 f"{tuple(got.shape)}")
+    got = got.detach().float()
+    if torch.allclose(got, want, atol=1e-4):
+        # the same function on a prefix: the causal mask keeps the first positions unchanged
+        short = as_tensor(ex, call(ex, gpt_forward, sd, cfg, idx[:, :5]), "the logits")
+        if not torch.allclose(short.detach().float(), want[:, :5], atol=1e-4):
+            fail(ex, "the logits of the first 5 tokens change when the sequence is cut there: "
+                 "take the positions from the input's own length.")
+        passed(ex, f"your forward from {len(sd)} tensors gives companion GPT's logits for a "
+                   f"{cfg.n_layers}-layer GPT-2 (largest difference "
+                   f"{(got - want).abs().max():.1e}).")
+        return
+    mistakes = {
+        "causal": "each position attends to later ones too: attention needs the causal mask",
+        "final_norm": "the final LayerNorm (norm.weight, norm.bias) before the head is missing",
+        "positions": "the learned position embeddings (pos_emb.embedding.weight) are missing",
+        "pre_norm": ("the norms sit on the residual stream (post-norm); GPT-2's block normalises "
+                     "a copy for each sublayer and adds the sublayer's output to the stream"),
+        "tanh": "GPT-2's GELU is the tanh approximation (approximate='tanh'), not the erf form",
+    }
+    with torch.no_grad():
+        for switch, message in mistakes.items():
+            if torch.allclose(got, _forward_reference(sd, cfg, idx, **{switch: False}),
+                              atol=1e-4):
+                fail(ex, f"the logits match a GPT with one thing different: {message}.")
+    fail(ex, f"the logits differ from companion GPT's (largest gap "
+             f"{(got - want).abs().max():.3g}): check the order embed, blocks (norm, attention, "
+             "add; norm, MLP, add), final norm, tied head, and how the heads are split.")
