@@ -3,11 +3,12 @@
 Introduced in chapter 6.
 
 Each token's router picks `top_k` of `n_experts` MLPs and mixes their outputs weighted by the
-router's probabilities p_i(x) (Switch Transformer, Fedus et al. 2021, eq. 2), so a token pays for k
-experts while the layer holds n. `norm_topk_prob=True` renormalises the k kept gates to sum to 1
-(Mixtral; Hugging Face's `norm_topk_prob`, False by default in Qwen2-MoE's config). A load-balancing loss (Switch
-Transformer, Fedus et al. 2021) keeps the router from sending everything to a few experts, and a
-capacity caps each expert's share of a batch while training. GPTConfig(n_experts=N) selects it.
+router's probabilities p_i(x) (Switch Transformer, Fedus et al. 2021, eq. 2), so a token pays
+for k experts while the layer holds n. `norm_topk_prob=True` renormalises the k kept gates to
+sum to 1 (Mixtral; Hugging Face's `norm_topk_prob`, False by default in Qwen2-MoE's config;
+GPTConfig(moe_norm_topk_prob=True)). A load-balancing loss (Switch Transformer) keeps the
+router from sending everything to a few experts, and a capacity caps each expert's share of a
+batch while training. GPTConfig(n_experts=N) selects it.
 """
 from __future__ import annotations
 
