@@ -98,6 +98,10 @@ class GPTConfig:
     # Chapter 7's race: logits -> c * tanh(logits / c), bounded in (-c, c) (Gemma 2; the
     # modded-nanogpt speedrun). None leaves them as they are.
     logit_softcap: float | None = None
+    # MoE gates: False weights each chosen expert by its router probability p_i(x), as Switch
+    # does (Fedus et al. 2021, eq. 2); True renormalises the k kept ones to sum to 1 (Mixtral;
+    # Hugging Face's norm_topk_prob). Appended last, so older configs and checkpoints still load.
+    moe_norm_topk_prob: bool = False
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "d_model", "n_layers", "n_heads"):
@@ -147,6 +151,9 @@ class GPTConfig:
             raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta} and "
                              f"{self.norm_eps}")
         check_moe(self.n_experts, self.moe_top_k, self.capacity_factor, self.moe_aux_weight)
+        if not isinstance(self.moe_norm_topk_prob, bool):
+            raise ValueError(f"moe_norm_topk_prob must be True or False, got "
+                             f"{self.moe_norm_topk_prob!r}")
         if self.rope_scaling is not None:
             if self.pos != "rope":
                 raise ValueError(f"rope_scaling needs pos='rope', got pos={self.pos!r}")
@@ -169,6 +176,10 @@ class GPTConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown GPTConfig keys: {unknown}")
+        if d.get("n_experts") and "moe_norm_topk_prob" not in d:
+            # saved before the option existed, when the gates were always renormalised: keep the
+            # function those weights were trained with
+            d = {**d, "moe_norm_topk_prob": True}
         return cls(**d)
 
     @classmethod
@@ -329,7 +340,7 @@ def make_mlp(config: GPTConfig) -> nn.Module:
     if c.n_experts:
         dense = dataclasses.replace(c, n_experts=0)
         return MoE(c.d_model, c.n_experts, c.moe_top_k, c.capacity_factor,
-                   lambda: make_mlp(dense))
+                   lambda: make_mlp(dense), norm_topk_prob=c.moe_norm_topk_prob)
     if c.mlp == "swiglu":
         return SwiGLU(c.d_model, c.d_ff, bias=c.bias)
     return MLP(c.d_model, c.d_ff, bias=c.bias, activation=c.mlp)

@@ -2,10 +2,13 @@
 
 Introduced in chapter 6.
 
-Each token's router picks `top_k` of `n_experts` MLPs and mixes their outputs with renormalised
-gate weights, so a token pays for k experts while the layer holds n. A load-balancing loss (Switch
-Transformer, Fedus et al. 2021) keeps the router from sending everything to a few experts, and a
-capacity caps each expert's share of a batch while training. GPTConfig(n_experts=N) selects it.
+Each token's router picks `top_k` of `n_experts` MLPs and mixes their outputs weighted by the
+router's probabilities p_i(x) (Switch Transformer, Fedus et al. 2021, eq. 2), so a token pays
+for k experts while the layer holds n. `norm_topk_prob=True` renormalises the k kept gates to
+sum to 1 (Mixtral; Hugging Face's `norm_topk_prob`, False by default in Qwen2-MoE's config;
+GPTConfig(moe_norm_topk_prob=True)). A load-balancing loss (Switch Transformer) keeps the
+router from sending everything to a few experts, and a capacity caps each expert's share of a
+batch while training. GPTConfig(n_experts=N) selects it.
 """
 from __future__ import annotations
 
@@ -36,15 +39,20 @@ def check_moe(n_experts: int, top_k: int, capacity_factor: float | None,
         raise ValueError(f"moe_aux_weight must be >= 0, got {aux_weight!r}")
 
 
-def route(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def route(logits: torch.Tensor, top_k: int, norm_topk_prob: bool = False
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Router logits (N, E) -> (probs (N, E), gates (N, k), experts (N, k)).
 
-    probs is the softmax over all experts; gates are the k largest, renormalised to sum to 1.
-    Example: route(torch.tensor([[2., 1., 0.]]).log(), 2)[1] -> [[0.6667, 0.3333]]
+    probs is the softmax over all experts; gates are the k largest of them, p_i(x) as in Switch,
+    or with norm_topk_prob renormalised to sum to 1 (Mixtral). Renormalising at k = 1 makes
+    every gate exactly 1, which cuts the router off from the LM loss's gradient.
+    Example: route(torch.tensor([[2., 1., 1.]]).log(), 2)[1] -> [[0.5, 0.25]]
     """
     probs = F.softmax(logits.float(), dim=-1)  # float32: a bf16 softmax over experts is coarse
     gates, experts = probs.topk(top_k, dim=-1)  # (N, k) each, best first
-    return probs, gates / gates.sum(dim=-1, keepdim=True), experts
+    if norm_topk_prob:
+        gates = gates / gates.sum(dim=-1, keepdim=True)
+    return probs, gates, experts
 
 
 def load_balancing_loss(probs: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
@@ -72,17 +80,19 @@ class MoE(nn.Module):
 
     After each forward, `aux_loss` holds the load-balancing loss (unweighted) and `dropped` the
     number of token-expert assignments that went over capacity. Capacity applies while training
-    only, so a cached decode equals the full pass at inference. Example:
+    only, so a cached decode equals the full pass at inference. `norm_topk_prob` as in `route`.
+    Example:
     MoE(16, 4, 2, None, lambda: nn.Linear(16, 16))(torch.randn(1, 3, 16)).shape -> (1, 3, 16)
     """
 
     def __init__(self, d_model: int, n_experts: int, top_k: int, capacity_factor: float | None,
-                 make_expert: Callable[[], nn.Module]):
+                 make_expert: Callable[[], nn.Module], norm_topk_prob: bool = False):
         super().__init__()
         check_moe(n_experts, top_k, capacity_factor, 0.0)
         if n_experts < 1:
             raise ValueError(f"an MoE layer needs n_experts >= 1, got {n_experts}")
         self.top_k, self.capacity_factor = top_k, capacity_factor
+        self.norm_topk_prob = norm_topk_prob
         self.router = nn.Linear(d_model, n_experts, bias=False)
         self.experts = nn.ModuleList(make_expert() for _ in range(n_experts))
         self.aux_loss = torch.zeros(())
@@ -91,7 +101,8 @@ class MoE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
         flat = x.reshape(B * T, d)  # (B, T, d) -> (N, d): routing ignores where a token sits
-        probs, gates, chosen = route(self.router(flat), self.top_k)  # (N, E), (N, k), (N, k)
+        # probs (N, E), gates (N, k), chosen (N, k)
+        probs, gates, chosen = route(self.router(flat), self.top_k, self.norm_topk_prob)
         self.aux_loss = load_balancing_loss(probs, chosen)
         E = len(self.experts)
         cap = (B * T * self.top_k if self.capacity_factor is None or not self.training

@@ -5,16 +5,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from companion.checks import ExerciseFailed, check_6_1, check_6_2, check_6_3, check_6_4
+from companion.checks import ExerciseFailed, check_6_1, check_6_2, check_6_3, check_6_4, check_6_5
 from checkhelpers import fails_with, passes, stub
 from companion.model import count_params
 
 
 # --- 6.1 block_params ------------------------------------------------------------
 
-def block_params(c):
+def block_params(c, head_width=True, qk=True):
     d, b, kv = c.d_model, int(c.bias), c.n_kv_heads * c.d_head
-    attn = 2 * (d * d + b * d) + 2 * (d * kv + b * kv)
+    q = c.n_heads * c.d_head if head_width else d
+    attn = (d * q + b * q) + (q * d + b * d) + 2 * (d * kv + b * kv)
+    attn += 2 * c.d_head if c.qk_norm and qk else 0
     n_in = 2 if c.mlp == "swiglu" else 1
     mlp = n_in * (d * c.d_ff + b * c.d_ff) + c.d_ff * d + b * d
     norm = d + (b * d if c.norm == "layernorm" else 0)
@@ -24,6 +26,15 @@ def block_params(c):
 def test_check_6_1_passes_on_a_correct_answer(capsys):
     check_6_1(block_params)
     assert "passed" in capsys.readouterr().out
+
+
+def test_the_old_reference_solution_undercounts_a_qwen3_style_block():
+    # the exercise's reference solution once used d_model x d_model for q_proj and o_proj
+    from companion.model import Block, GPTConfig
+    c = GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
+                  head_dim=32, norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)
+    assert sum(p.numel() for p in Block(c).parameters()) == block_params(c) == 69_760
+    assert block_params(c, head_width=False) == 61_568
 
 
 def test_check_6_1_passes_on_the_companion_count():
@@ -62,6 +73,9 @@ def two_matrix_swiglu(c):
     (gqa_ignored, "grouped-query"),
     (two_matrix_swiglu, "three matrices"),
     (lambda c: float(block_params(c)), "return an int"),
+    (lambda c: block_params(c, head_width=False), "not d_model x d_model"),
+    (lambda c: block_params(c, head_width=False, qk=False), "not d_model x d_model"),
+    (lambda c: block_params(c, qk=False), "QK-norm"),
     (lambda c: block_params(c) + 1, "Exercise 6.1"),
 ])
 def test_check_6_1_rejects_mistakes(wrong, fragment):
@@ -218,11 +232,12 @@ def test_check_6_3_rejects_mistakes(wrong, fragment):
 # --- 6.4 route_tokens ----------------------------------------------------------------
 
 
-def route_tokens(logits, k, renorm=True, n_factor=True, f_from_probs=False, detach=False):
+def route_tokens(logits, k, renormalise=False, renorm_always=False, n_factor=True,
+                 f_from_probs=False, detach=False, detach_gates=False, no_renorm=False):
     E = logits.shape[-1]
     probs = logits.softmax(-1)
-    gates, experts = probs.topk(k, -1)
-    if renorm:
+    gates, experts = (probs.detach() if detach_gates else probs).topk(k, -1)
+    if (renormalise or renorm_always) and not no_renorm:
         gates = gates / gates.sum(-1, keepdim=True)
     f = torch.bincount(experts.flatten(), minlength=E).float() / experts.numel()
     P = probs.mean(0)
@@ -236,12 +251,86 @@ def test_check_6_4_passes_on_a_correct_answer(capsys):
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (lambda lg, k: route_tokens(lg, k, renorm=False), "renormalise"),
-    (lambda lg, k: route_tokens(lg, k, n_factor=False), "factor N"),
-    (lambda lg, k: route_tokens(lg, k, f_from_probs=True), "a count"),
-    (lambda lg, k: route_tokens(lg, k, detach=True), "gradient"),
-    (lambda lg, k: route_tokens(-lg, k), "highest router probability"),
-    (lambda lg, k: route_tokens(lg, k)[:2], "three things"),
+    (lambda lg, k, r: route_tokens(lg, k, r, renorm_always=True), "renormalise only when asked"),
+    (lambda lg, k, r: route_tokens(lg, k, r, no_renorm=True), "renormalise=True divide"),
+    (lambda lg, k, r: route_tokens(lg, k, r, n_factor=False), "factor N"),
+    (lambda lg, k, r: route_tokens(lg, k, r, f_from_probs=True), "a count"),
+    (lambda lg, k, r: route_tokens(lg, k, r, detach=True), "gradient"),
+    (lambda lg, k, r: route_tokens(lg, k, r, detach_gates=True), "gates carry no gradient"),
+    (lambda lg, k, r: route_tokens(-lg, k, r), "highest router probability"),
+    (lambda lg, k, r: route_tokens(lg, k, r)[:2], "three things"),
 ])
 def test_check_6_4_rejects_mistakes(wrong, fragment):
     fails_with(check_6_4, wrong, fragment)
+
+
+# --- 6.5 gpt_forward -------------------------------------------------------------------
+
+
+def gpt_forward(sd, cfg, idx, **switch):
+    from companion.checks.ch06 import _forward_reference
+    return _forward_reference(sd, cfg, idx, **switch)
+
+
+def gpt_forward_by_hand(sd, cfg, idx):
+    """The exercise's answer, written without the check's reference."""
+    B, T = idx.shape
+    d, H = cfg.d_model, cfg.n_heads
+    x = F.embedding(idx, sd["tok_emb.weight"]) + sd["pos_emb.embedding.weight"][:T]
+    for i in range(cfg.n_layers):
+        def w(name):
+            return sd[f"blocks.{i}.{name}"]
+        h = F.layer_norm(x, (d,), w("attn_norm.weight"), w("attn_norm.bias"), cfg.norm_eps)
+        q, k, v = (F.linear(h, w(f"attn.{n}_proj.weight"), w(f"attn.{n}_proj.bias"))
+                   .view(B, T, H, d // H).transpose(1, 2) for n in "qkv")
+        att = (q @ k.transpose(-2, -1)) / (d // H) ** 0.5
+        att = att.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        a = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, T, d)
+        x = x + F.linear(a, w("attn.o_proj.weight"), w("attn.o_proj.bias"))
+        h = F.layer_norm(x, (d,), w("mlp_norm.weight"), w("mlp_norm.bias"), cfg.norm_eps)
+        h = F.gelu(F.linear(h, w("mlp.up_proj.weight"), w("mlp.up_proj.bias")), approximate="tanh")
+        x = x + F.linear(h, w("mlp.down_proj.weight"), w("mlp.down_proj.bias"))
+    x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], cfg.norm_eps)
+    return x @ sd["tok_emb.weight"].T
+
+
+def test_check_6_5_passes_on_a_correct_answer(capsys):
+    passes(check_6_5, gpt_forward_by_hand, capsys)
+    passes(check_6_5, gpt_forward, capsys)
+
+
+def heads_interleaved(sd, cfg, idx):
+    """Splits the heads along the wrong axis: (B, T, d) viewed as (B, H, T, d_head)."""
+    B, T = idx.shape
+    import companion.checks.ch06 as ch
+    real = F.scaled_dot_product_attention
+    try:
+        F.scaled_dot_product_attention = lambda q, k, v, is_causal: real(
+            q.reshape(B, T, cfg.n_heads, -1).transpose(1, 2),
+            k.reshape(B, T, cfg.n_heads, -1).transpose(1, 2),
+            v.reshape(B, T, cfg.n_heads, -1).transpose(1, 2), is_causal=is_causal)
+        return ch._forward_reference(sd, cfg, idx)
+    finally:
+        F.scaled_dot_product_attention = real
+
+
+def fixed_positions(sd, cfg, idx):
+    """Always adds the first 12 position rows, padded: wrong for a shorter input."""
+    out = gpt_forward(sd, cfg, torch.cat([idx, idx.new_zeros(idx.shape[0], 12 - idx.shape[1])], 1)
+                      if idx.shape[1] < 12 else idx)
+    return out[:, :idx.shape[1]] + (0.5 if idx.shape[1] < 12 else 0.0)
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, causal=False), "causal mask"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, final_norm=False), "final LayerNorm"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, positions=False), "position embeddings"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, pre_norm=False), "post-norm"),
+    (lambda sd, c, i: gpt_forward(sd, c, i, tanh=False), "tanh approximation"),
+    (lambda sd, c, i: gpt_forward(sd, c, i)[:, -1], "shape"),
+    (heads_interleaved, "how the heads are split"),
+    (fixed_positions, "cut there"),
+])
+def test_check_6_5_rejects_mistakes(wrong, fragment):
+    fails_with(check_6_5, wrong, fragment)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from companion.checks import (ExerciseFailed, SWEEP_MODEL, check_7_1, check_7_2, check_7_3, check_7_4,
-                              check_7_5, check_7_6, check_7_7, sweep_config)
+                              check_7_5, check_7_6, check_7_7, check_7_8, sweep_config)
 from companion.model import GPT
 from companion.train import train
 from companion.utils import set_seed
@@ -134,15 +134,30 @@ def test_check_7_2_names_a_wrongly_decayed_bias():
     fails_with(check_7_2, decays_biases, "should not decay")
 
 
-# --- 7.3 gradient accumulation -------------------------------------------------------------
+# --- 7.3 gradient accumulation and clipping --------------------------------------------------
 
-def accumulate(model, micro_batches):
-    total = 0.0
+def accumulate(model, micro_batches, max_norm, weights="share", clip=True, one_backward=False,
+               concat=False, clip_each=False, post_norm=False):
+    n = sum(len(x) for x, _ in micro_batches)
+    if concat:
+        x = torch.cat([x for x, _ in micro_batches])
+        y = torch.cat([y for _, y in micro_batches])
+        micro_batches = [(x, y)]
+    total, pending = 0.0, []
     for x, y in micro_batches:
-        loss = next_token_loss(model(x), y) / len(micro_batches)
-        loss.backward()
-        total += loss.item()
-    return total
+        w = {"share": len(x) / n, "1/k": 1 / len(micro_batches), "one": 1.0}[weights]
+        loss = next_token_loss(model(x), y)
+        total += loss.item() * w
+        if one_backward:
+            pending.append(loss * w)
+        else:
+            (loss * w).backward()
+        if clip_each:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if one_backward:
+        sum(pending).backward()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm if clip else math.inf)
+    return total, (max_norm if post_norm else norm.item())
 
 
 def test_check_7_3_passes_on_a_correct_answer(capsys):
@@ -150,42 +165,43 @@ def test_check_7_3_passes_on_a_correct_answer(capsys):
     assert "passed" in capsys.readouterr().out
 
 
-def no_divide(model, micro_batches):
-    total = 0.0
-    for x, y in micro_batches:
-        loss = next_token_loss(model(x), y)
-        loss.backward()
-        total += loss.item()
-    return total / len(micro_batches)
-
-
-def zero_each_time(model, micro_batches):
+def zero_each_time(model, micro_batches, max_norm):
+    n = sum(len(x) for x, _ in micro_batches)
     total = 0.0
     for x, y in micro_batches:
         model.zero_grad()
-        loss = next_token_loss(model(x), y) / len(micro_batches)
+        loss = next_token_loss(model(x), y) * len(x) / n
         loss.backward()
         total += loss.item()
-    return total
+    return total, torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
 
 
-def sums_losses(model, micro_batches):
-    accumulate(model, micro_batches)
-    return sum(next_token_loss(model(x), y).item() for x, y in micro_batches)
-
-
-def zero_at_end(model, micro_batches):
-    loss = accumulate(model, micro_batches)
+def zero_at_end(model, micro_batches, max_norm):
+    out = accumulate(model, micro_batches, max_norm)
     model.zero_grad(set_to_none=True)
-    return loss
+    return out
+
+
+def unweighted_loss(model, micro_batches, max_norm):
+    _, norm = accumulate(model, micro_batches, max_norm)
+    with torch.no_grad():
+        losses = [next_token_loss(model(x), y).item() for x, y in micro_batches]
+    return sum(losses) / len(losses), norm
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (no_divide, "3x too large"),
-    (zero_each_time, "don't zero .grad between"),
-    (sums_losses, "mean loss"),
+    (lambda m, mb, c: accumulate(m, mb, c, concat=True), "one big batch"),
+    (lambda m, mb, c: accumulate(m, mb, c, one_backward=True), "one backward"),
+    (lambda m, mb, c: accumulate(m, mb, c, weights="1/k"), "not by 1/k"),
+    (lambda m, mb, c: accumulate(m, mb, c, weights="one"), "nor 1"),
+    (lambda m, mb, c: accumulate(m, mb, c, clip=False), "not clipped"),
+    (lambda m, mb, c: accumulate(m, mb, c, clip_each=True), "clip after the last"),
+    (lambda m, mb, c: accumulate(m, mb, c, post_norm=True), "before clipping"),
+    (lambda m, mb, c: accumulate(m, mb, c)[0], "two numbers"),
+    (zero_each_time, "clip after the last"),
     (zero_at_end, "None"),
+    (unweighted_loss, "weighted by its size"),
 ])
 def test_check_7_3_rejects_mistakes(wrong, fragment):
     fails_with(check_7_3, wrong, fragment)
@@ -373,3 +389,87 @@ def test_check_7_7_passes_on_a_correct_answer(capsys):
 ])
 def test_check_7_7_rejects_mistakes(wrong, fragment):
     fails_with(check_7_7, wrong, fragment)
+
+
+def keeps_its_own_momentum(p, grad, buf, lr, momentum, weight_decay, _state={}):
+    """Right weights, but the momentum lives in a private dict, not in the caller's buffer."""
+    own = _state.setdefault(id(buf), torch.zeros_like(buf))
+    muon_step(p, grad, own, lr, momentum, weight_decay)
+
+
+def buffer_holds_the_look_ahead(p, grad, buf, lr, momentum, weight_decay, _state={}):
+    """Right weights, but buf ends each step holding the look-ahead, not the average."""
+    avg = _state.setdefault(id(buf), torch.zeros_like(buf))
+    muon_step(p, grad, avg, lr, momentum, weight_decay)
+    buf.copy_(grad.lerp(avg, momentum))
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (keeps_its_own_momentum, "all zeros"),
+    (buffer_holds_the_look_ahead, "average itself"),
+])
+def test_check_7_7_inspects_the_momentum_buffer(wrong, fragment):
+    fails_with(check_7_7, wrong, fragment)
+
+
+# --- 7.8 Adam's step ------------------------------------------------------------------------
+
+from companion.checks.ch07 import _adam_reference
+
+
+def adam_step(p, grad, state, lr, betas, eps, weight_decay, decoupled, **switch):
+    _adam_reference(p, grad, state, lr, betas, eps, weight_decay, decoupled, **switch)
+
+
+def adam_step_by_hand(p, grad, state, lr, betas, eps, weight_decay, decoupled):
+    """The exercise's answer, written apart from the check's reference."""
+    b1, b2 = betas
+    if not decoupled:
+        grad = grad.add(p, alpha=weight_decay)
+    if "m" not in state:
+        state["t"], state["m"], state["v"] = 0, torch.zeros_like(p), torch.zeros_like(p)
+    state["t"] += 1
+    state["m"].lerp_(grad, 1 - b1)
+    state["v"].lerp_(grad * grad, 1 - b2)
+    m_hat = state["m"] / (1 - b1 ** state["t"])
+    v_hat = state["v"] / (1 - b2 ** state["t"])
+    if decoupled:
+        p.mul_(1 - lr * weight_decay)
+    p.sub_(lr * m_hat / (v_hat.sqrt() + eps))
+
+
+def test_check_7_8_passes_on_a_correct_answer(capsys):
+    check_7_8(adam_step)
+    check_7_8(adam_step_by_hand)
+    assert "passed" in capsys.readouterr().out
+
+
+def rebinds(p, grad, state, lr, betas, eps, weight_decay, decoupled):
+    p = p - lr * grad  # a new tensor: the caller's p never changes
+
+
+def forgets_state(p, grad, state, lr, betas, eps, weight_decay, decoupled):
+    adam_step(p, grad, {}, lr, betas, eps, weight_decay, decoupled)
+
+
+def t_from_zero(p, grad, state, lr, betas, eps, weight_decay, decoupled):
+    t = state.get("t", 0)
+    adam_step(p, grad, state, lr, betas, eps, weight_decay, decoupled)
+    state["t"] = t + 1
+    # with t counted from 0 the first correction divides by zero
+    if t == 0:
+        p.fill_(float("nan"))
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (lambda *a: adam_step(*a, correct=False), "bias correction"),
+    (lambda *a: adam_step(*a, decay_first=False), "before the Adam"),
+    (lambda *a: adam_step(*a, eps_inside=True), "not inside the square root"),
+    (lambda *a: adam_step(*a, swap=True), "decoupled=True is AdamW"),
+    (rebinds, "in place"),
+    (forgets_state, "state is still empty"),
+    (t_from_zero, "inf or NaN"),
+])
+def test_check_7_8_rejects_mistakes(wrong, fragment):
+    fails_with(check_7_8, wrong, fragment)

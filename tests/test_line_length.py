@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH = 100
-SOURCES = sorted([*ROOT.glob("book/[0-9]*.md"), *ROOT.glob("exercises/src/[0-9]*.md")])
+SOURCES = sorted([*ROOT.glob("book/[0-9]*.md"), *ROOT.glob("book/appendix*.md"),
+                  *ROOT.glob("exercises/src/[0-9]*.md")])
 GENERATED = sorted([*ROOT.glob("exercises/[0-9]*.ipynb"), *ROOT.glob("solutions/[0-9]*.ipynb")])
 MODULES = sorted((ROOT / "companion").rglob("*.py"))
 

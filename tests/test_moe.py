@@ -10,17 +10,61 @@ from companion.moe import MoE, expert_capacity, load_balancing_loss, moe_aux_los
 SMALL = dict(vocab_size=40, context_length=16, d_model=32, n_layers=2, n_heads=4)
 
 
-def test_router_keeps_the_top_k_and_renormalises_their_gates():
-    # probabilities 0.5, 0.3, 0.2: top-2 keeps experts 0 and 1 with gates 0.5/0.8 and 0.3/0.8
+def test_router_keeps_the_top_k_probabilities_as_gates():
+    # Switch (Fedus et al. 2021, eq. 2): the gate is the router's probability p_i(x) itself
     probs, gates, experts = route(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]).log(), 2)
     assert torch.allclose(probs.sum(-1), torch.ones(2))
     assert experts.tolist() == [[0, 1], [2, 1]]
+    assert torch.allclose(gates, torch.tensor([[0.5, 0.3], [0.7, 0.2]]))
+
+
+def test_norm_topk_prob_renormalises_the_kept_gates():
+    # probabilities 0.5, 0.3, 0.2: top-2 keeps experts 0 and 1 with gates 0.5/0.8 and 0.3/0.8
+    _, gates, _ = route(torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]]).log(), 2, True)
     assert torch.allclose(gates, torch.tensor([[0.625, 0.375], [0.7 / 0.9, 0.2 / 0.9]]))
 
 
-def test_top_1_gate_is_one():
-    _, gates, _ = route(torch.randn(10, 4), 1)
-    assert torch.allclose(gates, torch.ones(10, 1))
+def test_top_1_gate_is_the_probability_unless_renormalised():
+    logits = torch.randn(10, 4)
+    probs, gates, _ = route(logits, 1)
+    assert torch.allclose(gates[:, 0], probs.max(-1).values) and (gates < 1).all()
+    assert torch.allclose(route(logits, 1, True)[1], torch.ones(10, 1))
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_router_gets_gradient_from_the_lm_loss(top_k):
+    # the language-model loss alone (aux weight 0) must reach the router through the gates; with
+    # gates renormalised at k = 1 they are all exactly 1 and it does not
+    torch.manual_seed(0)
+    cfg = GPTConfig(**SMALL, n_experts=4, moe_top_k=top_k, moe_aux_weight=0.0)
+    m = GPT(cfg).train()
+    idx = torch.randint(0, 40, (2, 16))
+    logits = m(idx)
+    loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 40), idx[:, 1:].reshape(-1))
+    loss.backward()
+    for b in m.blocks:
+        assert b.mlp.router.weight.grad.norm() > 1e-3
+
+
+def test_renormalised_top_1_cuts_the_router_off_from_the_lm_loss():
+    torch.manual_seed(0)
+    cfg = GPTConfig(**SMALL, n_experts=4, moe_top_k=1, moe_aux_weight=0.0, moe_norm_topk_prob=True)
+    m = GPT(cfg).train()
+    idx = torch.randint(0, 40, (2, 16))
+    logits = m(idx)
+    nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 40), idx[:, 1:].reshape(-1)).backward()
+    assert all(b.mlp.router.weight.grad is None or b.mlp.router.weight.grad.norm() < 1e-4
+               for b in m.blocks)
+
+
+def test_old_moe_configs_keep_their_renormalised_gates():
+    # a config saved before moe_norm_topk_prob existed was trained with renormalised gates
+    old = GPTConfig(**SMALL, n_experts=4, moe_top_k=2).to_dict()
+    del old["moe_norm_topk_prob"]
+    assert GPTConfig.from_dict(old).moe_norm_topk_prob is True
+    dense = GPTConfig(**SMALL).to_dict()
+    del dense["moe_norm_topk_prob"]
+    assert GPTConfig.from_dict(dense).moe_norm_topk_prob is False
 
 
 def test_balancing_loss_is_one_when_perfectly_balanced():
@@ -50,14 +94,14 @@ def test_capacity_formula():
     assert expert_capacity(10, 4, 1, 1.25) == 4  # ceil(3.125)
 
 
-def identity_moe(n_experts: int, top_k: int, capacity_factor):
+def identity_moe(n_experts: int, top_k: int, capacity_factor, norm_topk_prob: bool = False):
     """An MoE whose experts return their input: the output is gate-weighted copies of x."""
     torch.manual_seed(0)
-    return MoE(8, n_experts, top_k, capacity_factor, nn.Identity)
+    return MoE(8, n_experts, top_k, capacity_factor, nn.Identity, norm_topk_prob)
 
 
 def test_capacity_drops_the_overflow_and_the_dropped_tokens_add_nothing():
-    moe = identity_moe(2, 1, 0.5).train()
+    moe = identity_moe(2, 1, 0.5, norm_topk_prob=True).train()  # gates 1: kept tokens are x
     with torch.no_grad():
         moe.router.weight.zero_()
         moe.router.weight[0, 0] = 10.0  # every token with x[0] > 0 goes to expert 0
@@ -85,7 +129,7 @@ def test_capacity_drops_second_choices_before_first_choices():
 
 
 def test_no_capacity_limit_at_inference():
-    moe = identity_moe(2, 1, 0.5).eval()
+    moe = identity_moe(2, 1, 0.5, norm_topk_prob=True).eval()
     with torch.no_grad():
         moe.router.weight.zero_()
         moe.router.weight[0, 0] = 10.0
@@ -179,6 +223,7 @@ def test_train_loop_adds_the_aux_loss(monkeypatch):
     (dict(n_experts=4, moe_top_k=0), "moe_top_k"),
     (dict(n_experts=4, capacity_factor=0.0), "capacity_factor"),
     (dict(n_experts=4, moe_aux_weight=-0.1), "moe_aux_weight"),
+    (dict(n_experts=4, moe_norm_topk_prob=1), "moe_norm_topk_prob"),
 ])
 def test_bad_moe_configs_raise(bad, words):
     with pytest.raises(ValueError, match=words):

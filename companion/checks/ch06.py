@@ -1,7 +1,7 @@
 """Self-checks for chapter 6's exercises.
 
-A block's parameter count, GPT-2's checkpoint converted by hand, top-p at its boundary, and an
-MoE router with its load-balancing loss.
+A block's parameter count, GPT-2's checkpoint converted by hand, top-p at its boundary, an
+MoE router with its load-balancing loss, and the GPT's forward from a state dict.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from ..model import GPT, Block, GPTConfig
 from ..moe import load_balancing_loss, route
 from ._core import as_tensor, call, fail, passed
 
-__all__ = ["check_6_1", "check_6_2", "check_6_3", "check_6_4"]
+__all__ = ["check_6_1", "check_6_2", "check_6_3", "check_6_4", "check_6_5"]
 
 _SMALL = dict(vocab_size=64, context_length=16, d_model=48, n_layers=2, n_heads=6)
 
@@ -37,6 +37,14 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
         ("LLaMA style with GQA",
          GPTConfig(**_SMALL, norm="rmsnorm", mlp="swiglu", pos="rope", bias=False, n_kv_heads=2)),
         ("LayerNorm without biases", GPTConfig(**_SMALL, bias=False, d_ff=100)),
+        # head_dim set wider than d_model / n_heads: q_proj and o_proj are not d x d
+        ("head_dim != d_model / n_heads",
+         GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
+                   head_dim=32, norm="rmsnorm", mlp="swiglu", pos="rope", bias=False)),
+        ("Qwen3 style: head_dim, GQA and QK-norm",
+         GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
+                   n_kv_heads=2, head_dim=32, qk_norm=True, norm="rmsnorm", mlp="swiglu",
+                   pos="rope", bias=False)),
     ]
     for name, cfg in cases:
         got = call(ex, block_params, cfg)
@@ -48,16 +56,23 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
         if got == want:
             continue
         d, b = cfg.d_model, int(cfg.bias)
-        kv = cfg.n_kv_heads * cfg.d_head
+        kv, q = cfg.n_kv_heads * cfg.d_head, cfg.n_heads * cfg.d_head
         norms = 2 * (d + b * d if cfg.norm == "layernorm" else d)
+        qk_scales = 2 * cfg.d_head if cfg.qk_norm else 0
         hint = ""
         if got == want - norms:
             hint = " You left out the two norms' weights (and LayerNorm's biases)."
+        elif q != d and want - got in (2 * (q - d) * d, 2 * (q - d) * d + qk_scales):
+            hint = (f" With head_dim={cfg.d_head} and n_heads={cfg.n_heads}, q_proj is d_model x"
+                    f" (n_heads * d_head) = {d} x {q} and o_proj {q} x {d}: not d_model x d_model.")
+        elif qk_scales and want - got == qk_scales:
+            hint = (" With qk_norm, attention also holds two RMSNorm scales of width d_head, one"
+                    " for the queries and one for the keys.")
         n_in = 2 if cfg.mlp == "swiglu" else 1
         # q, o; k, v; the MLP's input(s); its output
         linear_biases = 2 * d + 2 * kv + n_in * cfg.d_ff + d
         norm_biases = 2 * d if cfg.norm == "layernorm" else 0
-        if got == want - norms:
+        if hint:
             pass  # handled above
         elif cfg.bias and want - got in (linear_biases, linear_biases + norm_biases):
             hint = (" You left out the biases: every nn.Linear in a GPT-2 block has one, and so"
@@ -73,7 +88,8 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
                  f"n_kv_heads={cfg.n_kv_heads}, bias={cfg.bias}): expected {want:,} parameters, "
                  f"got {got:,}.{hint}")
     passed(ex, f"matches the tensors for {len(cases)} configs, including GPT-2 small "
-               f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA and no biases.")
+               f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA, no biases, and "
+               "a head_dim wider than d_model / n_heads with QK-norm (Qwen3).")
 
 
 # --- 6.2: GPT-2's checkpoint into our names -----------------------------------------------------
@@ -227,31 +243,53 @@ def check_6_3(top_p: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
 # --- 6.4: an MoE router and its load-balancing loss ----------------------------------------------
 
 
-def check_6_4(route_tokens: Callable[[torch.Tensor, int], tuple]) -> None:
-    """route_tokens(logits (N, E), k) -> (gates (N, k), experts (N, k), aux loss)."""
+def check_6_4(route_tokens: Callable[[torch.Tensor, int, bool], tuple]) -> None:
+    """route_tokens(logits (N, E), k, renormalise) -> (gates (N, k), experts (N, k), aux loss)."""
     ex = "6.4"
     gen = torch.Generator().manual_seed(0)
     logits = torch.randn(32, 4, generator=gen) * 2
-    out = call(ex, route_tokens, logits.clone(), 2)
-    if not isinstance(out, tuple) or len(out) != 3:
-        fail(ex, "return three things: (gates, experts, aux_loss)")
-    gates, experts, aux = (as_tensor(ex, v, w) for v, w in zip(out, ("gates", "experts", "aux")))
+
+    def run(lg: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, ...]:
+        out = call(ex, route_tokens, lg, k, renormalise)
+        if not isinstance(out, tuple) or len(out) != 3:
+            fail(ex, "return three things: (gates, experts, aux_loss)")
+        return tuple(as_tensor(ex, v, w) for v, w in zip(out, ("gates", "experts", "aux")))
+
+    gates, experts, aux = run(logits.clone(), 2, False)
     probs, want_gates, want_experts = route(logits, 2)
     if gates.shape != (32, 2) or experts.shape != (32, 2):
         fail(ex, f"gates and experts should both be (N, k) = (32, 2), got {tuple(gates.shape)} "
                  f"and {tuple(experts.shape)}")
     if not torch.equal(experts.sort(-1).values, want_experts.sort(-1).values):
         fail(ex, "each token should go to the k experts with the highest router probability.")
-    order = experts.argsort(-1)
-    g = gates.gather(-1, order).float()
-    want_g = want_gates.gather(-1, want_experts.argsort(-1))
-    top = probs.topk(2, dim=-1).values
-    if torch.allclose(g, top.gather(-1, want_experts.argsort(-1)), atol=1e-5):
-        fail(ex, "the gates are the raw probabilities: renormalise the k kept ones so that each "
-                 "token's gates sum to 1.")
-    if not torch.allclose(g, want_g, atol=1e-5):
-        fail(ex, "the gates should be the chosen experts' softmax probabilities, renormalised "
-                 "over the k chosen; each token's gates sum to 1.")
+
+    def in_expert_order(g: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        return g.detach().gather(-1, e.argsort(-1)).float()
+
+    g = in_expert_order(gates, experts)
+    renormed = in_expert_order(route(logits, 2, True)[1], want_experts)
+    if torch.allclose(g, renormed, atol=1e-5):
+        fail(ex, "with renormalise=False the gates are the router's probabilities p_i(x) "
+                 "themselves, as in the Switch Transformer; renormalise only when asked.")
+    if not torch.allclose(g, in_expert_order(want_gates, want_experts), atol=1e-5):
+        fail(ex, "the gates should be the chosen experts' softmax probabilities (over all E "
+                 "experts).")
+    g2, e2, _ = run(logits.clone(), 2, True)
+    if not torch.allclose(in_expert_order(g2, e2), renormed, atol=1e-5):
+        fail(ex, "with renormalise=True divide the k kept probabilities by their sum, so that "
+                 "each token's gates sum to 1 (Mixtral).")
+    # The LM loss reaches the router only through the gates' values (top-k picks are not
+    # differentiable), so the gates must keep their graph back to the logits.
+    for k in (1, 2):
+        lg = logits.clone().requires_grad_(True)
+        gk = run(lg, k, False)[0]
+        if not gk.requires_grad:
+            fail(ex, "the gates carry no gradient: the language-model loss reaches the router "
+                     "only through them. Did you take them from a detached copy of the "
+                     "probabilities, or with .item() / torch.no_grad()?")
+        (gk * torch.arange(1.0, k + 1)).sum().backward()
+        if lg.grad is None or lg.grad.abs().sum() == 0:
+            fail(ex, f"at k = {k} the gates send no gradient back to the router logits.")
     want_aux = load_balancing_loss(probs, want_experts)
     aux_v = float(aux.reshape(-1)[0]) if aux.numel() == 1 else float("nan")
     if aux.numel() != 1:
@@ -266,15 +304,101 @@ def check_6_4(route_tokens: Callable[[torch.Tensor, int], tuple]) -> None:
     if abs(aux_v - want_aux.item()) > 1e-4:
         fail(ex, f"aux loss {aux_v:.4f}, expected {want_aux.item():.4f}: N times the sum over "
                  "experts of (share of choices) x (mean router probability).")
-    uniform = call(ex, route_tokens, torch.zeros(8, 4), 1)
-    if isinstance(uniform, tuple) and len(uniform) == 3:
-        # all-equal logits: topk picks expert 0 for everyone, P is uniform, so N * 1 * 1/4 = 1
-        if abs(float(as_tensor(ex, uniform[2], "aux")) - 1.0) > 1e-5:
-            fail(ex, "with uniform router probabilities the aux loss should be exactly 1.")
+    uniform = run(torch.zeros(8, 4), 1, False)
+    # all-equal logits: topk picks expert 0 for everyone, P is uniform, so N * 1 * 1/4 = 1
+    if abs(float(uniform[2]) - 1.0) > 1e-5:
+        fail(ex, "with uniform router probabilities the aux loss should be exactly 1.")
     logits_g = logits.clone().requires_grad_(True)
-    aux_g = call(ex, route_tokens, logits_g, 2)[2]
-    if not isinstance(aux_g, torch.Tensor) or not aux_g.requires_grad:
+    aux_g = run(logits_g, 2, False)[2]
+    if not aux_g.requires_grad:
         fail(ex, "the aux loss must stay a tensor with a gradient to the router logits (through "
                  "the mean probabilities); did you call .item() or detach it?")
-    passed(ex, "top-k experts with renormalised gates, and the Switch Transformer loss "
-               f"({want_aux.item():.3f} here, 1 when balanced).")
+    passed(ex, "top-k experts with Switch's gates p_i(x) (or renormalised, Mixtral's), gates that "
+               f"carry the router's gradient, and the balancing loss ({want_aux.item():.3f} "
+               "here, 1 when balanced).")
+
+
+# --- 6.5: the GPT's forward from a state dict ---------------------------------------------------
+
+
+def _forward_reference(sd: dict[str, torch.Tensor], cfg: GPTConfig, idx: torch.Tensor, *,
+                       causal: bool = True, final_norm: bool = True, positions: bool = True,
+                       pre_norm: bool = True, tanh: bool = True) -> torch.Tensor:
+    """A GPT-2 forward in functional ops; the switches turn on one plausible mistake each."""
+    import torch.nn.functional as F
+
+    B, T = idx.shape
+    d, H, eps = cfg.d_model, cfg.n_heads, cfg.norm_eps
+    x = sd["tok_emb.weight"][idx]
+    if positions:
+        x = x + sd["pos_emb.embedding.weight"][:T]
+    for i in range(cfg.n_layers):
+        w = {k[len(f"blocks.{i}."):]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
+
+        def norm(h: torch.Tensor, name: str) -> torch.Tensor:
+            return F.layer_norm(h, (d,), w[name + ".weight"], w[name + ".bias"], eps)
+
+        h = norm(x, "attn_norm") if pre_norm else x
+        q, k, v = (F.linear(h, w[f"attn.{n}_proj.weight"], w[f"attn.{n}_proj.bias"])
+                   .view(B, T, H, -1).transpose(1, 2) for n in "qkv")
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        x = x + F.linear(a.transpose(1, 2).reshape(B, T, -1), w["attn.o_proj.weight"],
+                         w["attn.o_proj.bias"])
+        x = x if pre_norm else norm(x, "attn_norm")
+        h = norm(x, "mlp_norm") if pre_norm else x
+        h = F.gelu(F.linear(h, w["mlp.up_proj.weight"], w["mlp.up_proj.bias"]),
+                   approximate="tanh" if tanh else "none")
+        x = x + F.linear(h, w["mlp.down_proj.weight"], w["mlp.down_proj.bias"])
+        x = x if pre_norm else norm(x, "mlp_norm")
+    if final_norm:
+        x = F.layer_norm(x, (d,), sd["norm.weight"], sd["norm.bias"], eps)
+    return x @ sd["tok_emb.weight"].T
+
+
+def check_6_5(gpt_forward: Callable[[dict, GPTConfig, torch.Tensor], torch.Tensor]) -> None:
+    """gpt_forward(state_dict, config, idx (B, T)) -> logits (B, T, V), as companion GPT's."""
+    ex = "6.5"
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=40, context_length=16, d_model=32, n_layers=2, n_heads=4)
+    model = GPT(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:  # away from 0 and 1: a lost one shows
+                p.add_(0.2 * torch.randn_like(p))
+            else:  # larger than at init, so that GELU's two forms differ visibly
+                p.normal_(0.0, 0.2)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(idx)
+        got = as_tensor(ex, call(ex, gpt_forward, sd, cfg, idx), "the logits")
+    if got.shape != want.shape:
+        fail(ex, f"return logits of shape (B, T, vocab_size) = {tuple(want.shape)}, got "
+                 f"{tuple(got.shape)}")
+    got = got.detach().float()
+    if torch.allclose(got, want, atol=1e-4):
+        # the same function on a prefix: the causal mask keeps the first positions unchanged
+        short = as_tensor(ex, call(ex, gpt_forward, sd, cfg, idx[:, :5]), "the logits")
+        if not torch.allclose(short.detach().float(), want[:, :5], atol=1e-4):
+            fail(ex, "the logits of the first 5 tokens change when the sequence is cut there: "
+                 "take the positions from the input's own length.")
+        passed(ex, f"your forward from {len(sd)} tensors gives companion GPT's logits for a "
+                   f"{cfg.n_layers}-layer GPT-2 (largest difference "
+                   f"{(got - want).abs().max():.1e}).")
+        return
+    mistakes = {
+        "causal": "each position attends to later ones too: attention needs the causal mask",
+        "final_norm": "the final LayerNorm (norm.weight, norm.bias) before the head is missing",
+        "positions": "the learned position embeddings (pos_emb.embedding.weight) are missing",
+        "pre_norm": ("the norms sit on the residual stream (post-norm); GPT-2's block normalises "
+                     "a copy for each sublayer and adds the sublayer's output to the stream"),
+        "tanh": "GPT-2's GELU is the tanh approximation (approximate='tanh'), not the erf form",
+    }
+    with torch.no_grad():
+        for switch, message in mistakes.items():
+            if torch.allclose(got, _forward_reference(sd, cfg, idx, **{switch: False}),
+                              atol=1e-4):
+                fail(ex, f"the logits match a GPT with one thing different: {message}.")
+    fail(ex, f"the logits differ from companion GPT's (largest gap "
+             f"{(got - want).abs().max():.3g}): check the order embed, blocks (norm, attention, "
+             "add; norm, MLP, add), final norm, tied head, and how the heads are split.")

@@ -1,7 +1,7 @@
 """Self-checks for chapter 7's exercises.
 
 Warmup + cosine, AdamW groups, gradient accumulation, resuming, the over-fitting step, a
-learning-rate sweep, and Muon's Newton–Schulz iteration.
+learning-rate sweep, Muon's Newton–Schulz iteration, and Adam's step with L2 or decoupled decay.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from ..utils import set_seed
 from ._core import as_scalar, call, fail, passed
 
 __all__ = ["check_7_1", "check_7_2", "check_7_3", "check_7_4", "check_7_5", "check_7_6",
-           "check_7_7", "SWEEP_MODEL", "SWEEP_LRS", "sweep_config"]
+           "check_7_7", "check_7_8", "SWEEP_MODEL", "SWEEP_LRS", "sweep_config"]
 
 TINY = GPTConfig(vocab_size=11, context_length=8, d_model=16, n_layers=2, n_heads=2)
 
@@ -125,43 +125,94 @@ def check_7_2(split_params: Callable[[torch.nn.Module, float], list[dict]]) -> N
 
 
 def check_7_3(
-    accumulate: Callable[[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]], float],
+    accumulate: Callable[[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]], float],
+                         tuple[float, float]],
 ) -> None:
-    """accumulate(model, micro_batches) -> mean loss.
+    """accumulate(model, micro_batches, max_norm) -> (mean loss, gradient norm before clipping).
 
-    Leaves in .grad the gradient of one batch made of them all.
+    Leaves in .grad the gradient of one batch made of them all, clipped to max_norm.
     """
     ex = "7.3"
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, TINY.vocab_size, (6, 8), generator=g)
     y = torch.randint(0, TINY.vocab_size, (6, 8), generator=g)
+    sizes = (2, 3, 1)  # unequal: the last micro-batch of an epoch often is
+    cuts = [0, 2, 5, 6]
+    micro = [(x[a:b], y[a:b]) for a, b in zip(cuts, cuts[1:])]
     torch.manual_seed(0)
     model = GPT(TINY)
-    next_token_loss(model(x), y).backward()
-    want = [p.grad.clone() for p in model.parameters()]
+
+    def grads_of(weights: list[float]) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        for (xb, yb), w in zip(micro, weights):
+            (next_token_loss(model(xb), yb) * w).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    def clipped(gs: list[torch.Tensor], limit: float) -> list[torch.Tensor]:
+        norm = torch.sqrt(sum(t.pow(2).sum() for t in gs))
+        return [t * min(1.0, limit / (norm.item() + 1e-6)) for t in gs]
+
+    whole = [n / 6 for n in sizes]
+    want_raw = grads_of(whole)
+    want_norm = torch.sqrt(sum(t.pow(2).sum() for t in want_raw)).item()
+    max_norm = want_norm / 2  # clipping is on: the gradient is twice the limit
+    want = clipped(want_raw, max_norm)
     want_loss = next_token_loss(model(x), y).item()
+    wrong = {  # plausible gradients, each with a diagnosis
+        # clipped, 1/k and no weighting at all point the same way
+        "weights 1/k": (clipped(grads_of([1 / 3] * 3), max_norm),
+                        "the micro-batches hold 2, 3 and 1 rows: weight each one's mean loss by "
+                        "its share of all the rows (n_i / N), not by 1/k (nor 1), so that the "
+                        "sum is the mean over the whole batch"),
+        "no clip": (want_raw, "the gradient was not clipped: rescale it to max_norm once all "
+                              "micro-batches have been added (torch.nn.utils.clip_grad_norm_)"),
+    }
     model.zero_grad(set_to_none=True)
-    loss = as_scalar(
-        ex,
-        call(ex, accumulate, model, [(x[i : i + 2], y[i : i + 2]) for i in range(0, 6, 2)]),
-        "the loss",
-    )
+    calls: list[int] = []
+    backwards: list[int] = []
+    hook = model.register_forward_pre_hook(lambda m, args: calls.append(args[0].shape[0]))
+    first = next(model.parameters())
+    grad_hook = first.register_hook(lambda grad: backwards.append(1))
+    try:
+        out = call(ex, accumulate, model, [(a.clone(), b.clone()) for a, b in micro], max_norm)
+    finally:
+        hook.remove()
+        grad_hook.remove()
+    if not isinstance(out, tuple) or len(out) != 2:
+        fail(ex, "return two numbers: (mean loss, gradient norm before clipping)")
+    loss, norm = (as_scalar(ex, v, w) for v, w in zip(out, ("the loss", "the norm")))
+    if any(c > max(sizes) for c in calls) or len(calls) < len(micro):
+        fail(ex, f"the model saw batches of {calls} rows: one big batch. Accumulation exists "
+                 "because the whole batch does not fit; run forward and backward on each "
+                 "micro-batch in turn.")
+    if len(backwards) == 1:
+        fail(ex, "one backward over the summed losses keeps every micro-batch's graph in memory "
+                 "at once, which is what accumulation avoids: call backward once per "
+                 "micro-batch and let .grad add up.")
     got = [p.grad for p in model.parameters()]
     if any(t is None for t in got):
-        fail(ex, "some .grad is None: call loss.backward() for every micro-batch and don't zero "
-                 "the gradients at the end.")
-    ratio = (got[0] * want[0]).sum().item() / (want[0] * want[0]).sum().item()
-    if math.isclose(ratio, 3.0, rel_tol=1e-3):
-        fail(ex, "the gradients are 3x too large: with 3 micro-batches divide each loss by 3 "
-                 "before backward, so the sum of the gradients is their mean.")
-    if math.isclose(ratio, 1 / 3, rel_tol=0.2):
-        fail(ex, "the gradients look like one micro-batch's share only: don't zero .grad between "
-                 "micro-batches; backward adds into .grad.")
-    if not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want)):
-        fail(ex, "the accumulated gradients differ from one batch of all 6 rows")
+        fail(ex, "some .grad is None: call backward for every micro-batch and don't zero the "
+                 "gradients at the end.")
+
+    def same(gs: list[torch.Tensor]) -> bool:
+        return all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, gs))
+
+    if not same(want):
+        for candidate, message in wrong.values():
+            if same(candidate):
+                fail(ex, message + ".")
+        fail(ex, "the clipped, accumulated gradients differ from one batch of all 6 rows "
+                 "clipped once: clip after the last micro-batch, not after each one.")
+    if math.isclose(norm, max_norm, rel_tol=1e-4):
+        fail(ex, f"return the norm before clipping ({want_norm:.4f}, what clip_grad_norm_ "
+                 f"returns), not after it ({max_norm:.4f}).")
+    if not math.isclose(norm, want_norm, rel_tol=1e-4):
+        fail(ex, f"the gradient norm before clipping is {want_norm:.4f}; got {norm:.4f}")
     if not math.isclose(loss, want_loss, rel_tol=1e-5):
-        fail(ex, f"return the mean loss over the micro-batches, {want_loss:.4f}; got {loss:.4f}")
-    passed(ex, "3 micro-batches of 2 give the gradient and the loss of one batch of 6.")
+        fail(ex, f"return the mean loss over all the rows, {want_loss:.4f} (each micro-batch "
+                 f"weighted by its size); got {loss:.4f}")
+    passed(ex, "micro-batches of 2, 3 and 1 rows give the gradient, the loss and the norm of one "
+               "batch of 6, clipped once after the last.")
 
 
 def check_7_4(
@@ -421,9 +472,22 @@ def check_7_7(muon_step: Callable[..., object]) -> None:
             q, b = p0.clone(), torch.zeros(rows, cols)
             for grad in grads:
                 _muon_reference(q, grad.clone(), b, lr, mu, wd, **switch)
+            replayed_buf[0] = b
             return q
+        replayed_buf = [torch.zeros(())]
         if torch.allclose(p, replay(), atol=1e-4):
-            continue
+            # the weights are right; the buffer is the optimizer's state, saved in checkpoints
+            want_buf = replayed_buf[0]
+            if torch.allclose(buf, want_buf, atol=1e-5):
+                continue
+            if torch.count_nonzero(buf) == 0:
+                fail(ex, "the weights are right but buf is still all zeros: the momentum must "
+                         "live in the buffer the caller passed (update it in place), since the "
+                         "optimizer saves and restores it from there.")
+            fail(ex, f"the weights are right but after {len(grads)} steps buf differs from "
+                     "the average of the gradients, momentum * buf + (1 - momentum) * grad "
+                     f"(largest gap {(buf - want_buf).abs().max():.3g}): keep in buf the "
+                     "average itself, not the look-ahead or the update.")
         for switch, message in mistakes.items():
             if torch.allclose(p, replay(**{switch: False}), atol=1e-4):
                 fail(ex, f"after {len(grads)} steps on a {rows} x {cols} matrix the weights match "
@@ -432,5 +496,92 @@ def check_7_7(muon_step: Callable[..., object]) -> None:
                  "companion.muon.Muon's (largest gap "
                  f"{(p - replay()).abs().max():.3g}): check the order buffer, look-ahead, "
                  "orthogonalise, scale, decay, step.")
-    passed(ex, "your steps match companion.muon.Muon on a square, a wide and a tall matrix: "
-               "Muon is momentum, made orthogonal.")
+    passed(ex, "your steps match companion.muon.Muon on a square, a wide and a tall matrix, "
+               "weights and momentum buffer: Muon is momentum, made orthogonal.")
+
+
+# --- 7.8: Adam's step, with L2 or with decoupled decay ------------------------------------------
+
+
+def _adam_reference(p: torch.Tensor, grad: torch.Tensor, state: dict, lr: float,
+                    betas: tuple[float, float], eps: float, weight_decay: float,
+                    decoupled: bool, *, correct: bool = True, decay_first: bool = True,
+                    eps_inside: bool = False, swap: bool = False) -> None:
+    """One Adam(W) step in place; the keyword switches make one plausible mistake each."""
+    beta1, beta2 = betas
+    if swap:
+        decoupled = not decoupled
+    if not decoupled:
+        grad = grad + weight_decay * p  # L2: the decay goes through the moments
+    if not state:
+        state.update(step=0, m=torch.zeros_like(p), v=torch.zeros_like(p))
+    state["step"] += 1
+    t, m, v = state["step"], state["m"], state["v"]
+    m.mul_(beta1).add_(grad, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    m_hat = m / (1 - beta1**t) if correct else m
+    v_hat = v / (1 - beta2**t) if correct else v
+    update = m_hat / ((v_hat + eps).sqrt() if eps_inside else v_hat.sqrt() + eps)
+    if decoupled and decay_first:
+        p.mul_(1 - lr * weight_decay)
+    p.add_(update, alpha=-lr)
+    if decoupled and not decay_first:
+        p.mul_(1 - lr * weight_decay)
+
+
+def check_7_8(adam_step: Callable[..., object]) -> None:
+    """adam_step(p, grad, state, lr, betas, eps, weight_decay, decoupled) updates p and state."""
+    ex = "7.8"
+    lr, betas, eps, wd = 0.05, (0.9, 0.95), 1e-3, 0.5  # an eps that matters for small grads
+    mistakes = {
+        "correct": ("both moments start at zero, so divide m by 1 - beta1**t and v by "
+                    "1 - beta2**t (t counts from 1): the bias correction"),
+        "decay_first": ("decoupled decay shrinks p by (1 - lr * weight_decay) before the Adam "
+                        "update is added, as torch.optim.AdamW does"),
+        "eps_inside": "eps is added to sqrt(v_hat), not inside the square root",
+        "swap": ("decoupled=True is AdamW (decay applied to the weights directly); "
+                 "decoupled=False is Adam's L2, weight_decay * p added to the gradient"),
+    }
+    g = torch.Generator().manual_seed(3)
+    for decoupled in (True, False):
+        name = "AdamW" if decoupled else "Adam with L2 (torch.optim.Adam's weight_decay)"
+        p0 = torch.randn(6, 5, generator=g)
+        grads = [torch.randn(6, 5, generator=g) * 10 ** (-k) for k in range(5)]
+        p, state = p0.clone(), {}
+        ref = torch.nn.Parameter(p0.clone())
+        opt_cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        opt = opt_cls([ref], lr=lr, betas=betas, eps=eps, weight_decay=wd)
+        for step, grad in enumerate(grads):
+            before = p.clone()
+            call(ex, adam_step, p, grad.clone(), state, lr, betas, eps, wd, decoupled)
+            if step == 0 and torch.equal(p, before):
+                fail(ex, "p did not change after a step: update it in place (p.mul_, p.add_, "
+                         "p.addcdiv_), do not rebind the name.")
+            if step == 0 and not state:
+                fail(ex, "state is still empty after a step: keep the step count and both "
+                         "moments in the dict the caller passed, so the next step finds them.")
+            ref.grad = grad.clone()
+            opt.step()
+        if not torch.isfinite(p).all():
+            fail(ex, f"{name}: the weights became inf or NaN; does t start at 1 in 1 - beta**t?")
+        if torch.allclose(p, ref.detach(), atol=1e-6):
+            continue
+
+        def replay(**switch: bool) -> torch.Tensor:
+            q, st = p0.clone(), {}
+            for grad in grads:
+                _adam_reference(q, grad.clone(), st, lr, betas, eps, wd, decoupled, **switch)
+            return q
+        for switch, message in mistakes.items():
+            if torch.allclose(p, replay(**{switch: not _DEFAULTS[switch]}), atol=1e-6):
+                fail(ex, f"{name}: after {len(grads)} steps the weights match an optimizer with "
+                         f"one thing different: {message}.")
+        fail(ex, f"{name}: after {len(grads)} steps the weights differ from "
+                 f"{opt_cls.__module__}.{opt_cls.__name__}'s by up to "
+                 f"{(p - ref.detach()).abs().max():.3g}: check moments, bias correction, "
+                 "the eps, then the decay.")
+    passed(ex, "five steps match torch.optim.AdamW (decoupled) and torch.optim.Adam with L2 "
+               "(coupled) to 1e-6, with gradients from 1 down to 1e-4.")
+
+
+_DEFAULTS = {"correct": True, "decay_first": True, "eps_inside": False, "swap": False}
