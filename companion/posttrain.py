@@ -49,7 +49,20 @@ from .sft import (
     save_chat_model,
 )
 
-__all__ = ["Setup", "PostTrainConfig", "setup", "evaluate_stage", "sample_and_score", "main"]
+__all__ = [
+    "Setup",
+    "PostTrainConfig",
+    "setup",
+    "prompt_ids",
+    "examples",
+    "score",
+    "evaluate_stage",
+    "sample_and_score",
+    "plain_loss",
+    "load_record",
+    "load_stage",
+    "main",
+]
 
 
 @dataclass
@@ -58,12 +71,12 @@ class PostTrainConfig:
 
     n_test: int = 1000
     n_demos: int = 300  # demonstrations with answers; RL and DPO use the other words' prompts only
-    sft_steps: int = 400
+    sft_steps: int = 500
     sft_lr: float = 1e-3
     sft_batch: int = 32
     more_sft_steps: int = 200  # the control: more SFT on the same demonstrations
     plain_rows: int = 8  # rows of Shakespeare per SFT batch in the mixed run
-    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(steps=40))
+    grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(steps=60))
     grpo_eval_every: int = 5
     dpo_betas: tuple[float, ...] = (0.05, 0.2, 1.0)
     dpo_steps: int = 60
@@ -162,6 +175,25 @@ def evaluate_stage(s: Setup, model: nn.Module, k: int = 8, seed: int = 0) -> dic
         "mc_acc": multiple_choice_accuracy(model, s.tok.base, s.items),
         "mc_acc_norm": multiple_choice_accuracy(model, s.tok.base, s.items, normalise=True),
     }
+
+
+def load_record() -> dict[str, Any]:
+    """The shipped posttrain.json (companion/assets), made by this module's command."""
+    from importlib import resources
+
+    return json.loads((resources.files("companion") / "assets" / "posttrain.json").read_text())
+
+
+def load_stage(name: str) -> tuple[nn.Module, ChatTokenizer, dict[str, Any]]:
+    """A shipped chat model by stage: "sft", "rl" or "dpo" (companion/assets/NAME_reverse.pt)."""
+    from importlib import resources
+
+    from .sft import load_chat_model
+
+    if name not in ("sft", "rl", "dpo"):
+        raise ValueError(f"stage must be 'sft', 'rl' or 'dpo', got {name!r}")
+    with resources.as_file(resources.files("companion") / "assets" / f"{name}_reverse.pt") as p:
+        return load_chat_model(p)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[Any, float]:
