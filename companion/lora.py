@@ -2,6 +2,7 @@
 
 W x becomes W x + (alpha / r) * B A x with A (r, in) and B (out, r); only A and B train. B starts at
 zero, so the adapted model starts as the base model exactly. `merge_lora` folds B A into W.
+rsLoRA (Kalajdzievski 2023) scales by alpha / sqrt(r) instead, peft's `use_rslora=True`.
 """
 
 from __future__ import annotations
@@ -15,12 +16,14 @@ __all__ = ["LoRALinear", "apply_lora", "merge_lora", "lora_parameters", "trainab
 
 
 class LoRALinear(nn.Module):
-    """A frozen nn.Linear plus a trainable rank-r update scaled by alpha / r.
+    """A frozen nn.Linear plus a trainable rank-r update scaled by alpha / r (alpha / sqrt(r) with
+    rslora).
 
     Example: LoRALinear(nn.Linear(8, 4), rank=2, alpha=4).lora_A.shape -> (2, 8)
     """
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base: nn.Linear, rank: int, alpha: float, dropout: float = 0.0,
+                 rslora: bool = False):
         super().__init__()
         if not isinstance(base, nn.Linear):
             raise TypeError(f"LoRALinear wraps an nn.Linear, got {type(base).__name__}")
@@ -30,7 +33,9 @@ class LoRALinear(nn.Module):
                 f"got {rank}"
             )
         self.base, self.rank, self.alpha = base, rank, float(alpha)
-        self.scaling = float(alpha) / rank
+        # rsLoRA: with alpha / r the update's scale falls as r grows, so high ranks learn slowly;
+        # alpha / sqrt(r) keeps it rank-stable (Kalajdzievski 2023, the paper's theorem).
+        self.scaling = float(alpha) / (math.sqrt(rank) if rslora else rank)
         for p in base.parameters():
             p.requires_grad_(False)
         w = base.weight
@@ -74,6 +79,7 @@ def apply_lora(
     alpha: float,
     targets: tuple[str, ...] = ("q_proj", "v_proj"),
     dropout: float = 0.0,
+    rslora: bool = False,
 ) -> nn.Module:
     """Freeze all of `model`, then wrap each nn.Linear whose name ends in a target. In place.
 
@@ -91,7 +97,7 @@ def apply_lora(
     for name, module in hits:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, LoRALinear(module, rank, alpha, dropout))
+        setattr(parent, child, LoRALinear(module, rank, alpha, dropout, rslora))
     return model
 
 

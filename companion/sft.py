@@ -1,7 +1,8 @@
 """Supervised fine-tuning: the shipped base model, chat template, masked loss, packing. Chapter 10.
 
 The base model is chapter 7's CPU preset, trained by the course's CLI, shipped in companion/assets
-(`load_base`). The task: say which character speaks a line of Tiny Shakespeare (`speaker_task`).
+(`load_base`); chapter 10's SFT model is shipped beside it (`load_chat_model`), and chapter 11's
+server loads it. The task it learns is in companion.tasks.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import random
 import re
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,18 +33,18 @@ __all__ = [
     "masked_loss",
     "pad_batch",
     "pack",
-    "speaker_task",
-    "answer_accuracy",
-    "answer",
-    "chat_example",
-    "cloze_items",
-    "ending_logps",
-    "choice_logps",
-    "multiple_choice_accuracy",
+    "reply",
+    "finetune",
+    "tokenizer_info",
+    "chat_tokenizer",
+    "save_chat_model",
+    "load_chat_model",
+    "CHAT_CHECKPOINT",
 ]
 
 SPECIAL_TOKENS = ("<|user|>", "<|assistant|>", "<|end|>")
 BASE_CHECKPOINT = "base_char.pt"  # in companion/assets, with base_char.json (how it was made)
+CHAT_CHECKPOINT = "sft_reverse.pt"  # chapter 10's SFT model, with sft_reverse.json
 
 
 def load_base(name: str = BASE_CHECKPOINT) -> tuple[GPT, CharTokenizer, dict[str, Any]]:
@@ -260,148 +262,114 @@ def pack(examples: list[Example], context_length: int, pad_id: int = 0) -> tuple
     return x, y, m
 
 
-def speaker_task(
-    text: str,
-    speakers: tuple[str, ...],
-    max_chars: int = 40,
-    test_fraction: float = 0.25,
-    seed: int = 0,
-) -> dict[str, list[tuple[str, str]]]:
-    """(line, speaker) pairs from the text's speeches, split by speech into "train" and "test".
+def reply(model: nn.Module, tok: ChatTokenizer, messages: list[dict[str, str]],
+          max_new_tokens: int = 20) -> str:
+    """The model's greedy answer to a chat, up to its <|end|> (or max_new_tokens).
 
-    Each line of a speech by one of `speakers` (at most max_chars long, at least 12) is one example;
-    a whole speech goes to one side, so no test line's neighbours were trained on.
-    Example: speaker_task(text, ("ROMEO", "JULIET"))["test"][0] -> ('...', 'JULIET')
+    Example: reply(model, tok, [{"role": "user", "content": "reverse: ab"}]) -> 'ba'
     """
-    speeches: list[tuple[str, list[str]]] = []
-    for block in text.split("\n\n"):
-        head, *lines = block.split("\n")
-        if head.endswith(":") and head[:-1] in speakers:
-            keep = [ln.strip() for ln in lines if 12 <= len(ln.strip()) <= max_chars]
-            if keep:
-                speeches.append((head[:-1], keep))
-    if not speeches:
-        raise ValueError(f"no speeches by {speakers} in the text")
-    random.Random(seed).shuffle(speeches)
-    n_test = int(len(speeches) * test_fraction)
-    split = {"test": speeches[:n_test], "train": speeches[n_test:]}
-    return {k: [(ln, who) for who, lines in v for ln in lines] for k, v in split.items()}
-
-
-def chat_example(tok: ChatTokenizer, line: str, speaker: str) -> Example:
-    """One task example as (ids, mask): the user gives the line, the assistant names its speaker."""
-    return encode_chat(
-        tok, [{"role": "user", "content": line}, {"role": "assistant", "content": speaker}]
-    )
-
-
-@torch.no_grad()
-def answer_accuracy(
-    model: nn.Module, tok: ChatTokenizer, pairs: list[tuple[str, str]], batch_size: int = 256
-) -> float:
-    """Exact-match accuracy of greedy answers, from one teacher-forced pass per batch.
-
-    Greedy decoding writes "NAME<|end|>" exactly when, with that answer fed in, each answer slot's
-    argmax is the next answer token; so one forward pass decides exact match without generating.
-    """
-    was = model.training
-    model.eval()
-    hits = 0
-    for i in range(0, len(pairs), batch_size):
-        x, y, m = pad_batch(
-            [chat_example(tok, ln, who) for ln, who in pairs[i : i + batch_size]], 0
-        )
-        right = (model(x).argmax(-1) == y) | (m == 0)
-        hits += int(right.all(dim=1).sum())
-    model.train(was)
-    return hits / len(pairs)
-
-
-@torch.no_grad()
-def answer(model: nn.Module, tok: ChatTokenizer, line: str, max_new_tokens: int = 20) -> str:
-    """The model's greedy reply to a line, up to its <|end|> (or max_new_tokens)."""
     from .generate import generate  # generation is chapter 7's; only this helper needs it
 
-    prompt = tok.encode(f"<|user|>{line}<|end|><|assistant|>")
+    prompt = tok.encode(render_chat(messages) + "<|assistant|>")
     room = min(max_new_tokens, model.config.context_length - len(prompt))
-    out = generate(model, torch.tensor([prompt]), room, temperature=0.0)[0, len(prompt) :].tolist()
+    if room < 1:
+        raise ValueError(f"the chat is {len(prompt)} tokens: no room to answer in a context of "
+                         f"{model.config.context_length}")
+    out = generate(model, torch.tensor([prompt]), room, temperature=0.0)[0, len(prompt):].tolist()
     end = tok.special_ids["<|end|>"]
     return tok.decode(out[: out.index(end)] if end in out else out)
 
 
-# --- multiple choice by log-likelihood (HellaSwag's method) --------------------------------------
-
-
-def cloze_items(
-    text: str, n: int, n_choices: int = 4, min_chars: int = 30, max_chars: int = 60, seed: int = 0
-) -> list[tuple[str, list[str], int]]:
-    """Multiple-choice items from a text's lines: (context, endings, index of the true ending).
-
-    Each line is cut at a space near its middle; the wrong endings are other lines' second halves.
-    Example: cloze_items(val_text, 1)[0] -> ('Why, sir, ', ['what a...', ...], 2)
-    """
-    lines = [
-        ln
-        for ln in (s.strip() for s in text.split("\n"))
-        if min_chars <= len(ln) <= max_chars and not ln.endswith(":") and " " in ln[len(ln) // 3 :]
-    ]
-    if len(lines) < n_choices:
-        raise ValueError(f"only {len(lines)} usable lines; need at least n_choices={n_choices}")
-    rng = random.Random(seed)
-    halves = []
-    for ln in lines:
-        cut = ln.index(" ", len(ln) // 3) + 1  # after a space, so every ending starts with a word
-        halves.append((ln[:cut], ln[cut:]))
-    items = []
-    for i in rng.sample(range(len(halves)), min(n, len(halves))):
-        others = rng.sample([j for j in range(len(halves)) if j != i], n_choices - 1)
-        endings = [halves[j][1] for j in others]
-        answer = rng.randrange(n_choices)
-        endings.insert(answer, halves[i][1])
-        items.append((halves[i][0], endings, answer))
-    return items
-
-
-@torch.no_grad()
-def ending_logps(
-    model: nn.Module, tok: Tokenizer, pairs: list[tuple[str, str]], batch_size: int = 256
-) -> torch.Tensor:
-    """Summed log-probability of each ending after its context, batched: (len(pairs),)."""
-    out = []
-    for i in range(0, len(pairs), batch_size):
-        examples = []
-        for context, ending in pairs[i : i + batch_size]:
-            ctx, end = tok.encode(context), tok.encode(ending)
-            examples.append((ctx + end, [0] * len(ctx) + [1] * len(end)))
-        x, y, m = pad_batch(examples, 0)
-        logp = model(x).float().log_softmax(-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
-        out.append((logp * m).sum(-1))
-    return torch.cat(out)
-
-
-def choice_logps(
-    model: nn.Module, tok: Tokenizer, context: str, endings: list[str]
-) -> torch.Tensor:
-    """Summed log-probability of each ending after the context: (len(endings),)."""
-    return ending_logps(model, tok, [(context, e) for e in endings])
-
-
-def multiple_choice_accuracy(
+def finetune(
     model: nn.Module,
-    tok: Tokenizer,
-    items: list[tuple[str, list[str], int]],
-    normalise: bool = False,
-) -> float:
-    """Share of items whose true ending scores highest; normalise divides by the ending's length."""
-    was = model.training
+    data: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    steps: int,
+    lr: float = 1e-3,
+    batch: int = 32,
+    seed: int = 0,
+    params: list[nn.Parameter] | None = None,
+    plain: torch.Tensor | None = None,
+    plain_rows: int = 0,
+) -> list[float]:
+    """Masked SFT with AdamW over random rows of (x, y, mask); returns the loss of every step.
+
+    With plain (token ids of pre-training text) and plain_rows > 0, each batch also holds that many
+    windows of plain text, every token counted: pre-training data mixed in against forgetting.
+    Example: finetune(model, pad_batch(examples, 0), steps=300)
+    """
+    x, y, m = data
+    params = [p for p in model.parameters() if p.requires_grad] if params is None else params
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    g = torch.Generator().manual_seed(seed)
+    T = x.shape[1]
+    losses = []
+    model.train()
+    for _ in range(steps):
+        i = torch.randint(len(x), (batch,), generator=g)
+        xb, yb, mb = x[i], y[i], m[i]
+        if plain is not None and plain_rows > 0:
+            # windows as wide as the SFT rows, so that one tensor holds both kinds of row
+            start = torch.randint(len(plain) - T - 1, (plain_rows,), generator=g)
+            win = torch.stack([plain[s : s + T + 1] for s in start.tolist()])
+            xb, yb = torch.cat([xb, win[:, :-1]]), torch.cat([yb, win[:, 1:]])
+            mb = torch.cat([mb, torch.ones(plain_rows, T, dtype=mb.dtype)])
+        loss = masked_loss(model(xb), yb, mb)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
     model.eval()
-    k = len(items[0][1])
-    scores = ending_logps(model, tok, [(c, e) for c, endings, _ in items for e in endings]).view(
-        -1, k
-    )
-    if normalise:
-        scores = scores / torch.tensor(
-            [[len(tok.encode(e)) for e in endings] for _, endings, _ in items]
-        )
-    model.train(was)
-    return (scores.argmax(-1) == torch.tensor([a for _, _, a in items])).float().mean().item()
+    return losses
+
+
+def tokenizer_info(tok: ChatTokenizer) -> dict[str, Any]:
+    """A chat tokenizer as plain values, for a checkpoint: kind, base and specials."""
+    if not isinstance(tok.base, CharTokenizer):
+        raise ValueError(f"only a character base is saved here, got {type(tok.base).__name__}")
+    return {"kind": "chat", "base": {"kind": "char", "chars": "".join(tok.base.itos)},
+            "specials": list(tok.specials)}
+
+
+def chat_tokenizer(info: dict[str, Any]) -> ChatTokenizer:
+    """Inverse of tokenizer_info. Example: chat_tokenizer(tokenizer_info(tok)).vocab_size"""
+    base = info.get("base") or {}
+    if info.get("kind") != "chat" or base.get("kind") != "char":
+        raise ValueError(f"not a chat tokenizer over characters: {info!r:.80}")
+    return ChatTokenizer(CharTokenizer(base["chars"]), tuple(info["specials"]))
+
+
+def save_chat_model(path: str | Path, model: GPT, tok: ChatTokenizer,
+                    info: dict[str, Any] | None = None) -> Path:
+    """Save a chat model atomically: weights, config, chat tokenizer and provenance (plain values).
+
+    Chapter 11's server loads it with load_chat_model. Example: save_chat_model("sft.pt", m, tok)
+    """
+    from .checkpoint import FORMAT_VERSION, save_checkpoint
+
+    return save_checkpoint(path, {
+        "format_version": FORMAT_VERSION, "model": model.state_dict(), "step": 0,
+        "model_config": model.config.to_dict(), "tokenizer": tokenizer_info(tok),
+        "info": dict(info or {}),
+    })
+
+
+def load_chat_model(path: str | Path | None = None) -> tuple[GPT, ChatTokenizer, dict[str, Any]]:
+    """A chat model (eval mode), its chat tokenizer and provenance; weights_only=True.
+
+    No path: the shipped SFT model of chapter 10 (companion/assets/CHAT_CHECKPOINT).
+    Example: model, tok, info = load_chat_model(); tok.vocab_size -> 68
+    """
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    if path is None:
+        with resources.as_file(resources.files("companion") / "assets" / CHAT_CHECKPOINT) as p:
+            return load_chat_model(p)
+    ckpt = load_checkpoint(path)
+    if "model_config" not in ckpt or (ckpt.get("tokenizer") or {}).get("kind") != "chat":
+        raise CheckpointError(f"{path} holds no chat model: it needs model_config and a chat "
+                              f"tokenizer")
+    model = GPT(GPTConfig.from_dict(ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), chat_tokenizer(ckpt["tokenizer"]), dict(ckpt.get("info") or {})
+
+

@@ -73,6 +73,11 @@ def test_update_is_scaled_by_alpha_over_rank():
     assert torch.allclose(out, torch.full((1, 3), 6.0))
 
 
+def test_rslora_scales_by_alpha_over_sqrt_rank():
+    assert LoRALinear(nn.Linear(8, 8), rank=4, alpha=6.0, rslora=True).scaling == 3.0
+    assert LoRALinear(nn.Linear(8, 8), rank=4, alpha=6.0).scaling == 1.5
+
+
 def test_merge_gives_the_same_logits_and_plain_linears():
     model = apply_lora(tiny(), rank=4, alpha=8)
     randomise_b(model)
@@ -91,13 +96,17 @@ def test_bad_inputs_raise_clear_errors():
         merge_lora(tiny())
 
 
-def test_matches_peft_with_the_same_base_and_adapter_weights():
+@pytest.mark.parametrize("rank, alpha, rslora", [(4, 16, False), (4, 6, False), (4, 6, True),
+                                                 (2, 3, True)])
+def test_matches_peft_with_the_same_base_and_adapter_weights(rank, alpha, rslora):
+    """alpha not tied to 2r, and rsLoRA's alpha / sqrt(r) against peft's use_rslora."""
     peft = pytest.importorskip("peft")
     base = tiny()
-    ours = apply_lora(copy.deepcopy(base), rank=4, alpha=16)
+    ours = apply_lora(copy.deepcopy(base), rank=rank, alpha=alpha, rslora=rslora)
     randomise_b(ours)
     config = peft.LoraConfig(
-        r=4, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0
+        r=rank, lora_alpha=alpha, target_modules=["q_proj", "v_proj"], lora_dropout=0.0,
+        use_rslora=rslora,
     )
     theirs = peft.get_peft_model(copy.deepcopy(base), config)
     n = 0

@@ -11,22 +11,27 @@ import torch
 
 from companion.data import load_text
 from companion.model import GPT, GPTConfig
-from companion.sft import (
+from companion.checkpoint import CheckpointError, FORMAT_VERSION, save_checkpoint
+from companion.evaluate import (
     choice_logps,
     cloze_items,
+    greedy_exact_match,
     multiple_choice_accuracy,
+)
+from companion.sft import (
     ChatTokenizer,
-    answer_accuracy,
-    chat_example,
     encode_chat,
+    finetune,
     load_base,
+    load_chat_model,
     masked_loss,
     pack,
     pad_batch,
     parse_chat,
     render_chat,
+    reply,
     resize_vocab,
-    speaker_task,
+    save_chat_model,
 )
 from companion.tokenizer import BPETokenizer, CharTokenizer
 
@@ -157,6 +162,11 @@ def test_accumulation_needs_the_global_token_count():
     assert not torch.allclose(full, wrong, atol=1e-3)
 
 
+def chat_example(tok, line, who):
+    return encode_chat(tok, [{"role": "user", "content": line},
+                             {"role": "assistant", "content": who}])
+
+
 def test_padding_and_packing_hold_the_same_answer_tokens():
     tok = ChatTokenizer(BASE)
     examples = [
@@ -175,15 +185,7 @@ def test_padding_and_packing_hold_the_same_answer_tokens():
         pack(examples, 10)
 
 
-def test_speaker_task_splits_by_speech_and_only_named_speakers():
-    task = speaker_task(load_text("tinyshakespeare"), ("ROMEO", "JULIET"), max_chars=40)
-    assert {w for _, w in task["train"] + task["test"]} == {"ROMEO", "JULIET"}
-    assert all(12 <= len(line) <= 40 for line, _ in task["train"])
-    with pytest.raises(ValueError, match="no speeches"):
-        speaker_task("A:\nhello there friend\n", ("B",))
-
-
-def test_answer_accuracy_is_exact_match_of_greedy_decoding():
+def test_greedy_exact_match_is_exact_match_of_greedy_decoding():
     """A model that always predicts token 0 never ends its answer; an oracle always does."""
     tok = ChatTokenizer(CharTokenizer("ab"))
 
@@ -196,13 +198,57 @@ def test_answer_accuracy_is_exact_match_of_greedy_decoding():
             return out
 
     model = Zero()
-    assert (
-        answer_accuracy(model, tok, [("ab", "a"), ("ba", "b")]) == 0.0
-    )  # <|end|> is never predicted
     pairs = [("ab", "a"), ("ba", "b")]
-    _, y, _ = pad_batch([chat_example(tok, *p) for p in pairs], 0)
+    examples = [chat_example(tok, *p) for p in pairs]
+    assert greedy_exact_match(model, examples).tolist() == [0.0, 0.0]  # <|end|> never predicted
+    _, y, _ = pad_batch(examples, 0)
     model.forward = lambda x: torch.nn.functional.one_hot(y, tok.vocab_size).float()  # an oracle
-    assert answer_accuracy(model, tok, pairs) == 1.0
+    assert greedy_exact_match(model, examples).tolist() == [1.0, 1.0]
+
+
+def _tiny_chat(vocab: int) -> GPT:
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, context_length=32, d_model=32, n_layers=1,
+                         n_heads=2, d_ff=64)).eval()
+
+
+def test_chat_model_round_trips_with_its_tokenizer(tmp_path):
+    tok = ChatTokenizer(BASE)
+    model = _tiny_chat(tok.vocab_size)
+    path = save_chat_model(tmp_path / "chat.pt", model, tok, {"stage": "test"})
+    back, back_tok, info = load_chat_model(path)
+    assert info == {"stage": "test"} and back_tok.vocab_size == tok.vocab_size
+    assert back_tok.encode("<|user|>hi<|end|>") == tok.encode("<|user|>hi<|end|>")
+    x = torch.tensor([tok.encode("<|user|>hi<|end|><|assistant|>")])
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+    assert reply(back, back_tok, [{"role": "user", "content": "hi"}]) == reply(
+        model, tok, [{"role": "user", "content": "hi"}])
+
+
+def test_load_chat_model_refuses_a_checkpoint_without_a_chat_tokenizer(tmp_path):
+    path = save_checkpoint(tmp_path / "plain.pt", {"format_version": FORMAT_VERSION,
+                                                   "model": {}, "step": 0})
+    with pytest.raises(CheckpointError, match="no chat model"):
+        load_chat_model(path)
+    with pytest.raises(FileNotFoundError):
+        load_chat_model(tmp_path / "missing.pt")
+
+
+def test_reply_refuses_a_chat_that_fills_the_context():
+    tok = ChatTokenizer(BASE)
+    model = _tiny_chat(tok.vocab_size)
+    with pytest.raises(ValueError, match="no room"):
+        reply(model, tok, [{"role": "user", "content": "x" * 40}])
+
+
+def test_finetune_mixes_plain_rows_and_learns():
+    tok = ChatTokenizer(BASE)
+    model = _tiny_chat(tok.vocab_size)
+    data = pad_batch([chat_example(tok, "abc", "cba"), chat_example(tok, "de", "ed")], 0)
+    plain = torch.tensor(BASE.encode("some plain text to mix in, " * 10))
+    losses = finetune(model, data, steps=30, lr=1e-2, batch=4, plain=plain, plain_rows=2)
+    assert len(losses) == 30 and losses[-1] < losses[0]
 
 
 def test_cloze_items_hold_the_true_ending_at_the_answer_index():

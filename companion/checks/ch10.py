@@ -1,4 +1,5 @@
-"""Self-checks for chapter 10's exercises: masked SFT loss, LoRA layer with merge, DPO, ranking."""
+"""Self-checks for chapter 10's exercises: per-token log-probs and masked normalise, LoRA with
+merge, the DPO loss, ranking, GRPO's advantages and clipped loss, on-policy DPO pairs."""
 
 from __future__ import annotations
 
@@ -15,56 +16,61 @@ from ..dpo import dpo_loss, sequence_logps
 from ..model import GPT, GPTConfig
 from ._core import as_scalar, as_tensor, call, fail, passed
 
-__all__ = ["check_10_1", "check_10_2", "check_10_3", "check_10_4"]
+__all__ = ["check_10_1", "check_10_2", "check_10_3", "check_10_4", "check_10_5",
+           "check_10_6"]
 
 
-def check_10_1(masked_mean_loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], Any]) -> None:
-    """masked_mean_loss(logits (B, T, V), targets (B, T), mask (B, T)) -> mean CE where mask=1."""
+def check_10_1(token_logprobs: Callable[[torch.Tensor, torch.Tensor], Any],
+               masked_normalize: Callable[..., Any]) -> None:
+    """token_logprobs(logits (B, T, V), targets (B, T)) -> (B, T) log p(target);
+    masked_normalize(x, mask, constant, dim=None) -> masked sum over dim / constant."""
     ex = "10.1"
-    logits = torch.zeros(1, 3, 4)
-    logits[0, 0, 1] = 50.0  # a confident wrong guess at a masked-out position
-    got = as_scalar(
-        ex,
-        call(ex, masked_mean_loss, logits, torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]])),
-        "the loss",
-    )
-    if math.isclose(got, 2 * math.log(4), rel_tol=1e-4):
-        fail(ex, "you return the sum over the answer tokens; divide by how many the mask selects.")
-    if got > 10:
-        fail(
-            ex,
-            "the loss counts position 0, whose mask is 0: multiply each token's loss by the mask.",
-        )
-    if math.isclose(got, 2 * math.log(4) / 3, rel_tol=1e-4):
-        fail(
-            ex,
-            "you divide by all 3 positions; divide by the number of answer tokens "
-            "(the mask's sum), 2.",
-        )
-    if not math.isclose(got, math.log(4), rel_tol=1e-4):
-        fail(
-            ex,
-            f"uniform logits over 4 tokens cost log 4 = {math.log(4):.4f} per answer token; "
-            f"got {got:.4f}",
-        )
     g = torch.Generator().manual_seed(0)
-    logits = torch.randn(3, 5, 7, generator=g)
-    targets = torch.randint(0, 7, (3, 5), generator=g)
-    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1], [0, 0, 0, 0, 1]])
-    ce = F.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1), reduction="none").reshape(3, 5)
-    want = (ce * mask).sum() / mask.sum()
-    per_row = ((ce * mask).sum(1) / mask.sum(1)).mean()
-    got = as_scalar(ex, call(ex, masked_mean_loss, logits, targets, mask), "the loss")
-    if math.isclose(got, per_row.item(), rel_tol=1e-4):
-        fail(
-            ex,
-            "you average per row, then over rows: a row with one answer token weighs as much as "
-            "one with "
-            "four. Sum over all answer tokens and divide once by their count.",
-        )
-    if not math.isclose(got, want.item(), rel_tol=1e-4):
-        fail(ex, f"on a random batch of 3 rows, expected {want.item():.4f}, got {got:.4f}")
-    passed(ex, "only answer tokens count, each with the same weight; a uniform guess costs log V.")
+    logits = torch.randn(2, 5, 7, generator=g)
+    targets = torch.randint(0, 7, (2, 5), generator=g)
+    got = as_tensor(ex, call(ex, token_logprobs, logits, targets), "the log-probs")
+    if tuple(got.shape) != (2, 5):
+        fail(ex, f"token_logprobs should return one value per target, shape (2, 5); got "
+                 f"{tuple(got.shape)}")
+    logp = logits.log_softmax(-1)
+    want = logp.gather(-1, targets[..., None])[..., 0]
+    ahead = torch.cat([logp[:, 1:].gather(-1, targets[:, :-1, None])[..., 0],
+                       want[:, -1:]], dim=1)
+    behind = torch.cat([want[:, :1], logp[:, :-1].gather(-1, targets[:, 1:, None])[..., 0]],
+                       dim=1)
+    wrongs = [
+        (logits.softmax(-1).gather(-1, targets[..., None])[..., 0],
+         "these are probabilities; return their logarithms (log_softmax, then pick)"),
+        (logits.gather(-1, targets[..., None])[..., 0],
+         "these are raw logits: normalise them with log_softmax over the vocabulary first"),
+        (ahead, "off by one: logits[:, t] already predict targets[:, t]; do not shift again"),
+        (behind, "off by one: logits[:, t] predict targets[:, t], not targets[:, t + 1]"),
+    ]
+    for value, hint in wrongs:
+        if torch.allclose(got.float(), value, atol=1e-5):
+            fail(ex, hint)
+    if not torch.allclose(got.float(), want, atol=1e-5):
+        fail(ex, f"log p(targets) differ from log_softmax(logits) picked at the targets by up "
+                 f"to {(got.float() - want).abs().max().item():.3g}")
+    x = torch.tensor([[1.0, 2.0, 9.0], [4.0, 8.0, 8.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    total = as_scalar(ex, call(ex, masked_normalize, x, mask, 4.0), "masked_normalize(x, m, 4)")
+    for value, hint in (
+        (32 / 4, "padding counts: multiply by the mask before summing"),
+        (7 / 3, "you divide by the mask's count (a masked mean); divide by the given constant"),
+        (7.0, "you return the masked sum; divide it by the given constant"),
+        (32 / 6, "you average over every position, padding included"),
+    ):
+        if math.isclose(total, value, rel_tol=1e-5):
+            fail(ex, hint)
+    if not math.isclose(total, 7 / 4, rel_tol=1e-5):
+        fail(ex, f"masked sum 1 + 2 + 4 = 7 over the constant 4 is 1.75; got {total}")
+    rows = as_tensor(ex, call(ex, masked_normalize, x, mask, 2.0, 1), "masked_normalize(dim=1)")
+    if tuple(rows.shape) != (2,) or not torch.allclose(rows.float(), torch.tensor([1.5, 2.0])):
+        fail(ex, f"with dim=1 each row's masked sum is divided by the constant: expected "
+                 f"[1.5, 2.0], got {rows.tolist()}")
+    passed(ex, "each target's own log-probability, no shift; padding never counts; "
+               "the constant, not the count, divides.")
 
 
 def check_10_2(make_lora: Callable[[nn.Linear, int, float], nn.Module]) -> None:
@@ -113,12 +119,37 @@ def check_10_2(make_lora: Callable[[nn.Linear, int, float], nn.Module]) -> None:
     for scale, hint in (
         (1.0, "the update is not scaled: multiply B A x by alpha / rank"),
         (4.0, "you scale by alpha; LoRA scales by alpha / rank"),
-        (1.0 / 2, "you scale by 1 / rank; LoRA scales by alpha / rank"),
+        (1.0 / 2, "you scale by 1 / rank (or rank / alpha, upside down); LoRA scales by "
+                  "alpha / rank"),
+        (4.0 / 2 ** 0.5, "you scale by alpha / sqrt(rank), rsLoRA's rule; plain LoRA uses "
+                         "alpha / rank"),
     ):
         if torch.allclose(out, base(x) + scale * update, atol=1e-4):
             fail(ex, hint)
     if not torch.allclose(out, base(x) + 2.0 * update, atol=1e-4):
         fail(ex, "with A = B = ones, the output should be base(x) + (alpha / rank) * B A x")
+    layer = call(ex, make_lora, copy.deepcopy(base), 4, 6.0)  # alpha 6 is not 2r: 1.5 per unit
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.ones(4, 6))
+        layer.lora_B.copy_(torch.ones(5, 4))
+    out4 = as_tensor(ex, call(ex, layer, x), "the output")
+    update4 = x.sum(1, keepdim=True).expand(4, 5) * 4  # B A x = 4 * sum(x) at rank 4
+    for scale, hint in (
+        (4 / 6, "you scale by rank / alpha: the ratio is upside down"),
+        (6.0, "you scale by alpha alone; LoRA scales by alpha / rank"),
+        (6 / 4 ** 0.5, "you scale by alpha / sqrt(rank), rsLoRA's rule; plain LoRA uses "
+                       "alpha / rank"),
+        (2.0, "your scale does not depend on alpha and rank as given (2: alpha = 2r was "
+              "assumed?)"),
+    ):
+        if torch.allclose(out4, base(x) + scale * update4, atol=1e-4):
+            fail(ex, hint + " (rank 4, alpha 6)")
+    if not torch.allclose(out4, base(x) + 1.5 * update4, atol=1e-4):
+        fail(ex, "at rank 4 and alpha 6 the update should be scaled by alpha / rank = 1.5")
+    layer = call(ex, make_lora, copy.deepcopy(base), 2, 4.0)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.ones(2, 6))
+        layer.lora_B.copy_(torch.ones(5, 2))
     merged = call(ex, layer.merge) if hasattr(layer, "merge") else fail(ex, "add a merge() method")
     if not isinstance(merged, nn.Linear):
         fail(ex, f"merge() should return an nn.Linear, got {type(merged).__name__}")
@@ -244,3 +275,134 @@ def check_10_4(rank_endings: Callable[[nn.Module, list[int], list[list[int]]], A
         "ranks endings of different lengths by summed log-probability, reading each token's "
         "prediction one position earlier.",
     )
+
+
+def check_10_5(group_advantages: Callable[..., Any], grpo_loss: Callable[..., Any]) -> None:
+    """group_advantages(rewards (N*G,), group_size, normalize_by_std) -> (N*G,);
+    grpo_loss(advantages (B,), log_probs, old_log_probs, mask (B, T), clip) -> scalar."""
+    ex = "10.5"
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0])
+    got = as_tensor(ex, call(ex, group_advantages, r, 4, False), "the advantages").float()
+    if tuple(got.shape) != (8,):
+        fail(ex, f"one advantage per answer: shape (8,), got {tuple(got.shape)}")
+    if torch.allclose(got, r - r.mean()):
+        fail(ex, "you subtract the whole batch's mean; each answer is compared with its own "
+                 "group (the answers to the same prompt)")
+    if torch.allclose(got, r):
+        fail(ex, "the advantages are the raw rewards: subtract each group's mean")
+    want = torch.tensor([0.75, -0.25, -0.25, -0.25, 0.5, 0.5, -0.5, -0.5])
+    if not torch.allclose(got, want, atol=1e-6):
+        fail(ex, f"without std normalisation, rewards {r.tolist()} in groups of 4 give "
+                 f"{want.tolist()}; got {[round(v, 4) for v in got.tolist()]}")
+    got = as_tensor(ex, call(ex, group_advantages, r, 4, True), "the advantages").float()
+    groups = r.view(2, 4)
+    centred = (groups - groups.mean(1, keepdim=True))
+    unbiased = (centred / (groups.std(1, keepdim=True) + 1e-6)).flatten()
+    biased = (centred / (groups.std(1, unbiased=False, keepdim=True) + 1e-6)).flatten()
+    whole = (centred.flatten() / (r.std() + 1e-6))
+    if torch.allclose(got, biased, atol=1e-4):
+        fail(ex, "you divide by the population std (unbiased=False); GRPO, like torch.std, uses "
+                 "the sample std")
+    if torch.allclose(got, whole, atol=1e-4):
+        fail(ex, "you divide by the whole batch's std; each group uses its own")
+    if not torch.allclose(got, unbiased, atol=1e-4):
+        fail(ex, f"with std normalisation expected {[round(v, 4) for v in unbiased.tolist()]}, "
+                 f"got {[round(v, 4) for v in got.tolist()]}")
+    same = as_tensor(ex, call(ex, group_advantages, torch.ones(4), 4, True), "the advantages")
+    if not torch.isfinite(same.float()).all() or same.abs().max() > 1e-6:
+        fail(ex, "a group whose answers all score the same must get advantage 0, not nan: "
+                 "add eps to the std")
+    # the clipped loss: one row per case, token 0 a real token, token 1 padding with a wild ratio
+    # advantages of unequal sizes, so that no two wrong answers give the same number
+    adv = torch.tensor([1.0, 0.5, -1.0, -2.0])
+    new = torch.tensor([[0.0, 5.0], [-1.0, 5.0], [-1.0, 5.0], [0.0, 5.0]])
+    old = torch.tensor([[-1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])
+    mask = torch.tensor([[1, 0], [1, 0], [1, 0], [1, 0]])
+    e = math.e
+    per_case = torch.tensor([-1.2, -0.5 / e, 0.8, 2 * e])  # the clip binds in rows 0 and 2
+    leaf = new.clone().requires_grad_()
+    old_leaf = old.clone().requires_grad_()
+    got = as_scalar(ex, call(ex, grpo_loss, adv, leaf, old_leaf, mask, 0.2), "the loss")
+    ratio = torch.exp(new[:, 0] - old[:, 0])
+    wrongs = [
+        (-torch.maximum(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean(),
+         "you take the max of the two terms; GRPO takes the min (the pessimistic bound)"),
+        (-(ratio.clamp(0.8, 1.2) * adv).mean(),
+         "you always clip; the min keeps the unclipped ratio where it is the smaller term"),
+        (-(ratio * adv).mean(), "there is no clip: clamp the ratio to [1 - clip, 1 + clip]"),
+        (per_case.mean().neg(), "the sign is flipped: the loss is minus the objective"),
+        (-torch.minimum((new[:, 0] - old[:, 0]) * adv,
+                        (new[:, 0] - old[:, 0]).clamp(0.8, 1.2) * adv).mean(),
+         "the ratio is pi / pi_old: exponentiate the difference of the log-probs"),
+    ]
+    for value, hint in wrongs:
+        if math.isclose(got, value.item(), rel_tol=1e-4, abs_tol=1e-6):
+            fail(ex, hint)
+    if got > 10:
+        fail(ex, "a padding token counts: average over the tokens whose mask is 1")
+    if not math.isclose(got, per_case.mean().item(), rel_tol=1e-4):
+        fail(ex, f"on the four hand cases (clip on both sides of 1, and two unclipped), the mean "
+                 f"loss is {per_case.mean().item():.4f}; got {got:.4f}")
+    loss = call(ex, grpo_loss, adv, leaf, old_leaf, mask, 0.2)
+    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+        loss.backward()
+        if old_leaf.grad is not None and old_leaf.grad.abs().sum() > 0:
+            fail(ex, "gradient flows into the old log-probs: they are the sampling policy's "
+                     "constants (detach them)")
+        if leaf.grad is not None and (leaf.grad[0, 0] != 0 or leaf.grad[2, 0] != 0):
+            fail(ex, "a clipped token still gets gradient: clipping must cut it")
+    passed(ex, "advantages within each group, std on or off; the clipped ratio on both sides of "
+               "1, the min, and padding ignored.")
+
+
+def check_10_6(make_pairs: Callable[..., Any]) -> None:
+    """make_pairs(samples [(prompt, response)], rewards (N*G,), group_size) ->
+    [(prompt, chosen, rejected)]: per prompt, right answers against distinct wrong ones."""
+    ex = "10.6"
+    P, Q, R, S = [1, 2], [3, 4], [5, 6], [6, 5]
+    samples = [
+        (P, [7, 0]), (P, [8, 0]), (P, [8, 0]), (P, [9, 0]),  # one right, two distinct wrong
+        (Q, [7, 0]), (Q, [9, 0]), (Q, [7, 0]), (Q, [9, 0]),  # two right, one wrong twice
+        (R, [7, 0]), (R, [7, 0]), (R, [7, 0]), (R, [7, 0]),  # all right: nothing to prefer
+        (S, [7, 0]), (S, [7, 0]), (S, [8, 0]), (S, [9, 0]),  # two right, two distinct wrong
+    ]
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 0, 1, 0, 1, 1, 1, 1, 1, 1, 0, 0])
+    pairs = call(ex, make_pairs, [(list(p), list(r)) for p, r in samples], rewards.clone(), 4)
+    try:
+        pairs = [(list(p), list(c), list(r)) for p, c, r in pairs]
+    except (TypeError, ValueError):
+        fail(ex, "return a list of (prompt, chosen, rejected) triples of token-id lists")
+    right = {(1, 2): [[7, 0]], (3, 4): [[7, 0]], (5, 6): [[7, 0]], (6, 5): [[7, 0]]}
+    wrong = {(1, 2): [[8, 0], [9, 0]], (3, 4): [[9, 0]], (5, 6): [], (6, 5): [[8, 0], [9, 0]]}
+    for prompt, chosen, rejected in pairs:
+        key = tuple(prompt)
+        if key not in right:
+            fail(ex, f"a pair's prompt {prompt} is not one of the prompts")
+        if chosen in wrong[key] and rejected in right[key]:
+            fail(ex, "chosen and rejected are swapped: the right answer is the chosen one")
+        if rejected in right[key]:
+            fail(ex, f"for prompt {prompt} the rejected answer is a right one: pair right against "
+                     "wrong only; a prompt whose answers are all right gives no pair")
+        if chosen not in right[key]:
+            fail(ex, f"for prompt {prompt} the chosen {chosen} is not one of its right answers "
+                     "(pairs never mix prompts)")
+        if rejected not in wrong[key]:
+            fail(ex, f"for prompt {prompt} the rejected {rejected} is not one of its wrong "
+                     "answers (pairs never mix prompts)")
+    count = {k: sum(tuple(p) == k for p, _, _ in pairs) for k in right}
+    if count[(5, 6)]:
+        fail(ex, "a prompt whose answers are all right gives no pair: there is no wrong answer")
+    if count[(3, 4)] == 2:
+        fail(ex, "the same wrong answer sampled twice makes two pairs: keep distinct ones")
+    if count[(1, 2)] == 2:
+        fail(ex, "prompt [1, 2] has one right answer: it makes one pair, not one per wrong "
+                 "answer (as many pairs as the smaller side)")
+    want = {(1, 2): 1, (3, 4): 1, (5, 6): 0, (6, 5): 2}
+    if count != want:
+        fail(ex, f"expected pairs per prompt {[list(k) + [v] for k, v in want.items()]} "
+                 f"(prompt, count), got {[list(k) + [v] for k, v in count.items()]}")
+    rejected_s = [tuple(r) for p, _, r in pairs if tuple(p) == (6, 5)]
+    if len(set(rejected_s)) != 2:
+        fail(ex, "each right answer of a prompt is paired with a different wrong one")
+    passed(ex, "right against wrong within each prompt, distinct wrong answers, as many pairs as "
+               "the smaller side, none from an all-right group.")
