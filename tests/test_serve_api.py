@@ -516,3 +516,25 @@ def test_http_client_gets_413_for_a_chunked_body(char_server):
     conn.send(b"0\r\n\r\n")
     r = conn.getresponse()
     assert r.status == 413 and is_openai_error(json.loads(r.read()))
+
+
+def test_chapter_10_chat_model_is_served_with_its_template():
+    """The shipped SFT model of chapter 10 behind /v1/chat/completions answers as it does in the
+    chapter: the same greedy reply as companion.sft.reply, the reversed word for one it knows."""
+    from importlib import resources
+
+    from companion import tasks
+    from companion.sft import reply
+
+    with resources.as_file(resources.files("companion") / "assets" / "sft_reverse.pt") as path:
+        model, tok = load_for_serving(path)
+    words = ["sweet", "night", "love", "honour", "king"]
+    local = {w: reply(model, tok, tasks.prompt_messages(w)) for w in words}
+    with Served(Engine(model), tok, name="chat") as s:
+        url = f"{s.url}/v1/chat/completions"
+        for w in words:
+            status, body = post(url, {"messages": tasks.prompt_messages(w), "max_tokens": 12,
+                                      "temperature": 0})
+            assert status == 200
+            assert body["choices"][0]["message"]["content"] == local[w]
+    assert any(local[w] == w[::-1] for w in words)  # the model does reverse some of them
