@@ -318,6 +318,15 @@ def _plain(x: Any) -> Any:
     return x
 
 
+def _cpu_name() -> str:
+    """The CPU's model name where Linux tells it, else the platform's machine type."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
         print(f"error: {message}", file=sys.stderr)
@@ -350,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     rec["provenance"] = {
         "command": "python -m companion.posttrain " + " ".join(argv or sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "hardware": f"{platform.machine()} {platform.processor() or ''}".strip()
-        + f", {torch.get_num_threads()} torch threads",
+        "hardware": f"{_cpu_name()}, {torch.get_num_threads()} torch thread(s)",
         "torch": torch.__version__, "quick": args.quick,
     }
     (out / "posttrain.json").write_text(json.dumps(rec, indent=1) + "\n")

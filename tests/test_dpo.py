@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -104,3 +105,31 @@ def test_answer_kl_is_zero_for_equal_models_and_matches_torch():
     assert answer_kl(p, p, mask).abs().item() < 1e-6
     per = F.kl_div(q.log_softmax(-1), p.log_softmax(-1), log_target=True, reduction="none").sum(-1)
     assert torch.allclose(answer_kl(p, q, mask), per[mask.bool()].mean(), atol=1e-6)
+
+
+def test_on_policy_pairs_pair_right_with_distinct_wrong_within_a_prompt():
+    from companion.dpo import on_policy_pairs
+
+    rollout = [([1], [5, 0]), ([1], [6, 0]), ([1], [6, 0]), ([1], [5, 0]),
+               ([2], [5, 0]), ([2], [5, 0]), ([2], [5, 0]), ([2], [5, 0])]
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+    pairs = on_policy_pairs(rollout, rewards, 4)
+    assert pairs == [([1], [5, 0], [6, 0])]  # one distinct wrong answer; prompt 2 all right
+    with pytest.raises(ValueError, match="whole groups"):
+        on_policy_pairs(rollout[:3], rewards[:3], 4)
+
+
+def test_train_dpo_learns_to_prefer_the_chosen_answers():
+    from companion.dpo import train_dpo
+    from companion.model import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=8, context_length=8, d_model=16, n_layers=1, n_heads=2,
+                          d_ff=32)).eval()
+    ref = copy.deepcopy(model)
+    pairs = [([1, 2], [3, 0], [4, 0]), ([2, 1], [3, 0], [5, 0])] * 4
+    log = train_dpo(model, ref, pairs, beta=0.5, steps=30, lr=1e-2, batch=8)
+    assert log["pref_acc"][-1] == 1.0 and log["margin"][-1] > log["margin"][0]
+    assert log["loss"][-1] < log["loss"][0]
+    with pytest.raises(ValueError, match="no preference pairs"):
+        train_dpo(model, ref, [], beta=0.1, steps=1)
