@@ -87,7 +87,7 @@ def _png_with_text(pngs: list[bytes], text: str) -> bytes:
     for ax, im in zip(axes[:, 0], images):
         ax.imshow(im)
     if lines:
-        axes[-1, 0].text(0, 1, "\n".join(lines), va="top", family="monospace", fontsize=9,
+        axes[-1, 0].text(0.01, 1, "\n".join(lines), va="top", family="monospace", fontsize=9,
                          transform=axes[-1, 0].transAxes)
     for ax in axes[:, 0]:
         ax.axis("off")
@@ -106,6 +106,12 @@ class LiveView:
 
     def __init__(self, widget, recorded: list):
         self.widget, self.recorded = widget, recorded
+
+    def __getattr__(self, name: str) -> Any:
+        # everything else is the widget's: view.children, view.observe(...)
+        if name in ("widget", "recorded"):
+            raise AttributeError(name)
+        return getattr(self.widget, name)
 
     def __repr__(self) -> str:
         return "".join(_text(item) for item in self.recorded).rstrip("\n") or repr(self.widget)
