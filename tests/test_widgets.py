@@ -17,29 +17,21 @@ def test_a_widget_shows_its_default_as_text_and_html_beside_the_live_view():
 
 
 def test_a_figure_default_reaches_the_pdf_as_one_png_with_its_text():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from IPython.display import display
-
-    def show(rows: int = 6):
-        fig, ax = plt.subplots()
-        ax.plot([0, rows])
-        display(fig)
-        plt.close(fig)
-        print(f"rows {rows}")
-
-    view = LiveView(None, [])
-    from companion.widgets import _record
-    _, view.recorded = _record(show)
-    # outside IPython, display() prints a repr: the PNG path needs a recorded figure
-    view.recorded = [{"data": {"image/png": base64.b64encode(_png()).decode(),
-                               "text/plain": "<Figure>"}}, "rows 6\n"]
+    # what a kernel records for `display(fig); print("rows 6")`
+    view = LiveView(None, [{"data": {"image/png": base64.b64encode(_png()).decode(),
+                                     "text/plain": "<Figure size 200x100>"}}, "rows 6\n"])
     bundle = view._static()
-    assert bundle["text/plain"] == "rows 6"
+    assert bundle["text/plain"] == "rows 6"  # the figure's repr is not text worth printing
     assert bundle["text/html"].count("<img") == 1 and "rows 6" in bundle["text/html"]
-    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    png = base64.b64decode(bundle["image/png"])
+    figure = base64.b64decode(view.recorded[0]["data"]["image/png"])
+    assert png.startswith(b"\x89PNG") and png != figure  # the text is drawn under the figure
+
+
+def test_a_figure_alone_is_passed_through():
+    png = _png()
+    view = LiveView(None, [{"data": {"image/png": base64.b64encode(png).decode()}}])
+    assert base64.b64decode(view._static()["image/png"]) == png
 
 
 def test_interactive_records_the_functions_default():
