@@ -114,7 +114,11 @@ class LiveView:
         return getattr(self.widget, name)
 
     def __repr__(self) -> str:
-        return "".join(_text(item) for item in self.recorded).rstrip("\n") or repr(self.widget)
+        return self._plain() or f"<LiveView of a figure: {type(self.widget).__name__}>"
+
+    def _plain(self) -> str:
+        """What the default printed, and the text of what it displayed, figures left out."""
+        return "".join(_text(item) for item in self.recorded).rstrip("\n")
 
     def _static(self) -> dict[str, Any]:
         """text/plain, text/html and (for a figure) image/png of the recorded default."""
@@ -130,8 +134,8 @@ class LiveView:
                 parts.append(data["text/html"])
             elif data.get("text/plain"):
                 parts.append(f'<pre class="widget-default">{html.escape(data["text/plain"])}</pre>')
-        text = repr(self)
-        bundle = {"text/plain": text, "text/html": "<div>" + "".join(parts) + "</div>"}
+        text = self._plain()
+        bundle = {"text/plain": text or "(a figure)", "text/html": "<div>" + "".join(parts) + "</div>"}
         if pngs:  # the PDF prefers an image to text: put the text into it
             only = len(pngs) == 1 and not text.strip()
             bundle["image/png"] = base64.b64encode(
