@@ -108,8 +108,9 @@ class LiveView:
         self.widget, self.recorded = widget, recorded
 
     def __getattr__(self, name: str) -> Any:
-        # everything else is the widget's: view.children, view.observe(...)
-        if name in ("widget", "recorded"):
+        # public names are the widget's: view.children, view.observe(...); private ones (IPython's
+        # _repr_*_ and _ipython_display_ probes among them) stay this object's own
+        if name in ("widget", "recorded") or name.startswith("_"):
             raise AttributeError(name)
         return getattr(self.widget, name)
 
