@@ -136,7 +136,8 @@ class LiveView:
             elif data.get("text/plain"):
                 parts.append(f'<pre class="widget-default">{html.escape(data["text/plain"])}</pre>')
         text = self._plain()
-        bundle = {"text/plain": text or "(a figure)", "text/html": "<div>" + "".join(parts) + "</div>"}
+        bundle = {"text/plain": text or "(a figure)",
+                  "text/html": "<div>" + "".join(parts) + "</div>"}
         if pngs:  # the PDF prefers an image to text: put the text into it
             only = len(pngs) == 1 and not text.strip()
             bundle["image/png"] = base64.b64encode(
