@@ -4,6 +4,7 @@
 #   make pdf        build the PDF (needs TeX Live; see README)
 #   make exercises  regenerate exercises/, solutions/ and book/*.ipynb from their sources
 #   make benchmarks run the speed and memory benchmarks (prints tables, writes JSON)
+# Add COURSE_ONLINE=1 to let chapters 6 and 10 download GPT-2 from the Hugging Face Hub.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,6 +14,11 @@ BOOK_FLAGS ?= -W -n --keep-going
 # nbval and the book build both start kernels: make them use this environment's Python.
 export JUPYTER_PREFER_ENV_PATH := 1
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
+# Offline unless the reader asks for network: the chapters that would download GPT-2 (6 and 10)
+# print one line saying what they skipped. `make book COURSE_ONLINE=1` lets them download it.
+ifneq ($(COURSE_ONLINE),1)
+export HF_HUB_OFFLINE := 1
+endif
 
 .PHONY: venv book test pdf exercises benchmarks clean
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,7 +18,7 @@ import torch
 
 from .model import GPT, GPTConfig
 
-__all__ = ["config_from_hf", "from_hf", "hub_offline", "load_pretrained"]
+__all__ = ["config_from_hf", "from_hf", "hub_offline", "hub_unreachable", "load_pretrained"]
 
 # Buffers that some transformers versions keep in GPT-2's state dict: a causal mask, not weights.
 _GPT2_IGNORED = (".attn.bias", ".attn.masked_bias")
@@ -212,6 +213,25 @@ def hub_offline() -> bool:
     )
 
 
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """None when the Hub's host takes a connection within `timeout` s, else one line saying why.
+
+    Checked before a download so that a machine with no network fails at once, not after
+    huggingface_hub's five retries with back-off. Example: hub_unreachable() -> None online.
+    """
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # behind a proxy a direct connection says nothing; let the client try
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host = url.hostname or ""
+    try:
+        socket.create_connection((host, url.port or 443), timeout=timeout).close()
+    except OSError as e:
+        return f"{host} is unreachable ({type(e).__name__}: {e})"
+    return None
+
+
 def _read_folder(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict and config.json of a Hugging Face checkpoint folder (save_pretrained's)."""
     config_file = folder / "config.json"
@@ -261,7 +281,8 @@ def load_pretrained(name_or_path: str | os.PathLike = "gpt2") -> GPT:
 
     A folder in Hugging Face's format (config.json + model.safetensors, as save_pretrained writes
     it) loads offline, without transformers. Any other name is downloaded with transformers;
-    RuntimeError when offline. Example: load_pretrained("checkpoints/gpt2")
+    RuntimeError at once, in one line, when offline or when the Hub cannot be reached.
+    Example: load_pretrained("checkpoints/gpt2")
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
@@ -275,6 +296,8 @@ def load_pretrained(name_or_path: str | os.PathLike = "gpt2") -> GPT:
     if hub_offline():
         raise RuntimeError(f"offline (COMPANION_OFFLINE or HF_HUB_OFFLINE is set) and {name!r} "
                            "is no local folder: not downloading from the Hub")
+    if reason := hub_unreachable():
+        raise RuntimeError(f"{reason}: skipping the download of {name!r}")
     try:
         from transformers import AutoModelForCausalLM  # optional: only the Hub path needs it
     except ImportError as e:

@@ -1,14 +1,183 @@
-"""ipywidgets that turn one knob. Each wraps a pure function that the page also calls once,
-so the static HTML and the PDF show a default."""
+"""ipywidgets that turn one knob, each with a static default for pages that have no kernel.
+
+Each widget wraps a pure function. Its first call, at the default settings, is recorded, and the
+widget is returned inside a `LiveView`: a kernel shows the live widget, while the static HTML and
+the PDF show the recorded output (the book's _config.yml drops the widget-view mime type, which
+has no kernel to drive it). Example: interactive(show, rows=IntSlider(6, 1, 32)).
+"""
 from __future__ import annotations
+
+import base64
+import html
+import io
+import sys
+from typing import Any, Callable
 
 from torch import nn
 
 from .generate import generate_text
 from .tokenizer import Tokenizer
 
-__all__ = ["attention_explorer", "temperature_sampler", "sampler", "sizing_calculator",
-           "merge_stepper", "tokenizer_playground"]
+__all__ = ["LiveView", "attention_explorer", "interactive", "temperature_sampler", "sampler",
+           "sizing_calculator", "merge_stepper", "tokenizer_playground"]
+
+VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+class _Recorder(list):
+    """A stdout that keeps printed text and displayed objects in the order they came."""
+
+    def write(self, s: str) -> int:
+        s = s.replace("\033[2K\r", "")  # clear_output outside IPython prints this
+        if self and isinstance(self[-1], str):
+            self[-1] += s
+        else:
+            self.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        pass
+
+
+def _record(fn: Callable[[], Any]) -> tuple[Any, list]:
+    """Run fn, returning its result and what it printed (str) and displayed (IPython outputs)."""
+    try:
+        from IPython.core.displaypub import CapturingDisplayPublisher
+        from IPython.core.getipython import get_ipython
+        shell = get_ipython()
+    except ImportError:
+        shell = None
+    rec, stdout = _Recorder(), sys.stdout
+    publisher = getattr(shell, "display_pub", None)
+    try:
+        sys.stdout = rec
+        if shell is not None:
+            class Publisher(CapturingDisplayPublisher):
+                def set_parent(self, parent) -> None:  # ipywidgets' Output calls the kernel's
+                    pass
+
+            shell.display_pub = Publisher()
+            shell.display_pub.outputs = rec  # displays land in the same list as prints
+        result = fn()
+    finally:
+        sys.stdout = stdout
+        if shell is not None:
+            shell.display_pub = publisher
+    return result, list(rec)
+
+
+def _text(item) -> str:
+    """The plain text of a recorded item; figures have none worth showing."""
+    if isinstance(item, str):
+        return item
+    return "" if "image/png" in item["data"] else item["data"].get("text/plain", "")
+
+
+def _png_with_text(pngs: list[bytes], text: str) -> bytes:
+    """One PNG for the PDF: the recorded figures stacked, the printed text below them."""
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+
+    images = [mpimg.imread(io.BytesIO(p), format="png") for p in pngs]
+    lines = text.rstrip("\n").splitlines()
+    width = max([im.shape[1] for im in images] + [1]) / 100
+    heights = [im.shape[0] / 100 for im in images] + ([0.17 * len(lines) + 0.2] if lines else [])
+    fig, axes = plt.subplots(len(heights), 1, figsize=(width, sum(heights)), squeeze=False,
+                             gridspec_kw={"height_ratios": heights}, dpi=100)
+    for ax, im in zip(axes[:, 0], images):
+        ax.imshow(im)
+    if lines:
+        axes[-1, 0].text(0.01, 1, "\n".join(lines), va="top", family="monospace", fontsize=9,
+                         transform=axes[-1, 0].transAxes)
+    for ax in axes[:, 0]:
+        ax.axis("off")
+    fig.subplots_adjust(0, 0, 1, 1, hspace=0)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+class LiveView:
+    """A widget and its recorded default: live in a kernel, the default on a static page.
+
+    Example: LiveView(widget, ["T = 1.00\\nsome text"]) shows that text in the HTML and PDF.
+    """
+
+    def __init__(self, widget, recorded: list):
+        self.widget, self.recorded = widget, recorded
+
+    def __getattr__(self, name: str) -> Any:
+        # public names are the widget's: view.children, view.observe(...); private ones (IPython's
+        # _repr_*_ and _ipython_display_ probes among them) stay this object's own
+        if name in ("widget", "recorded") or name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.widget, name)
+
+    def __repr__(self) -> str:
+        return self._plain() or f"<LiveView of a figure: {type(self.widget).__name__}>"
+
+    def _plain(self) -> str:
+        """What the default printed, and the text of what it displayed, figures left out."""
+        return "".join(_text(item) for item in self.recorded).rstrip("\n")
+
+    def _static(self) -> dict[str, Any]:
+        """text/plain, text/html and (for a figure) image/png of the recorded default."""
+        parts, pngs = [], []
+        for item in self.recorded:
+            data = {"text/plain": item} if isinstance(item, str) else item["data"]
+            if "image/png" in data:
+                png = data["image/png"]
+                png = png if isinstance(png, str) else base64.b64encode(png).decode()
+                pngs.append(base64.b64decode(png))
+                parts.append(f'<img src="data:image/png;base64,{png}" alt="default figure">')
+            elif "text/html" in data:
+                parts.append(data["text/html"])
+            elif data.get("text/plain"):
+                parts.append(f'<pre class="widget-default">{html.escape(data["text/plain"])}</pre>')
+        text = self._plain()
+        bundle = {"text/plain": text or "(a figure)",
+                  "text/html": "<div>" + "".join(parts) + "</div>"}
+        if pngs:  # the PDF prefers an image to text: put the text into it
+            only = len(pngs) == 1 and not text.strip()
+            bundle["image/png"] = base64.b64encode(
+                pngs[0] if only else _png_with_text(pngs, text)).decode()
+        return bundle
+
+    def _repr_mimebundle_(self, include=None, exclude=None) -> dict[str, Any]:
+        bundle = self._static()
+        view = (self.widget._repr_mimebundle_() or {}).get(VIEW)
+        if view is not None:
+            bundle[VIEW] = view
+        return bundle
+
+
+def _live(widget, out, render: Callable[[], Any]) -> LiveView:
+    """`widget` with render()'s first output recorded, and shown in its Output `out`."""
+    _, recorded = _record(render)
+    out.outputs = _outputs(recorded)
+    return LiveView(widget, recorded)
+
+
+def _outputs(recorded: list) -> tuple[dict, ...]:
+    """Recorded items as an Output widget's outputs: a kernel shows the default in the widget."""
+    return tuple(
+        {"output_type": "stream", "name": "stdout", "text": item} if isinstance(item, str) else
+        {"output_type": "display_data", "data": item["data"], "metadata": item.get("metadata", {})}
+        for item in recorded)
+
+
+def interactive(fn: Callable[..., Any], **knobs) -> LiveView:
+    """ipywidgets.interactive(fn, **knobs), with fn's default output kept for static pages.
+
+    Example: interactive(show_decay, log10_base=FloatSlider(4.0, min=2.0, max=7.0))
+    """
+    import ipywidgets as w
+
+    # interactive renders fn's default as it is built: record the building.
+    view, recorded = _record(lambda: w.interactive(fn, **knobs))
+    view.out.outputs = _outputs(recorded)
+    return LiveView(view, recorded)
 
 
 def temperature_sampler(
@@ -33,8 +202,7 @@ def temperature_sampler(
 
     temperature.observe(render, names="value")
     seed.observe(render, names="value")
-    render()
-    return w.VBox([w.HBox([temperature, seed]), out])
+    return _live(w.VBox([w.HBox([temperature, seed]), out]), out, render)
 
 
 def attention_explorer(weights: list, tokens: list[str]):
@@ -71,8 +239,7 @@ def attention_explorer(weights: list, tokens: list[str]):
 
     for s in (layer, head, token):
         s.observe(render, names="value")
-    render()
-    return w.VBox([w.HBox([layer, head, token]), out])
+    return _live(w.VBox([w.HBox([layer, head, token]), out]), out, render)
 
 
 def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_tokens: int = 60,
@@ -92,7 +259,6 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
     top_p = w.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top-p")
     length = w.IntSlider(value=max_new_tokens, min=1, max=400, description="length")
     out = w.Output(layout=w.Layout(border="1px solid #ddd", padding="4px"))
-    bars = w.Output()
 
     def render(*_):
         k, p = (top_k.value or None), (top_p.value if top_p.value < 1 else None)
@@ -101,16 +267,14 @@ def sampler(model: nn.Module, tokenizer: Tokenizer, prompt: str = "\n", max_new_
         )
         out.clear_output(wait=True)
         with out:
+            _show_sampling_bars(model, tokenizer, text.value or "\n", temperature.value, k, p)
             print(f"T = {temperature.value:.2f}, top-k = {k or 'off'}, top-p = "
                   f"{p or 'off'}\n{sample}")
-        bars.clear_output(wait=True)
-        with bars:
-            _show_sampling_bars(model, tokenizer, text.value or "\n", temperature.value, k, p)
 
     for knob in (text, temperature, top_k, top_p, length):
         knob.observe(render, names="value")
-    render()
-    return w.VBox([w.HBox([text, length]), w.HBox([temperature, top_k, top_p]), bars, out])
+    return _live(w.VBox([w.HBox([text, length]), w.HBox([temperature, top_k, top_p]), out]),
+                 out, render)
 
 
 def _show_sampling_bars(model: nn.Module, tokenizer: Tokenizer, prompt: str, temperature: float,
@@ -164,8 +328,8 @@ def sizing_calculator(dollars: float = 1e6, gpu: str = "H100-SXM-80GB", mfu: flo
 
     for knob in (budget, device, util, ratio, count):
         knob.observe(render, names="value")
-    render()
-    return w.VBox([w.HBox([budget, device]), w.HBox([util, ratio, count]), out])
+    return _live(w.VBox([w.HBox([budget, device]), w.HBox([util, ratio, count]), out]), out,
+                 render)
 
 
 def merge_stepper(tokenizer, text: str, n_merges: int | None = None):
@@ -191,8 +355,7 @@ def merge_stepper(tokenizer, text: str, n_merges: int | None = None):
             display(TokenView(pieces))
 
     steps.observe(render, names="value")
-    render()
-    return w.VBox([steps, out])
+    return _live(w.VBox([steps, out]), out, render)
 
 
 def tokenizer_playground(tokenizers: dict, text: str = "Hello world! 12345 naïve 生きる"):
@@ -218,5 +381,4 @@ def tokenizer_playground(tokenizers: dict, text: str = "Hello world! 12345 naïv
                 display(TokenView(pieces))
 
     box.observe(render, names="value")
-    render()
-    return w.VBox([box, out])
+    return _live(w.VBox([box, out]), out, render)

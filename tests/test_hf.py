@@ -298,3 +298,17 @@ def test_load_pretrained_folder_refuses_a_pickle_that_is_not_just_tensors(tmp_pa
     torch.save({"weights": object()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(ValueError, match="weights-only"):
         load_pretrained(tmp_path)
+
+
+def test_load_pretrained_fails_fast_in_one_line_when_the_hub_is_unreachable(monkeypatch):
+    import time
+
+    for v in ("COMPANION_OFFLINE", "HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY",
+              "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # loopback, a closed port
+    start = time.perf_counter()
+    with pytest.raises(RuntimeError, match=r"127.0.0.1 is unreachable.*skipping the "
+                                           r"download of 'gpt2'") as info:
+        load_pretrained("gpt2")
+    assert time.perf_counter() - start < 5 and "\n" not in str(info.value)

@@ -73,3 +73,36 @@ def test_chapter_3s_cjk_and_emoji_have_glyphs(pdf_text):
     fonts = subprocess.run(["pdffonts", str(PDF)], capture_output=True, text=True, check=True).stdout
     assert re.search(r"NotoSans\w*CJK", fonts), "no CJK font embedded"
     assert "Symbola" in fonts, "no emoji font embedded"
+
+
+def test_widgets_print_their_default_not_their_repr(pdf_text):
+    reprs = re.findall(r"[VH]Box\(children=.{0,60}", pdf_text)
+    assert not reprs, f"the PDF prints {len(reprs)} widget reprs, e.g. {reprs[:2]}"
+
+
+def test_every_character_has_a_glyph():
+    log = PDF.with_suffix(".log")
+    if not log.exists():
+        if os.environ.get("COURSE_REQUIRE_PDF") == "1":
+            pytest.fail(f"{log} is missing: the XeLaTeX log is needed to check glyphs")
+        pytest.skip("the PDF is not built")
+    missing = sorted(set(re.findall(r"Missing character: There is no (.+?) in font",
+                                    log.read_text("utf-8", errors="replace"))))
+    assert not missing, f"characters with no glyph in the PDF's fonts: {missing[:10]}"
+
+
+def test_the_solutions_part_is_titled_solutions():
+    tex = PDF.with_suffix(".tex")
+    if not tex.exists():
+        if os.environ.get("COURSE_REQUIRE_PDF") == "1":
+            pytest.fail(f"{tex} is missing")
+        pytest.skip("the PDF is not built")
+    text = tex.read_text("utf-8")
+    start = text.find(r"\part{Solutions}")
+    assert start >= 0, "the PDF has no part titled Solutions"
+    end = text.find(r"\part{", start + 1)
+    part = text[start:end if end > 0 else len(text)]
+    titles = re.findall(r"\\chapter\{([^}]*)\}", part)
+    assert titles, "the Solutions part has no chapters"
+    wrong = [t for t in titles if "Exercises" in t or "Solutions" not in t]
+    assert not wrong, f"solution chapters not titled 'N. Solutions: ...': {wrong[:3]}"

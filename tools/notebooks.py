@@ -162,6 +162,9 @@ def exercise_pair(src: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNo
             md.source = fold_hints(md.source)
             ex.cells.append(md)
             sol.cells.append(copy.deepcopy(md))
+            # "# 3. Exercises: ..." heads the solutions as "# 3. Solutions: ..." (sidebar, PDF TOC)
+            sol.cells[-1].source = re.sub(r"^# (\d+)\. Exercises:", r"# \1. Solutions:",
+                                          md.source, count=1, flags=re.M)
             continue
         stub_src, sol_src, had = split_solution(cell.source)
         e, s = copy.deepcopy(cell), copy.deepcopy(cell)

@@ -4,6 +4,7 @@ Run the learner's code, fail with a specific hint.
 """
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +18,9 @@ class ExerciseFailed(AssertionError):
 
 
 def fail(exercise: str, message: str) -> None:
-    raise ExerciseFailed(f"Exercise {exercise}: {message}")
+    """Raise ExerciseFailed with the message alone: no chained traceback from the checks."""
+    __tracebackhide__ = True  # IPython and pytest leave this frame out of the traceback
+    raise ExerciseFailed(f"Exercise {exercise}: {message}") from None
 
 
 def passed(exercise: str, message: str) -> None:
@@ -26,6 +29,7 @@ def passed(exercise: str, message: str) -> None:
 
 def call(exercise: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     """Call the learner's function; turn a stub or a crash into a failure that names the input."""
+    __tracebackhide__ = True
     if not callable(fn):
         fail(exercise, f"expected a function, got {type(fn).__name__}")
     try:
@@ -37,7 +41,10 @@ def call(exercise: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> An
         raise
     except Exception as err:  # noqa: BLE001 - any crash in learner code becomes a hint
         shown = ", ".join(_short(a) for a in args)
-        fail(exercise, f"your function raised {type(err).__name__}: {err}\n  on input ({shown})")
+        # the learner's own line that raised, in place of the traceback through the checks
+        where = traceback.extract_tb(err.__traceback__)[-1]
+        fail(exercise, f"your function raised {type(err).__name__}: {err}\n  on input ({shown})"
+                       f"\n  at line {where.lineno}: {where.line}")
 
 
 def as_tensor(exercise: str, value: Any, what: str) -> torch.Tensor:
