@@ -5,8 +5,8 @@ from .clean import (STEPS, GopherConfig, PipelineResult, clean_corpus, detect_la
                     normalize_text, quality_reason, toxicity_score)
 from .crawl import BLOCKLIST, DEFECTS, STEP_TARGETS, CrawlDoc, evaluate, make_crawl
 from .dedup import (candidate_probability, estimate_jaccard, exact_dedup, jaccard,
-                    lsh_candidate_pairs, lsh_params, minhash_signatures, near_dedup, shingles,
-                    union_find_clusters)
+                    line_doc_counts, line_dedup, lsh_candidate_pairs, lsh_params,
+                    minhash_signatures, near_dedup, shingles, union_find_clusters)
 from .langid import (NgramLanguageID, char_ngrams, eval_sentences, load_profiles, precision_recall,
                      train_profiles)
 from .registry import (REGISTRY, ChecksumError, DataError, DataFile, DataUnavailableError,
@@ -23,7 +23,8 @@ __all__ = [
     "quality_reason", "toxicity_score",
     "NgramLanguageID", "char_ngrams", "eval_sentences", "load_profiles", "precision_recall",
     "train_profiles",
-    "candidate_probability", "estimate_jaccard", "exact_dedup", "jaccard", "lsh_candidate_pairs",
+    "candidate_probability", "estimate_jaccard", "exact_dedup", "jaccard", "line_doc_counts",
+    "line_dedup", "lsh_candidate_pairs",
     "lsh_params", "minhash_signatures", "near_dedup", "shingles", "union_find_clusters",
 ]
 
