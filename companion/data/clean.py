@@ -7,6 +7,7 @@ exact and near-duplicate removal, then PII masking on what is left.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import unicodedata
@@ -21,7 +22,7 @@ from .dedup import _check_docs, exact_dedup, near_dedup
 
 __all__ = ["STEPS", "STOPWORDS", "GopherConfig", "PipelineResult", "html_to_text", "fix_mojibake",
            "normalize_text", "language_scores", "detect_language", "english_margin",
-           "quality_reason", "mask_pii", "toxicity_score", "clean_corpus"]
+           "quality_reason", "find_pii", "mask_pii", "toxicity_score", "clean_corpus"]
 
 STEPS = ("extract", "language", "quality", "toxicity", "exact_dedup", "near_dedup", "pii")
 
@@ -258,25 +259,67 @@ def quality_reason(text: str, config: GopherConfig = GopherConfig()) -> str | No
 
 # ---- PII and toxicity --------------------------------------------------------------------------
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)")
+# IPv6: a run of hex groups and colons, then checked by the standard library's parser, since the
+# compressed forms ("2001:db8::1", "::1") are easier to validate than to describe in one pattern.
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
+                   rf"{_OCTET}(?:\.{_OCTET}){{3}})?(?![\w:])")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+# Phones: international (+CC and 2-5 groups), national with separators ("(202) 555-0173",
+# "020 7946 0958"), and a bare run of exactly ten digits (a North American number written plainly).
+_PHONE = re.compile(r"(?<![\w+.])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
+                    r"|(?:\(\d{3}\)|\d{2,4})[ .-]\d{3,4}[ .-]\d{3,4}|\d{10})(?![\w]|\.\d)")
+
+
+def _is_ipv6(s: str) -> bool:
+    """A valid IPv6 address with a digit or at least three groups: "a::b" is more likely code."""
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return any(c.isdigit() for c in s) or s.count(":") >= 3
+
+
+def _phone_digits_ok(s: str) -> bool:
+    """E.164 allows at most 15 digits; fewer than 7 is a version number or a year range."""
+    return 7 <= sum(c.isdigit() for c in s) <= 15
+
+
 # Order matters: IPs before phones, or "192.168.100.23" would be read as a phone number.
 _PII = (
-    ("ip", re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)"), "[IP]"),
-    ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}"), "[EMAIL]"),
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{2,4})[ .-]\d{3,4}[ "
-                         r".-]\d{3,4}(?!\w)"), "[PHONE]"),
+    ("ip", _IPV4, "[IP]", None),
+    ("ip", _IPV6, "[IP]", _is_ipv6),
+    ("email", _EMAIL, "[EMAIL]", None),
+    ("phone", _PHONE, "[PHONE]", _phone_digits_ok),
 )
 
 
-def mask_pii(text: str) -> tuple[str, Counter]:
-    """Replace e-mails, phone numbers and IPv4 addresses by placeholders; also count them.
+def find_pii(text: str) -> list[tuple[str, str]]:
+    """Every (kind, matched text) that mask_pii would replace, in the order the passes see them.
 
-    Example: mask_pii("mail a.b@example.org") -> ("mail [EMAIL]", Counter({"email": 1}))
+    Example: find_pii("call 2831823829") -> [("phone", "2831823829")]
+    """
+    found: list[tuple[str, str]] = []
+    mask_pii(text, found)
+    return found
+
+
+def mask_pii(text: str, found: list | None = None) -> tuple[str, Counter]:
+    """Replace e-mails, phone numbers and IPv4 and IPv6 addresses by placeholders; count them.
+
+    `found`, if given, collects (kind, matched text). Example: mask_pii("mail a.b@example.org") ->
+    ("mail [EMAIL]", Counter({"email": 1}))
     """
     counts: Counter = Counter()
-    for kind, pattern, placeholder in _PII:
-        text, n = pattern.subn(placeholder, text)
-        if n:
-            counts[kind] += n
+    for kind, pattern, placeholder, valid in _PII:
+        def sub(m: re.Match, kind: str = kind, placeholder: str = placeholder, valid=valid) -> str:
+            if valid is not None and not valid(m.group()):
+                return m.group()
+            counts[kind] += 1
+            if found is not None:
+                found.append((kind, m.group()))
+            return placeholder
+        text = pattern.sub(sub, text)
     return text, counts
 
 
