@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 from .crawl import BLOCKLIST
-from .langid import load_profiles
+from .langid import identify, load_profiles
 from .dedup import _check_docs, exact_dedup, near_dedup
 
 __all__ = ["STEPS", "STOPWORDS", "GopherConfig", "PipelineResult", "html_to_text", "fix_mojibake",
@@ -159,11 +159,12 @@ def language_scores(text: str) -> dict[str, float]:
 
 
 def detect_language(text: str) -> str:
-    """The language whose character n-gram profile fits best, or "unknown" (see langid.py).
+    """The writing system's language for non-Latin text ("zh", "und-Cyrl", ...), else the
+    language whose character n-gram profile fits best, or "unknown" (see langid.identify).
 
     Example: detect_language("the cat sat on the mat and looked at the dog") -> "en"
     """
-    return load_profiles().detect(text)
+    return identify(text)[0]
 
 
 def english_margin(text: str) -> float:
