@@ -57,6 +57,8 @@ class _Extractor(HTMLParser):
         if tag in _SKIP_TAGS or (marks and _BOILERPLATE.search(marks)):
             if tag not in _VOID_TAGS:
                 self.skip.append([tag, 1])
+        elif tag == "li":
+            self.parts.append("\n\n• ")  # keep the bullet: Gopher's list rule counts them
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n\n")
 
@@ -86,7 +88,7 @@ def html_to_text(html: str) -> str:
     parser.feed(html)
     parser.close()
     blocks = (" ".join(b.split()) for b in "".join(parser.parts).split("\n\n"))
-    return "\n\n".join(b for b in blocks if b)
+    return "\n\n".join(b for b in blocks if b and b != "•")
 
 
 # ---- Repair and normalize ----------------------------------------------------------------------
