@@ -31,8 +31,11 @@ STEPS = ("extract", "language", "quality", "toxicity", "exact_dedup", "near_dedu
 _SKIP_TAGS = {"head", "script", "style", "noscript", "template", "svg", "nav", "header", "footer",
               "aside", "form",
               "button", "iframe"}
-_BOILERPLATE = re.compile(r"cookie|consent|banner|menu|sidebar|footer|navbar|advert|popup|share",
-                          re.I)
+# A class or id names furniture when one of its parts (split at spaces, "-", "_", ".") *ends* with
+# one of these words: "cookie-banner" and "sphinxsidebar" do, the id "module-http.cookiejar" of a
+# real documentation page does not (a substring match dropped that whole page).
+_BOILERPLATE = re.compile(r"(?:cookie|consent|banner|menu|sidebar|footer|navbar|advert|popup|share)"
+                          r"(?![^\s._-])", re.I)
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "article",
                "main", "section",
                "blockquote", "pre", "table", "tr", "td", "th", "dd", "dt", "figcaption", "hr"}
