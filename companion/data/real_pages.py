@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["RealPage", "load_real_pages", "real_pages_meta", "word_overlap"]
+__all__ = ["RealPage", "load_real_pages", "real_pages_meta", "word_overlap", "speeches",
+           "toxicity_reference"]
 
 PATH = Path(__file__).with_name("real_pages.json.gz")
+TOXICITY_PATH = Path(__file__).with_name("toxicity_reference.json.gz")
 
 
 @dataclass(frozen=True)
@@ -62,3 +64,22 @@ def word_overlap(ours: str, reference: str) -> dict[str, float]:
     p = common / max(sum(a.values()), 1)
     r = common / max(sum(b.values()), 1)
     return {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def speeches(text: str, min_words: int = 8) -> list[str]:
+    """The speeches of Tiny Shakespeare (blank-line separated blocks) of at least min_words words.
+
+    Example: speeches("A:\nHi there.\n\nB:\nThe cat sat on the mat today, I think.")[0][:2] -> "B:"
+    """
+    return [b.strip() for b in text.split("\n\n") if len(b.split()) >= min_words]
+
+
+def toxicity_reference() -> tuple[list[str], list[float], dict]:
+    """(SHA-256 prefixes of the speeches, P(offensive) from the reference classifier, meta).
+
+    Recorded by tools/make_toxicity_reference.py with alt-profanity-check, a linear SVM trained on
+    human-labelled offensive and clean comments, so notebooks need no scikit-learn.
+    """
+    with gzip.open(TOXICITY_PATH, "rt", encoding="utf-8") as f:
+        d = json.load(f)
+    return d["sha256_12"], d["p_offensive"], d["meta"]
