@@ -372,7 +372,7 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
 
 
 def _drop_repeated(docs: list[str], min_docs: int) -> list[list[str]]:
-    """The reference for 2.6: each document's non-blank lines minus those in >= min_docs documents."""
+    """The reference for 2.6: each document's non-blank lines, less those in >= min_docs docs."""
     def key(line: str) -> str:
         return " ".join(line.lower().split())
 
@@ -408,7 +408,8 @@ def check_2_6(drop_repeated_lines: Callable[..., list[list[str]]]) -> None:
         elif got and "Footer" in got[0] and "Home" not in got[0]:
             hint = " 'Footer' is in 2 documents, and min_docs=2 means 2 is enough: use >=, not >."
         fail(ex, f"with min_docs=2, 'Home' (3 documents) and 'Footer' (2) go and each story stays: "
-                 f"expect [['First story.'], ['Second story.'], ['Third story.']], got {got}.{hint}")
+                 f"expect [['First story.'], ['Second story.'], ['Third story.']], "
+                 f"got {got}.{hint}")
     got = run(docs, 3)
     if got != [["First story.", "Footer"], ["Second story.", "Footer"], ["Third story."]]:
         fail(ex, f"with min_docs=3 only 'Home' (3 documents) goes; 'Footer' (2) stays. Got {got}.")
