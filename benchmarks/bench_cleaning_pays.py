@@ -28,7 +28,7 @@ from companion.train import next_token_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cleaning_pays.json"
 SEEDS = (0, 1, 2)
-STEPS, BATCH, CONTEXT, LR = 1000, 32, 64, 2e-3
+STEPS, BATCH, CONTEXT, LR = 400, 32, 64, 2e-3
 MODEL = dict(vocab_size=256, context_length=CONTEXT, d_model=96, n_layers=3, n_heads=4)
 
 
