@@ -6,7 +6,7 @@ into the crawl's passages, so neither corpus contains it. "Raw" is every page's 
 filter, no dedup); "clean" is what clean_corpus keeps. Each is trained with several seeds, so the gap
 can be read against the seed-to-seed spread.
 
-Run: COMPANION_DATA_DIR=... python benchmarks/bench_cleaning_pays.py   (a few minutes on 2 cores)
+Run: COMPANION_DATA_DIR=... python benchmarks/bench_cleaning_pays.py   (about 11 minutes on 2 shared cores)
 Writes benchmarks/results/cleaning_pays.json, which chapter 2 reads.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from companion.train import next_token_loss
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cleaning_pays.json"
 SEEDS = (0, 1, 2)
-STEPS, BATCH, CONTEXT, LR = 400, 32, 64, 2e-3
+STEPS, BATCH, CONTEXT, LR = 1000, 32, 64, 2e-3
 MODEL = dict(vocab_size=256, context_length=CONTEXT, d_model=96, n_layers=3, n_heads=4)
 
 
