@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from companion.checks import ExerciseFailed, check_2_1, check_2_2, check_2_3, check_2_4, check_2_5
+from companion.checks import ExerciseFailed, check_2_1, check_2_2, check_2_3, check_2_4, check_2_5, check_2_6
 from checkhelpers import stub, fails_with
 import numpy as np
 
@@ -289,3 +289,54 @@ def test_check_2_5_passes_on_a_correct_answer(capsys):
 ])
 def test_check_2_5_rejects_mistakes(wrong, fragment):
     fails_with(check_2_5, wrong, fragment)
+
+
+# --- 2.6 drop_repeated_lines -----------------------------------------------------------------------
+
+def make_drop(first_copy_stays=False, strict=False, occurrences=False, raw_key=False, keep_blank=False):
+    def key(line):
+        return line if raw_key else " ".join(line.lower().split())
+
+    def fn(docs, min_docs):
+        counts = {}
+        for d in docs:
+            keys = [key(ln) for ln in d.split("\n") if ln.strip()]
+            for k in (keys if occurrences else set(keys)):
+                counts[k] = counts.get(k, 0) + 1
+        seen, out = set(), []
+        for d in docs:
+            kept = []
+            for ln in d.split("\n"):
+                if not ln.strip():
+                    if keep_blank:
+                        kept.append(ln)
+                    continue
+                k = key(ln)
+                shared = counts[k] > min_docs if strict else counts[k] >= min_docs
+                if shared and not (first_copy_stays and k not in seen):
+                    continue
+                seen.add(k)
+                kept.append(ln)
+            out.append(kept)
+        return out
+    return fn
+
+
+def test_check_2_6_passes_on_a_correct_answer(capsys):
+    check_2_6(make_drop())
+    out = capsys.readouterr().out
+    assert "passed" in out and "44 real pages" in out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (stub, "not implemented"),
+    (make_drop(first_copy_stays=True), "kept the first copy"),
+    (make_drop(strict=True), ">=, not >"),
+    (make_drop(occurrences=True), "not its occurrences"),
+    (make_drop(raw_key=True), "lower-cased"),
+    (make_drop(keep_blank=True), "blank lines"),
+    (lambda docs, m: ["\n".join(d) for d in make_drop()(docs, m)], "one list of kept lines"),
+    (lambda docs, m: None, "forget to return"),
+])
+def test_check_2_6_rejects_mistakes(wrong, fragment):
+    fails_with(check_2_6, wrong, fragment)

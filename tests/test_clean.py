@@ -165,3 +165,29 @@ def test_clean_corpus_rejects_bad_input():
         clean_corpus(["<p>ok</p>", 42], progress=False)
     with pytest.raises(TypeError, match="html"):
         html_to_text(None)
+
+
+# --- PII formats met in the wild ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, kind, span", [
+    ("call 2831823829 now", "phone", "2831823829"),
+    ("Ring +44 20 7946 0958 today", "phone", "+44 20 7946 0958"),
+    ("or +1-202-555-0173.", "phone", "+1-202-555-0173"),
+    ("desk: (202) 555-0173", "phone", "(202) 555-0173"),
+    ("Write to jane.doe@example.co.uk.", "email", "jane.doe@example.co.uk"),
+    ("host 2001:db8::8a2e:370:7334 is up", "ip", "2001:db8::8a2e:370:7334"),
+    ("bind to ::1 only", "ip", "::1"),
+    ("gateway 10.0.0.1.", "ip", "10.0.0.1"),
+])
+def test_mask_pii_finds_wild_formats(text, kind, span):
+    from companion.data.clean import find_pii
+    assert find_pii(text) == [(kind, span)]
+    masked, counts = mask_pii(text)
+    assert span not in masked and counts[kind] == 1
+
+
+@pytest.mark.parametrize("text", ["Python 3.11.2 (2023-2024)", "std::vector and a::b", "x = 1234567890123",
+                                  "ISBN 0-306-40615-2", "epoch 1700000000.5", "port 8080"])
+def test_mask_pii_leaves_look_alikes(text):
+    from companion.data.clean import find_pii
+    assert find_pii(text) == []

@@ -204,3 +204,39 @@ def test_union_find_matches_connected_components_by_search():
                 seen.add(k)
                 stack.append(k)
         assert {labels[k] for k in seen} == {min(seen)}
+
+
+# --- line-level dedup ------------------------------------------------------------------------------
+
+def test_line_dedup_removes_lines_shared_by_documents_and_keeps_unique_ones():
+    from companion.data import line_dedup
+    docs = ["Home | About\n\nFirst article.\n\nCopyright 2024", "home |  about\n\nSecond one.\n\nCopyright 2024",
+            "Third, alone.\n\nThird, alone."]
+    # Case and spacing fold, so "home |  about" repeats "Home | About"; a line repeated inside
+    # one document counts once and stays.
+    assert line_dedup(docs) == ["First article.", "Second one.", "Third, alone.\n\nThird, alone."]
+
+
+def test_line_dedup_threshold_spares_lines_in_fewer_documents():
+    from companion.data import line_dedup
+    docs = ["nav\nquote\na", "nav\nquote\nb", "nav\nc"]
+    assert line_dedup(docs, min_docs=3) == ["quote\na", "quote\nb", "c"]
+    assert line_dedup(docs, min_docs=2) == ["a", "b", "c"]
+    assert line_dedup(docs, min_docs=4) == docs
+
+
+def test_line_dedup_rejects_bad_arguments():
+    from companion.data import line_dedup
+    with pytest.raises(ValueError, match="at least 2"):
+        line_dedup(["a"], min_docs=1)
+    with pytest.raises(TypeError, match="list of str"):
+        line_dedup("a b")
+    with pytest.raises(TypeError, match="int"):
+        line_dedup(["a"], min_docs=2.0)
+
+
+def test_line_doc_counts_counts_documents_not_occurrences():
+    from companion.data import line_doc_counts
+    from companion.data.dedup import _line_key
+    counts = line_doc_counts(["x\nx\ny", "X\nz", ""])
+    assert counts[_line_key("x")] == 2 and counts[_line_key("y")] == 1 and len(counts) == 3

@@ -105,3 +105,49 @@ def test_precision_recall_hand_worked_and_rejects_mismatch():
     assert rows == [{"lang": "en", "tp": 1, "fp": 1, "fn": 1, "support": 2, "precision": 0.5, "recall": 0.5}]
     with pytest.raises(ValueError, match="labels"):
         precision_recall(["en"], [], ["en"])
+
+
+# --- beyond the Latin script -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, label", [
+    ("这是一个用中文写的句子，没有别的语言。", "zh"),
+    ("これは日本語で書かれた文です。ひらがなとカタカナ。", "ja"),
+    ("한국어로 쓴 문장입니다 그리고 더 많은 단어", "ko"),
+    ("Привет, как дела? Это русский текст.", "und-Cyrl"),
+    ("مرحبا بكم في هذا النص العربي القصير", "und-Arab"),
+    ("यह हिंदी में लिखा गया एक वाक्य है", "und-Deva"),
+    ("Γειά σου κόσμε, αυτό είναι ελληνικά", "el"),
+    ("The cat sat on the mat and looked at the dog", "en"),
+])
+def test_identify_answers_per_script_with_a_probability(text, label):
+    from companion.data.langid import identify
+    got, p = identify(text)
+    assert got == label and 0.5 < p <= 1
+    assert detect_language(text) == label
+
+
+def test_script_posterior_is_a_distribution_and_tolerates_latin_code_words():
+    from companion.data.langid import script_counts, script_posterior
+    assert script_counts("Привет, world") == {"Cyrl": 6, "Latn": 5}
+    post = script_posterior("%r crossref_type पहले से पंजीकृत है make-mode ok")
+    assert math.isclose(sum(post.values()), 1.0) and max(post, key=post.get) == "Deva"
+    assert script_posterior("123 !!") == {}
+    with pytest.raises(ValueError, match="eps"):
+        script_posterior("abc", eps=0)
+
+
+def test_predict_proba_sums_to_one_and_ranks():
+    m = load_profiles()
+    p = m.predict_proba("Le chat est sur la table avec le chien et les enfants")
+    assert math.isclose(sum(p.values()), 1.0) and max(p, key=p.get) == "fr"
+    p_short, p_long = (m.predict_proba(t)["en"] for t in ("the cat", "the cat and the dog sat on the mat"))
+    assert 0 < p_short < p_long <= 1
+
+
+def test_script_level_answers_on_real_catalog_translations():
+    from companion.data.langid import identify
+    want = {"zh_CN": "zh", "zh_TW": "zh", "ja": "ja", "ko": "ko", "el": "el", "ru": "und-Cyrl",
+            "fa": "und-Arab", "hi": "und-Deva"}
+    pairs = [(want[lang], t) for lang, t in eval_sentences(min_words=8) if lang in want]
+    right = sum(identify(t)[0] == label for label, t in pairs)
+    assert len(pairs) >= 500 and right / len(pairs) >= 0.97

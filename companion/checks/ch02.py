@@ -10,7 +10,7 @@ from ..data.decontam import overlap_report
 from ..data.dedup import candidate_probability, jaccard, lsh_params, shingles
 from ._core import as_scalar, call, fail, passed
 
-__all__ = ["check_2_1", "check_2_2", "check_2_3", "check_2_4", "check_2_5"]
+__all__ = ["check_2_1", "check_2_2", "check_2_3", "check_2_4", "check_2_5", "check_2_6"]
 
 
 _END_MARKS = (".", "!", "?", '"')
@@ -369,3 +369,73 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
     passed(ex, "n-gram overlap as GPT-3's Appendix C defines it (GPT-3 picks n per benchmark, "
                "8 to 13): case, punctuation, order, short texts, document boundaries and the "
                "last n-gram all handled; the planted leak is found.")
+
+
+def _drop_repeated(docs: list[str], min_docs: int) -> list[list[str]]:
+    """The reference for 2.6: each document's non-blank lines, less those in >= min_docs docs."""
+    def key(line: str) -> str:
+        return " ".join(line.lower().split())
+
+    counts: dict[str, int] = {}
+    for d in docs:
+        for k in {key(ln) for ln in d.split("\n") if ln.strip()}:
+            counts[k] = counts.get(k, 0) + 1
+    return [[ln for ln in d.split("\n") if ln.strip() and counts[key(ln)] < min_docs]
+            for d in docs]
+
+
+def check_2_6(drop_repeated_lines: Callable[..., list[list[str]]]) -> None:
+    """drop_repeated_lines(docs, min_docs) -> per document, its non-blank lines that fewer than
+    min_docs documents contain (lines compared lower-cased, runs of whitespace as one space)."""
+    ex = "2.6"
+
+    def run(docs: list[str], min_docs: int) -> list[list[str]]:
+        got = call(ex, drop_repeated_lines, list(docs), min_docs)
+        if not isinstance(got, list) or not all(isinstance(d, list) for d in got):
+            fail(ex, f"return a list with one list of kept lines per document, got {got!r:.60}"
+                     + (": did you forget to return?" if got is None else ""))
+        if len(got) != len(docs):
+            fail(ex, f"return one list per document ({len(docs)}), got {len(got)}")
+        return got
+
+    docs = ["Home\nFirst story.\nFooter", "Home\nSecond story.\nFooter", "Home\nThird story."]
+    got = run(docs, 2)
+    if got != [["First story."], ["Second story."], ["Third story."]]:
+        hint = ""
+        if got == [["Home", "First story.", "Footer"], ["Second story."], ["Third story."]]:
+            hint = (" You kept the first copy of each line; remove a repeated line from every "
+                    "document, the first one too: menus are furniture on every page.")
+        elif got and "Footer" in got[0] and "Home" not in got[0]:
+            hint = " 'Footer' is in 2 documents, and min_docs=2 means 2 is enough: use >=, not >."
+        fail(ex, f"with min_docs=2, 'Home' (3 documents) and 'Footer' (2) go and each story stays: "
+                 f"expect [['First story.'], ['Second story.'], ['Third story.']], "
+                 f"got {got}.{hint}")
+    got = run(docs, 3)
+    if got != [["First story.", "Footer"], ["Second story.", "Footer"], ["Third story."]]:
+        fail(ex, f"with min_docs=3 only 'Home' (3 documents) goes; 'Footer' (2) stays. Got {got}.")
+    twice = ["Chorus\nverse one\nChorus", "verse two\nend"]
+    got = run(twice, 2)
+    if got != [["Chorus", "verse one", "Chorus"], ["verse two", "end"]]:
+        fail(ex, "'Chorus' is twice in the first document but in no other: count the documents "
+                 f"that contain a line, not its occurrences. Expect nothing removed, got {got}.")
+    spaced = ["Skip  to content\n\nA", "skip to Content\n\nB"]
+    got = run(spaced, 2)
+    if got != [["A"], ["B"]]:
+        fail(ex, "'Skip  to content' and 'skip to Content' are one line once lower-cased with runs "
+                 "of whitespace as one space; blank lines are neither counted nor kept. Expect "
+                 f"[['A'], ['B']], got {got}.")
+    from ..data import html_to_text, normalize_text
+    from ..data.real_pages import load_real_pages
+
+    pages = [normalize_text(html_to_text(p.html)) for p in load_real_pages()]
+    want = _drop_repeated(pages, 3)
+    got = run(pages, 3)
+    if got != want:
+        bad = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+        fail(ex, f"on the real documentation pages with min_docs=3, page {bad} differs: expected "
+                 f"{want[bad][:3]}..., got {got[bad][:3]}...")
+    before = sum(len(ln.split()) for p in pages for ln in p.split("\n"))
+    after = sum(len(ln.split()) for d in got for ln in d)
+    passed(ex, f"shared lines removed from every document, counted once per document, compared "
+               f"normalized; on {len(pages)} real pages it removes {before - after:,} of "
+               f"{before:,} words, the navigation bar on every page.")

@@ -1,14 +1,14 @@
 """Data: fetch registered files (chapter 1); the labeled crawl, cleaning, language ID, quality,
 dedup and decontamination (chapter 2); token shards (chapters 2-3)."""
 from .clean import (STEPS, GopherConfig, PipelineResult, clean_corpus, detect_language,
-                    english_margin, fix_mojibake, html_to_text, language_scores, mask_pii,
+                    english_margin, find_pii, fix_mojibake, html_to_text, language_scores, mask_pii,
                     normalize_text, quality_reason, toxicity_score)
 from .crawl import BLOCKLIST, DEFECTS, STEP_TARGETS, CrawlDoc, evaluate, make_crawl
 from .dedup import (candidate_probability, estimate_jaccard, exact_dedup, jaccard,
-                    lsh_candidate_pairs, lsh_params, minhash_signatures, near_dedup, shingles,
-                    union_find_clusters)
-from .langid import (NgramLanguageID, char_ngrams, eval_sentences, load_profiles, precision_recall,
-                     train_profiles)
+                    line_doc_counts, line_dedup, lsh_candidate_pairs, lsh_params,
+                    minhash_signatures, near_dedup, shingles, union_find_clusters)
+from .langid import (NgramLanguageID, char_ngrams, eval_sentences, identify, load_profiles,
+                     precision_recall, script_posterior, train_profiles)
 from .registry import (REGISTRY, ChecksumError, DataError, DataFile, DataUnavailableError,
                        cache_dir, fetch)
 from .shards import FORMAT_VERSION, Shard, read_shard, sha256_text, shard_dtype, write_shard
@@ -19,11 +19,12 @@ __all__ = [
     "FORMAT_VERSION", "Shard", "read_shard", "sha256_text", "shard_dtype", "write_shard",
     "BLOCKLIST", "DEFECTS", "STEP_TARGETS", "CrawlDoc", "evaluate", "make_crawl",
     "STEPS", "GopherConfig", "PipelineResult", "clean_corpus", "detect_language", "english_margin",
-    "fix_mojibake", "html_to_text", "language_scores", "mask_pii", "normalize_text",
+    "find_pii", "fix_mojibake", "html_to_text", "language_scores", "mask_pii", "normalize_text",
     "quality_reason", "toxicity_score",
-    "NgramLanguageID", "char_ngrams", "eval_sentences", "load_profiles", "precision_recall",
-    "train_profiles",
-    "candidate_probability", "estimate_jaccard", "exact_dedup", "jaccard", "lsh_candidate_pairs",
+    "NgramLanguageID", "char_ngrams", "eval_sentences", "identify", "load_profiles",
+    "precision_recall", "script_posterior", "train_profiles",
+    "candidate_probability", "estimate_jaccard", "exact_dedup", "jaccard", "line_doc_counts",
+    "line_dedup", "lsh_candidate_pairs",
     "lsh_params", "minhash_signatures", "near_dedup", "shingles", "union_find_clusters",
 ]
 

@@ -7,6 +7,7 @@ exact and near-duplicate removal, then PII masking on what is left.
 """
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import unicodedata
@@ -16,12 +17,12 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 
 from .crawl import BLOCKLIST
-from .langid import load_profiles
+from .langid import identify, load_profiles
 from .dedup import _check_docs, exact_dedup, near_dedup
 
 __all__ = ["STEPS", "STOPWORDS", "GopherConfig", "PipelineResult", "html_to_text", "fix_mojibake",
            "normalize_text", "language_scores", "detect_language", "english_margin",
-           "quality_reason", "mask_pii", "toxicity_score", "clean_corpus"]
+           "quality_reason", "find_pii", "mask_pii", "toxicity_score", "clean_corpus"]
 
 STEPS = ("extract", "language", "quality", "toxicity", "exact_dedup", "near_dedup", "pii")
 
@@ -30,8 +31,11 @@ STEPS = ("extract", "language", "quality", "toxicity", "exact_dedup", "near_dedu
 _SKIP_TAGS = {"head", "script", "style", "noscript", "template", "svg", "nav", "header", "footer",
               "aside", "form",
               "button", "iframe"}
-_BOILERPLATE = re.compile(r"cookie|consent|banner|menu|sidebar|footer|navbar|advert|popup|share",
-                          re.I)
+# A class or id names furniture when one of its parts (split at spaces, "-", "_", ".") *ends* with
+# one of these words: "cookie-banner" and "sphinxsidebar" do, the id "module-http.cookiejar" of a
+# real documentation page does not (a substring match dropped that whole page).
+_BOILERPLATE = re.compile(r"(?:cookie|consent|banner|menu|sidebar|footer|navbar|advert|popup|share)"
+                          r"(?![^\s._-])", re.I)
 _BLOCK_TAGS = {"p", "div", "br", "li", "ul", "ol", "h1", "h2", "h3", "h4", "h5", "h6", "article",
                "main", "section",
                "blockquote", "pre", "table", "tr", "td", "th", "dd", "dt", "figcaption", "hr"}
@@ -56,6 +60,8 @@ class _Extractor(HTMLParser):
         if tag in _SKIP_TAGS or (marks and _BOILERPLATE.search(marks)):
             if tag not in _VOID_TAGS:
                 self.skip.append([tag, 1])
+        elif tag == "li":
+            self.parts.append("\n\n• ")  # keep the bullet: Gopher's list rule counts them
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n\n")
 
@@ -85,7 +91,7 @@ def html_to_text(html: str) -> str:
     parser.feed(html)
     parser.close()
     blocks = (" ".join(b.split()) for b in "".join(parser.parts).split("\n\n"))
-    return "\n\n".join(b for b in blocks if b)
+    return "\n\n".join(b for b in blocks if b and b != "•")
 
 
 # ---- Repair and normalize ----------------------------------------------------------------------
@@ -158,11 +164,12 @@ def language_scores(text: str) -> dict[str, float]:
 
 
 def detect_language(text: str) -> str:
-    """The language whose character n-gram profile fits best, or "unknown" (see langid.py).
+    """The writing system's language for non-Latin text ("zh", "und-Cyrl", ...), else the
+    language whose character n-gram profile fits best, or "unknown" (see langid.identify).
 
     Example: detect_language("the cat sat on the mat and looked at the dog") -> "en"
     """
-    return load_profiles().detect(text)
+    return identify(text)[0]
 
 
 def english_margin(text: str) -> float:
@@ -258,25 +265,67 @@ def quality_reason(text: str, config: GopherConfig = GopherConfig()) -> str | No
 
 # ---- PII and toxicity --------------------------------------------------------------------------
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)")
+# IPv6: a run of hex groups and colons, then checked by the standard library's parser, since the
+# compressed forms ("2001:db8::1", "::1") are easier to validate than to describe in one pattern.
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
+                   rf"{_OCTET}(?:\.{_OCTET}){{3}})?(?![\w:])")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
+# Phones: international (+CC and 2-5 groups), national with separators ("(202) 555-0173",
+# "020 7946 0958"), and a bare run of exactly ten digits (a North American number written plainly).
+_PHONE = re.compile(r"(?<![\w+.])(?:\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
+                    r"|(?:\(\d{3}\)|\d{2,4})[ .-]\d{3,4}[ .-]\d{3,4}|\d{10})(?![\w]|\.\d)")
+
+
+def _is_ipv6(s: str) -> bool:
+    """A valid IPv6 address with a digit or at least three groups: "a::b" is more likely code."""
+    try:
+        ipaddress.IPv6Address(s)
+    except ValueError:
+        return False
+    return any(c.isdigit() for c in s) or s.count(":") >= 3
+
+
+def _phone_digits_ok(s: str) -> bool:
+    """E.164 allows at most 15 digits; fewer than 7 is a version number or a year range."""
+    return 7 <= sum(c.isdigit() for c in s) <= 15
+
+
 # Order matters: IPs before phones, or "192.168.100.23" would be read as a phone number.
 _PII = (
-    ("ip", re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)"), "[IP]"),
-    ("email", re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}"), "[EMAIL]"),
-    ("phone", re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{3}\)|\d{2,4})[ .-]\d{3,4}[ "
-                         r".-]\d{3,4}(?!\w)"), "[PHONE]"),
+    ("ip", _IPV4, "[IP]", None),
+    ("ip", _IPV6, "[IP]", _is_ipv6),
+    ("email", _EMAIL, "[EMAIL]", None),
+    ("phone", _PHONE, "[PHONE]", _phone_digits_ok),
 )
 
 
-def mask_pii(text: str) -> tuple[str, Counter]:
-    """Replace e-mails, phone numbers and IPv4 addresses by placeholders; also count them.
+def find_pii(text: str) -> list[tuple[str, str]]:
+    """Every (kind, matched text) that mask_pii would replace, in the order the passes see them.
 
-    Example: mask_pii("mail a.b@example.org") -> ("mail [EMAIL]", Counter({"email": 1}))
+    Example: find_pii("call 2831823829") -> [("phone", "2831823829")]
+    """
+    found: list[tuple[str, str]] = []
+    mask_pii(text, found)
+    return found
+
+
+def mask_pii(text: str, found: list | None = None) -> tuple[str, Counter]:
+    """Replace e-mails, phone numbers and IPv4 and IPv6 addresses by placeholders; count them.
+
+    `found`, if given, collects (kind, matched text). Example: mask_pii("mail a.b@example.org") ->
+    ("mail [EMAIL]", Counter({"email": 1}))
     """
     counts: Counter = Counter()
-    for kind, pattern, placeholder in _PII:
-        text, n = pattern.subn(placeholder, text)
-        if n:
-            counts[kind] += n
+    for kind, pattern, placeholder, valid in _PII:
+        def sub(m: re.Match, kind: str = kind, placeholder: str = placeholder, valid=valid) -> str:
+            if valid is not None and not valid(m.group()):
+                return m.group()
+            counts[kind] += 1
+            if found is not None:
+                found.append((kind, m.group()))
+            return placeholder
+        text = pattern.sub(sub, text)
     return text, counts
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from itertools import combinations
 
@@ -32,6 +32,8 @@ __all__ = [
     "lsh_candidate_pairs",
     "union_find_clusters",
     "near_dedup",
+    "line_doc_counts",
+    "line_dedup",
 ]
 
 _MAX32 = np.uint32(0xFFFFFFFF)  # the value of an empty signature: no shingle has been seen
@@ -88,6 +90,47 @@ def exact_dedup(docs: Sequence[str]) -> list[int]:
             seen.add(key)
             keep.append(i)
     return keep
+
+
+# ---- Repeated lines ----------------------------------------------------------------------------
+def _line_key(line: str) -> bytes:
+    """A 16-byte key of a normalized line: the counts table holds digests, not whole lines."""
+    return hashlib.blake2b(normalize_for_hash(line).encode("utf-8"), digest_size=16).digest()
+
+
+def line_doc_counts(docs: Sequence[str]) -> Counter:
+    """How many documents contain each non-blank line, keyed by the line's normalized digest.
+
+    A line repeated inside one document counts once: we want lines shared *across* pages.
+    Example: line_doc_counts(["Home\nA", "home\nB"])[_line_key("Home")] -> 2
+    """
+    _check_docs(docs)
+    counts: Counter = Counter()
+    for d in docs:
+        counts.update({_line_key(ln) for ln in d.splitlines() if ln.strip()})
+    return counts
+
+
+def line_dedup(docs: Sequence[str], min_docs: int = 2) -> list[str]:
+    """Each document without its lines that occur in at least `min_docs` documents.
+
+    Lines are compared after normalize_for_hash. Blank lines stay, runs of them collapse to one,
+    so paragraphs keep their breaks. min_docs=2 is CS336's exact line dedup (drop every line seen
+    twice); a larger threshold spares quotations and keeps only boilerplate in its sights.
+    Example: line_dedup(["Home\nA", "Home\nB"]) -> ["A", "B"]. Introduced in chapter 2.
+    """
+    if isinstance(min_docs, bool) or not isinstance(min_docs, int):
+        raise TypeError(f"min_docs must be an int, got {type(min_docs).__name__}")
+    if min_docs < 2:
+        raise ValueError(f"min_docs must be at least 2 (a line is in at least 1 document), "
+                         f"got {min_docs}")
+    counts = line_doc_counts(docs)
+    out = []
+    for d in docs:
+        kept = [ln for ln in d.splitlines() if not ln.strip() or counts[_line_key(ln)] < min_docs]
+        text = "\n".join(kept)
+        out.append(re.sub(r"\n\s*\n(\s*\n)*", "\n\n", text).strip())
+    return out
 
 
 # ---- Shingles and Jaccard ----------------------------------------------------------------------

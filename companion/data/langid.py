@@ -17,6 +17,7 @@ import json
 import math
 import re
 import sys
+import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -36,6 +37,10 @@ __all__ = [
     "eval_sentences",
     "precision_recall",
     "build_profiles",
+    "SCRIPT_LANGUAGE",
+    "script_counts",
+    "script_posterior",
+    "identify",
 ]
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "nl", "ca", "gl", "pl")
@@ -69,8 +74,12 @@ def _clean(text: str) -> str:
 
     Example: _clean("Set html_theme to 'Alabaster'!") -> "set to alabaster"
     """
-    kept = (w for w in _MARKUP.sub(" ", text).lower().split() if not _CODE.search(w))
-    return " ".join(_LETTERS.findall(" ".join(kept)))
+    return " ".join(_LETTERS.findall(_strip_code(text.lower())))
+
+
+def _strip_code(text: str) -> str:
+    """The text without placeholders, markup and code-like tokens, which belong to no language."""
+    return " ".join(w for w in _MARKUP.sub(" ", text).split() if not _CODE.search(w))
 
 
 def char_ngrams(text: str, n_max: int = 4) -> Counter:
@@ -129,6 +138,26 @@ class NgramLanguageID:
         weights = np.fromiter(freq.values(), dtype=float, count=len(freq))
         score = weights @ np.stack(vecs) / (weights @ np.asarray(sizes, dtype=float))
         return dict(zip(self.languages, score.tolist()))
+
+    def log_likelihoods(self, text: str) -> dict[str, float]:
+        """Naive Bayes log P(text | language): the mean score times the number of n-grams."""
+        words = _clean(text[:2000]).split()
+        if not words:
+            return {lang: 0.0 for lang in self.languages}  # no evidence: every language alike
+        freq = Counter(words)
+        vecs, _ = zip(*(self._word(w) for w in freq))
+        weights = np.fromiter(freq.values(), dtype=float, count=len(freq))
+        return dict(zip(self.languages, (weights @ np.stack(vecs)).tolist()))
+
+    def predict_proba(self, text: str) -> dict[str, float]:
+        """P(language | text) among the known languages, uniform prior: a softmax of the
+        log-likelihoods. Naive Bayes counts correlated n-grams as independent evidence, so these
+        are overconfident on long texts. Example: max(m.predict_proba("the cat").values()) <= 1
+        """
+        ll = self.log_likelihoods(text)
+        z = np.asarray(list(ll.values()))
+        p = np.exp(z - z.max())
+        return dict(zip(ll, (p / p.sum()).tolist()))
 
     def detect(self, text: str, min_letters: int = 10) -> str:
         """The most likely language, or "unknown": fewer than `min_letters` letters, or a text that
@@ -190,6 +219,81 @@ def train_profiles(
         logp[:, j] = [math.log((c.get(g, 0) + alpha) / denom) for g in vocab]
         floor[j] = math.log(alpha / denom)
     return NgramLanguageID(langs, index, logp, floor, n_max)
+
+
+# ---- Scripts: a first answer for text the Latin-script profiles cannot read ---------------------
+# ISO 15924 codes. A script that one language owns gets that language; a script shared by many
+# (Cyrillic: Russian, Ukrainian, Bulgarian, ...) gets BCP 47's "und" (undetermined) plus the script.
+SCRIPT_LANGUAGE = {"Hani": "zh", "Jpan": "ja", "Hang": "ko", "Grek": "el", "Cyrl": "und-Cyrl",
+                   "Arab": "und-Arab", "Deva": "und-Deva", "Hebr": "he", "Thai": "th",
+                   "Latn": "und-Latn"}
+_SCRIPT_OF_NAME = {"CJK": "Hani", "HIRAGANA": "Kana", "KATAKANA": "Kana", "HANGUL": "Hang",
+                   "CYRILLIC": "Cyrl", "ARABIC": "Arab", "DEVANAGARI": "Deva", "GREEK": "Grek",
+                   "HEBREW": "Hebr", "THAI": "Thai", "LATIN": "Latn"}
+
+
+@lru_cache(maxsize=65536)
+def _script(ch: str) -> str:
+    """The script of one letter from the first word of its Unicode name; "Zyyy" if unlisted."""
+    return _SCRIPT_OF_NAME.get(unicodedata.name(ch, "?").split(" ")[0], "Zyyy")
+
+
+def script_counts(text: str) -> Counter:
+    """Letters and combining marks of each script (ISO 15924 code) in the first 2,000 characters,
+    code-like tokens left out. Marks count because Devanagari writes most vowels with them.
+
+    Example: script_counts("Привет, world") -> Counter({"Cyrl": 6, "Latn": 5})
+    """
+    return Counter(_script(c) for c in _strip_code(text[:2000])
+                   if c.isalpha() or unicodedata.category(c).startswith("M"))
+
+
+def script_posterior(text: str, borrowed: float = 0.25, eps: float = 0.05) -> dict[str, float]:
+    """P(writing system | letters), uniform prior, each letter drawn independently.
+
+    Latin text draws Latin letters with probability 1 - eps. Text in any other system draws its
+    own letters with 1 - borrowed - eps and Latin ones with `borrowed`: names, commands and loan
+    words in Latin script are common on the web and in software. Japanese draws kana (60%) and
+    Han (40%) among its own letters. The rest, eps, is spread over all other scripts.
+    Example: script_posterior("Γειά σου κόσμε")["Grek"] > 0.99 -> True
+    """
+    if not (0 < eps < 1 and 0 <= borrowed < 1 - eps):
+        raise ValueError(f"need 0 < eps < 1 and 0 <= borrowed < 1 - eps, got {eps}, {borrowed}")
+    counts = script_counts(text)
+    if not counts:
+        return {}
+    scripts = set(SCRIPT_LANGUAGE) - {"Jpan"} | {"Kana", "Zyyy"}
+    own = {s: {s: 1.0} for s in SCRIPT_LANGUAGE if s != "Jpan"} | {"Jpan": {"Kana": .6, "Hani": .4}}
+    log_post = {}
+    for system, mix in own.items():
+        lent = 0.0 if system == "Latn" else borrowed
+        p = {sc: (1 - eps - lent) * w for sc, w in mix.items()} | ({"Latn": lent} if lent else {})
+        rest = eps / (len(scripts) - len(p))
+        log_post[system] = sum(n * math.log(p.get(sc, rest)) for sc, n in counts.items())
+    z = max(log_post.values())
+    total = sum(math.exp(v - z) for v in log_post.values())
+    return {k: math.exp(v - z) / total for k, v in log_post.items()}
+
+
+def identify(text: str, min_letters: int = 10) -> tuple[str, float]:
+    """(language, probability): the writing system first, then, for Latin script, the n-gram model.
+
+    Non-Latin text gets its script's language ("zh", "ja", "ko", "el", ...) or "und-Cyrl" etc.,
+    with the script posterior. Latin text gets load_profiles().detect (possibly "unknown") with
+    P(Latin) * P(best language | text) among the ten languages the profiles know.
+    Example: identify("这是一个用中文写的句子，没有别的语言。") -> ("zh", 0.9999998...)
+    """
+    post = script_posterior(text)
+    if sum(script_counts(text).values()) < min_letters or not post:
+        return "unknown", float("nan")
+    system = max(post, key=post.get)
+    if system != "Latn":
+        return SCRIPT_LANGUAGE[system], post[system]
+    model = load_profiles()
+    proba = model.predict_proba(text)
+    best = max(proba, key=proba.get)
+    label = model.detect(text, min_letters)
+    return (best if label != "unknown" else "unknown"), post["Latn"] * proba[best]
 
 
 @lru_cache(maxsize=1)
