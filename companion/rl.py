@@ -2,7 +2,8 @@
 
 Tensors follow one convention: per-token values are (batch, seq), and so is the mask that says
 which of them belong to a response. The losses are per token; masked_mean or masked_normalize
-turns them into one number. GRPO is DeepSeekMath's (Shao et al. 2024, eq. 3 and section 4.1.2).
+turns them into one number. GRPO is DeepSeekMath's (Shao et al. 2024, eq. 3 and section 4.1.2)
+without its KL penalty to a reference model, which Dr. GRPO (Liu et al. 2025) also drops.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def group_advantages(
     r = rewards.float().view(-1, group_size)
     adv = r - r.mean(dim=1, keepdim=True)
     if normalize_by_std:
-        # unbiased std, as DeepSeekMath's and Hugging Face TRL's group normalisation take it
+        # the sample (unbiased) std, as torch.std and Hugging Face TRL's group normalisation take it
         std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(r[:, :1])
         adv = adv / (std + eps)
     return adv.flatten()

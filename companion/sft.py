@@ -151,6 +151,7 @@ def encode_chat(tok: ChatTokenizer, messages: list[dict[str, str]]) -> tuple[lis
     """
     ids: list[int] = []
     mask: list[int] = []
+    render_chat(messages)  # the same checks: known roles, and no special string in any content
     for m in messages:
         head = tok.encode(f"<|{m['role']}|>")
         body = tok.encode(m["content"] + "<|end|>")

@@ -67,6 +67,8 @@ def test_check_10_1_rejects_wrong_logprobs(wrong, fragment):
          "masked sum"),
         (lambda x, m, c, dim=None: x.mean() if dim is None else x.mean(dim), "padding"),
         (lambda x, m, c, dim=None: (x * m).sum() / c, "with dim=1"),
+        (lambda x, m, c, dim=None: (x * m).sum(dim) / c if dim else (x * m).sum() / c,
+         "dim=0"),
     ],
 )
 def test_check_10_1_rejects_wrong_masked_normalize(wrong, fragment):
@@ -96,6 +98,12 @@ class Good(nn.Module):
         return out
 
 
+class ConstA(Good):
+    def __init__(self, base, rank, alpha):
+        super().__init__(base, rank, alpha)
+        self.lora_A = nn.Parameter(torch.ones(rank, base.in_features))
+
+
 class NoBiasMerge(Good):
     def merge(self):
         out = nn.Linear(self.base.in_features, self.base.out_features)
@@ -119,6 +127,7 @@ def test_check_10_2_passes_on_a_correct_answer(capsys):
         (stub, "not implemented"),
         (lambda b, r, a: Good(b, r, a, b_init=0.1), "start lora_B at zero"),
         (lambda b, r, a: Good(b, r, a, a_init=0.0), "nothing ever trains"),
+        (lambda b, r, a: ConstA(b, r, a), "not independent"),
         (lambda b, r, a: Good(b, r, a, freeze=False), "freeze the base"),
         (lambda b, r, a: Unscaled(b, r, a), "not scaled"),
         (lambda b, r, a: Good(b, r, a, scale=lambda al, rk: al), "you scale by alpha"),
@@ -286,9 +295,15 @@ def _grpo(variant):
             "log_ratio": -torch.minimum(ratio * a, clipped),
             "no_detach": -torch.minimum(ratio * a, clipped),
             "padding": -torch.minimum(ratio * a, clipped),
+            "global_mean": -torch.minimum(ratio * a, clipped),
+            "sum_over_rows": -torch.minimum(ratio * a, clipped),
         }[variant]
         if variant == "padding":
             return per.mean()
+        if variant == "global_mean":
+            return masked_mean(per, mask)
+        if variant == "sum_over_rows":
+            return (per * mask).sum() / len(adv)
         return masked_mean(per, mask, dim=1).mean()
     return loss
 
@@ -303,6 +318,8 @@ def _grpo(variant):
         ("log_ratio", "exponentiate"),
         ("padding", "padding token counts"),
         ("no_detach", "detach"),
+        ("global_mean", "all response tokens of the batch at once"),
+        ("sum_over_rows", "divide by the rows"),
     ],
 )
 def test_check_10_5_rejects_wrong_clipped_losses(variant, fragment):

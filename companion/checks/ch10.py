@@ -69,6 +69,10 @@ def check_10_1(token_logprobs: Callable[[torch.Tensor, torch.Tensor], Any],
     if tuple(rows.shape) != (2,) or not torch.allclose(rows.float(), torch.tensor([1.5, 2.0])):
         fail(ex, f"with dim=1 each row's masked sum is divided by the constant: expected "
                  f"[1.5, 2.0], got {rows.tolist()}")
+    cols = as_tensor(ex, call(ex, masked_normalize, x, mask, 2.0, 0), "masked_normalize(dim=0)")
+    if tuple(cols.shape) != (3,) or not torch.allclose(cols.float(), torch.tensor([2.5, 1.0, 0.0])):
+        fail(ex, f"with dim=0 each column's masked sum is divided by the constant: expected "
+                 f"[2.5, 1.0, 0.0], got {cols.tolist()} (is dim=0 mistaken for no dim?)")
     passed(ex, "each target's own log-probability, no shift; padding never counts; "
                "the constant, not the count, divides.")
 
@@ -102,6 +106,9 @@ def check_10_2(make_lora: Callable[[nn.Linear, int, float], nn.Module]) -> None:
             "lora_A is all zeros: with A and B both zero, B's gradient is zero too and "
             "nothing ever trains.",
         )
+    if torch.linalg.matrix_rank(layer.lora_A.detach().float()) < 2:
+        fail(ex, "lora_A's rows are not independent (a constant start?): B's columns then get "
+                 "the same gradient forever and the update never exceeds rank 1; start A random")
     trainable = {id(p) for p in layer.parameters() if p.requires_grad}
     if id(layer.lora_A) not in trainable or id(layer.lora_B) not in trainable:
         fail(ex, "lora_A and lora_B must be trainable parameters (nn.Parameter)")
@@ -315,24 +322,43 @@ def check_10_5(group_advantages: Callable[..., Any], grpo_loss: Callable[..., An
     # the clipped loss: one row per case, token 0 a real token, token 1 padding with a wild ratio
     # advantages of unequal sizes, so that no two wrong answers give the same number
     adv = torch.tensor([1.0, 0.5, -1.0, -2.0])
-    new = torch.tensor([[0.0, 5.0], [-1.0, 5.0], [-1.0, 5.0], [0.0, 5.0]])
-    old = torch.tensor([[-1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [-1.0, 0.0]])
-    mask = torch.tensor([[1, 0], [1, 0], [1, 0], [1, 0]])
+    # token 0 of every row is real; row 1 has a second real token at ratio 1; the last column is
+    # padding with a wild ratio
+    new = torch.tensor([[0.0, 0.0, 5.0], [-1.0, 0.0, 5.0], [-1.0, 0.0, 5.0], [0.0, 0.0, 5.0]])
+    old = torch.tensor([[-1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [-1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 0, 0], [1, 1, 0], [1, 0, 0], [1, 0, 0]])
     e = math.e
-    per_case = torch.tensor([-1.2, -0.5 / e, 0.8, 2 * e])  # the clip binds in rows 0 and 2
+    # per row, the mean over its real tokens: the clip binds in rows 0 and 2
+    per_case = torch.tensor([-1.2, (-0.5 / e - 0.5) / 2, 0.8, 2 * e])
     leaf = new.clone().requires_grad_()
     old_leaf = old.clone().requires_grad_()
     got = as_scalar(ex, call(ex, grpo_loss, adv, leaf, old_leaf, mask, 0.2), "the loss")
-    ratio = torch.exp(new[:, 0] - old[:, 0])
+    m = mask.float()
+    a = adv[:, None]
+    ratio = torch.exp(new - old)
+
+    def per_row(per_token: torch.Tensor) -> torch.Tensor:  # each row over its own tokens
+        return ((per_token * m).sum(1) / m.sum(1)).mean()
+
+    right_tokens = -torch.minimum(ratio * a, ratio.clamp(0.8, 1.2) * a)
+    for value, hint in (
+        ((right_tokens * m).sum() / m.sum(), "you average over all response tokens of the batch "
+                                             "at once; average each row over its own tokens, "
+                                             "then over the rows"),
+        ((right_tokens * m).sum() / len(adv), "you sum the batch's tokens and divide by the rows; "
+                                              "average each row over its own tokens first"),
+    ):
+        if math.isclose(got, value.item(), rel_tol=1e-4):
+            fail(ex, hint)
+    log_ratio = new - old
     wrongs = [
-        (-torch.maximum(ratio * adv, ratio.clamp(0.8, 1.2) * adv).mean(),
+        (per_row(-torch.maximum(ratio * a, ratio.clamp(0.8, 1.2) * a)),
          "you take the max of the two terms; GRPO takes the min (the pessimistic bound)"),
-        (-(ratio.clamp(0.8, 1.2) * adv).mean(),
+        (per_row(-(ratio.clamp(0.8, 1.2) * a)),
          "you always clip; the min keeps the unclipped ratio where it is the smaller term"),
-        (-(ratio * adv).mean(), "there is no clip: clamp the ratio to [1 - clip, 1 + clip]"),
+        (per_row(-(ratio * a)), "there is no clip: clamp the ratio to [1 - clip, 1 + clip]"),
         (per_case.mean().neg(), "the sign is flipped: the loss is minus the objective"),
-        (-torch.minimum((new[:, 0] - old[:, 0]) * adv,
-                        (new[:, 0] - old[:, 0]).clamp(0.8, 1.2) * adv).mean(),
+        (per_row(-torch.minimum(log_ratio * a, log_ratio.clamp(0.8, 1.2) * a)),
          "the ratio is pi / pi_old: exponentiate the difference of the log-probs"),
     ]
     for value, hint in wrongs:
