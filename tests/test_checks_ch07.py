@@ -15,55 +15,51 @@ from checkhelpers import stub, fails_with
 from companion.train import next_token_loss
 
 
-# --- 7.1 warmup + cosine -------------------------------------------------------------------
+# --- 7.1 warmup-stable-decay with a cool-down shape -------------------------------------------
 
-def lr_at_step(step, max_lr, min_lr, warmup, decay_steps):
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    if step >= decay_steps:
+def wsd_lr(step, max_lr, min_lr, warmup, total, decay_fraction, shape, *, le=False, trunc=False,
+           sqrt_up=False, swap=False, off_by_one=False, no_floor=False, no_warmup=False,
+           zero_start=False):
+    if no_warmup:
+        warmup = 0
+    if (step <= warmup if le else step < warmup):
+        return max_lr * (step if zero_start else step + 1) / warmup
+    n = int(decay_fraction * total) if trunc else round(decay_fraction * total)
+    start = max(warmup, total - n)
+    if step >= total and not no_floor:
         return min_lr
-    progress = (step - warmup) / (decay_steps - warmup)
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
+    if step < start:
+        return max_lr
+    p = (step - start) / (total - start - (1 if off_by_one else 0))
+    if swap:
+        shape = "linear" if shape == "1-sqrt" else "1-sqrt"
+    if shape == "1-sqrt":
+        f = math.sqrt(p) if sqrt_up else 1 - math.sqrt(p)
+        return min_lr + f * (max_lr - min_lr)
+    return max_lr - p * (max_lr - min_lr)
 
 
 def test_check_7_1_passes_on_a_correct_answer(capsys):
-    check_7_1(lr_at_step)
+    check_7_1(wsd_lr)
     assert "passed" in capsys.readouterr().out
 
 
-def no_warmup(step, max_lr, min_lr, warmup, decay_steps):
-    return lr_at_step(step, max_lr, min_lr, 0, decay_steps)
-
-
-def zero_start(step, max_lr, min_lr, warmup, decay_steps):
-    return max_lr * step / warmup if step < warmup else lr_at_step(step, max_lr, min_lr, warmup, decay_steps)
-
-
-def to_zero(step, max_lr, min_lr, warmup, decay_steps):
-    return lr_at_step(step, max_lr, 0.0, warmup, decay_steps)
-
-
-def keeps_falling(step, max_lr, min_lr, warmup, decay_steps):  # the cosine runs on past decay_steps
-    if step < warmup:
-        return max_lr * (step + 1) / warmup
-    progress = (step - warmup) / (decay_steps - warmup)
-    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (max_lr - min_lr)
-
-
-def warmup_inclusive(step, max_lr, min_lr, warmup, decay_steps):  # step <= warmup: 1.1e-3 at 10
-    if step <= warmup:
-        return max_lr * (step + 1) / warmup
-    return lr_at_step(step, max_lr, min_lr, warmup, decay_steps)
+def _wrong(**kw):
+    return lambda *a: wsd_lr(*a, **kw)
 
 
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
-    (no_warmup, "no warmup"),
-    (zero_start, "(step + 1) / warmup"),
-    (to_zero, "min_lr"),
-    (keeps_falling, "stays at min_lr"),
+    (_wrong(no_warmup=True), "no warmup"),
+    (_wrong(zero_start=True), "(step + 1) / warmup"),
+    (_wrong(le=True), "not <="),
+    (_wrong(trunc=True), "int() truncates"),
+    (_wrong(sqrt_up=True), "1 - sqrt(p)"),
+    (_wrong(swap=True), "swapped"),
+    (lambda s, M, m, w, t, f, shape: wsd_lr(s, M, m, w, t, f, "linear"), "read the shape"),
+    (_wrong(off_by_one=True), "not total - start - 1"),
+    (_wrong(no_floor=True), "stays at min_lr"),
     (lambda *a: None, "one number"),
-    (warmup_inclusive, "not <="),
 ])
 def test_check_7_1_rejects_mistakes(wrong, fragment):
     fails_with(check_7_1, wrong, fragment)

@@ -26,20 +26,16 @@ __all__ = ["check_7_1", "check_7_2", "check_7_3", "check_7_4", "check_7_5", "che
 TINY = GPTConfig(vocab_size=11, context_length=8, d_model=16, n_layers=2, n_heads=2)
 
 
-def check_7_1(lr_at_step: Callable[[int, float, float, int, int], float]) -> None:
-    """lr_at_step(step, max_lr, min_lr, warmup, decay_steps).
-
-    Linear warmup to max_lr, cosine to min_lr, then flat.
-    """
+def check_7_1(wsd_lr: Callable[..., float]) -> None:
+    """wsd_lr(step, max_lr, min_lr, warmup, total, decay_fraction, shape): warmup-stable-decay
+    with a "linear" or "1-sqrt" cool-down (Hägele et al. 2024)."""
     ex = "7.1"
-    max_lr, min_lr, warmup, decay = 1e-3, 1e-4, 10, 110
+    max_lr, min_lr, warmup, total = 1e-3, 1e-4, 10, 110
 
-    def run(step: int) -> float:
-        return as_scalar(
-            ex, call(ex, lr_at_step, step, max_lr, min_lr, warmup, decay), f"lr at step {step}"
-        )
+    def run(step: int, frac: float = 0.2, shape: str = "linear") -> float:
+        return as_scalar(ex, call(ex, wsd_lr, step, max_lr, min_lr, warmup, total, frac, shape),
+                         f"lr at step {step} ({shape}, decay_fraction={frac})")
 
-    cfg = TrainConfig(max_steps=decay, lr=max_lr, min_lr=min_lr, warmup_steps=warmup)
     got0 = run(0)
     if math.isclose(got0, max_lr):
         fail(ex, f"step 0 already has the peak {max_lr}: there is no warmup. For step < warmup use "
@@ -47,32 +43,54 @@ def check_7_1(lr_at_step: Callable[[int, float, float, int, int], float]) -> Non
     if got0 == 0:
         fail(ex, "step 0 gives lr 0, so the first update does nothing: use (step + 1) / warmup, "
                  "which reaches max_lr at step warmup - 1.")
-    if not math.isclose(run(9), max_lr, rel_tol=1e-6):
-        fail(ex, f"the warmup should reach max_lr={max_lr} at step warmup - 1 = 9, got {run(9)}")
-    # the boundary: step == warmup is the cosine's first step (progress 0), so still max_lr
+    if not math.isclose(run(warmup - 1), max_lr, rel_tol=1e-6):
+        fail(ex, f"the warmup should reach max_lr={max_lr} at step warmup - 1 = {warmup - 1}, "
+                 f"got {run(warmup - 1)}")
     if not math.isclose(run(warmup), max_lr, rel_tol=1e-6):
-        hint = (" Warmup is step < warmup, not <=: at step == warmup the cosine starts."
-                if math.isclose(run(warmup), max_lr * (warmup + 1) / warmup, rel_tol=1e-6) else "")
-        fail(ex, f"at step warmup = {warmup} the cosine starts at progress 0, so the lr is "
-                 f"max_lr={max_lr}, got {run(warmup)}.{hint}")
-    if math.isclose(run(110), 0.0, abs_tol=1e-12) or math.isclose(
-        run(60), max_lr / 2, rel_tol=1e-6
-    ):
-        fail(ex, f"the cosine ends at min_lr={min_lr}, not 0: lr = min_lr + (max_lr - min_lr) * "
-                 "(1 + cos(pi * progress)) / 2.")
-    if not math.isclose(run(60), 5.5e-4, rel_tol=1e-6):
-        fail(ex, "halfway through the decay (step 60) the lr is (max_lr + min_lr) / 2 = 5.5e-4, "
-                 f"got {run(60)}")
-    for step in (110, 150, 1000):
-        if not math.isclose(run(step), min_lr, rel_tol=1e-6):
-            fail(ex, f"from decay_steps={decay} on the lr stays at min_lr={min_lr}; step {step} "
-                     f"gave {run(step)}")
-    bad = [s for s in [*range(0, 200, 7), warmup, decay - 1, decay]
-           if not math.isclose(run(s), lr_at(s, cfg), rel_tol=1e-6)]
-    if bad:
-        fail(ex, f"differs from companion.train.lr_at at steps {bad[:5]}")
-    passed(ex, "warmup from (1/10) max_lr, peak at step 9, cosine from max_lr at step 10 through "
-               "5.5e-4 to min_lr, flat after; matches lr_at.")
+        fail(ex, f"at step warmup = {warmup} the stable phase holds max_lr={max_lr}, got "
+                 f"{run(warmup)} (warmup is step < warmup, not <=)")
+    # decay_fraction 0.25 of 110 is 27.5: round() gives 28 (start 82), int() 27 (start 83)
+    for step in (60, 81, 82):
+        if not math.isclose(run(step, 0.25), max_lr, rel_tol=1e-6):
+            fail(ex, f"with decay_fraction=0.25 the decay starts at step 82 (110 - round(27.5)); "
+                     f"step {step} should still be at max_lr, got {run(step, 0.25)}")
+    if math.isclose(run(83, 0.25), max_lr, rel_tol=1e-9):
+        fail(ex, "with decay_fraction=0.25 the decay should have begun at step 82: start is "
+                 "max(warmup, total - round(decay_fraction * total)); int() truncates 27.5 to 27")
+    for step in (total, total + 5, 1000):
+        for shape in ("linear", "1-sqrt"):
+            if not math.isclose(run(step, shape=shape), min_lr, rel_tol=1e-6):
+                fail(ex, f"from step total={total} on the lr stays at min_lr={min_lr}; step "
+                         f"{step} ({shape}) gave {run(step, shape=shape)}")
+    half_lin, half_sqrt = run(99), run(99, shape="1-sqrt")  # start 88: step 99 is p = 0.5
+    if math.isclose(half_sqrt, min_lr + math.sqrt(0.5) * (max_lr - min_lr), rel_tol=1e-6):
+        fail(ex, "your 1-sqrt cool-down uses sqrt(p) where it needs 1 - sqrt(p): it must fall "
+                 "from max_lr to min_lr")
+    if math.isclose(half_sqrt, half_lin, rel_tol=1e-9):
+        fail(ex, "shape='1-sqrt' gives the same rate as 'linear': read the shape argument")
+    if math.isclose(half_lin, min_lr + (1 - math.sqrt(0.5)) * (max_lr - min_lr), rel_tol=1e-6):
+        fail(ex, "shape='linear' gives the 1-sqrt rate: the two shapes are swapped")
+    if not math.isclose(half_lin, 5.5e-4, rel_tol=1e-6):
+        p_off = 11 / 21  # (step - start) / (total - start - 1)
+        hint = (" The progress runs over total - start steps, not total - start - 1."
+                if math.isclose(half_lin, max_lr - p_off * (max_lr - min_lr), rel_tol=1e-6)
+                else "")
+        fail(ex, f"halfway through the linear cool-down (step 99, p = 0.5) the lr is 5.5e-4, got "
+                 f"{half_lin}.{hint}")
+    want_sqrt = min_lr + (1 - math.sqrt(0.5)) * (max_lr - min_lr)
+    if not math.isclose(half_sqrt, want_sqrt, rel_tol=1e-6):
+        fail(ex, f"halfway through the 1-sqrt cool-down the lr is min_lr + (1 - sqrt(0.5)) * "
+                 f"(max_lr - min_lr) = {want_sqrt:.4e}, got {half_sqrt}")
+    for frac in (0.2, 0.25, 1.0):
+        cfg = TrainConfig(max_steps=total, lr=max_lr, min_lr=min_lr, warmup_steps=warmup,
+                          lr_schedule="wsd", decay_fraction=frac)
+        bad = [s for s in [*range(0, 130, 3), warmup, 81, 82, 83, total - 1, total]
+               if not math.isclose(run(s, frac), lr_at(s, cfg), rel_tol=1e-6)]
+        if bad:
+            fail(ex, f"the linear shape differs from companion.train.lr_at (WSD, decay_fraction="
+                     f"{frac}) at steps {bad[:5]}")
+    passed(ex, "warmup to the peak at step 9, stable until total - round(fraction * total), a "
+               "linear or 1-sqrt cool-down to min_lr, flat after; the linear one matches lr_at.")
 
 
 def check_7_2(split_params: Callable[[torch.nn.Module, float], list[dict]]) -> None:
