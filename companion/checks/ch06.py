@@ -1,10 +1,11 @@
 """Self-checks for chapter 6's exercises.
 
 A block's parameter count, GPT-2's checkpoint converted by hand, top-p at its boundary, an
-MoE router with its load-balancing loss, and the GPT's forward from a state dict.
+MoE's capacity-limited dispatch, and the GPT's forward from a state dict.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -12,8 +13,8 @@ import torch
 from ..generate import top_p_filter
 from ..hf import from_hf
 from ..model import GPT, Block, GPTConfig
-from ..moe import load_balancing_loss, route
-from ._core import as_tensor, call, fail, passed
+from ..moe import MoE, expert_capacity, route
+from ._core import as_scalar, as_tensor, call, fail, passed
 
 __all__ = ["check_6_1", "check_6_2", "check_6_3", "check_6_4", "check_6_5"]
 
@@ -240,82 +241,192 @@ def check_6_3(top_p: Callable[[torch.Tensor, float], torch.Tensor]) -> None:
                "the likeliest one, and works row by row in vocabulary order.")
 
 
-# --- 6.4: an MoE router and its load-balancing loss ----------------------------------------------
+# --- 6.4: capacity-limited dispatch (Switch Transformer) -----------------------------------------
 
 
-def check_6_4(route_tokens: Callable[[torch.Tensor, int, bool], tuple]) -> None:
-    """route_tokens(logits (N, E), k, renormalise) -> (gates (N, k), experts (N, k), aux loss)."""
+def _dispatch_reference(experts: torch.Tensor, n_experts: int, capacity_factor: float
+                        ) -> tuple[int, dict[tuple[int, int], int], int]:
+    """(capacity, {(token, expert): slot}, dropped) by a plain loop over the assignments.
+
+    First choices of every token in token order, then second choices, and so on; an expert keeps
+    the first C that reach it.
+    """
+    N, k = experts.shape
+    C = expert_capacity(N, n_experts, k, capacity_factor)
+    fill, slot, dropped = [0] * n_experts, {}, 0
+    for rank in range(k):
+        for n in range(N):
+            e = int(experts[n, rank])
+            if fill[e] < C:
+                slot[n, e] = fill[e]
+                fill[e] += 1
+            else:
+                dropped += 1
+    return C, slot, dropped
+
+
+def _check_dispatch(ex: str, dispatch_tokens: Callable, logits: torch.Tensor, k: int, cf: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the learner's dispatch on softmax(logits)'s top-k; compare with the loop above."""
+    if not logits.requires_grad:
+        logits = logits.clone().requires_grad_(True)
+    probs, _, chosen = route(logits, k)
+    N, E = probs.shape
+    C, slot, n_drop = _dispatch_reference(chosen, E, cf)
+    out = call(ex, dispatch_tokens, probs, chosen.clone(), cf)
+    if not isinstance(out, tuple) or len(out) != 3:
+        fail(ex, "return three things: (dispatch (N, E, C), combine (N, E, C), dropped)")
+    got = as_tensor(ex, out[0], "dispatch")
+    combine = as_tensor(ex, out[1], "combine")
+    dropped = as_scalar(ex, out[2], "dropped")
+    case = f"N = {N} tokens, E = {E} experts, k = {k}, capacity_factor = {cf}"
+    if got.dim() != 3 or tuple(got.shape[:2]) != (N, E):
+        fail(ex, f"dispatch should be (N, E, C) = ({N}, {E}, {C}) for {case}; got "
+                 f"{tuple(got.shape)}")
+    if got.shape[2] != C:
+        exact = cf * N * k / E
+        if got.shape[2] == math.floor(exact):
+            fail(ex, f"C = ceil(capacity_factor * N * k / E) = ceil({exact}) = {C} for {case}: "
+                     f"round up, never down (got {got.shape[2]}).")
+        if got.shape[2] == math.ceil(N * k / E):
+            fail(ex, f"the capacity is missing its capacity factor: ceil({cf} * {N} * {k} / {E})"
+                     f" = {C}, got {got.shape[2]} for {case}.")
+        fail(ex, f"C should be ceil(capacity_factor * N * k / E) = {C} for {case}; the "
+                 f"dispatch's last axis has {got.shape[2]} slots.")
+    d = got.detach()
+    if not bool(((d == 0) | (d == 1)).all()):
+        fail(ex, "dispatch holds 0 or 1 (or False/True): whether a token sits in a slot.")
+    d = d.bool()
+    want = torch.zeros(N, E, C, dtype=torch.bool)
+    for (n, e), s in slot.items():
+        want[n, e, s] = True
+    chose = torch.zeros(N, E, dtype=torch.bool).scatter_(1, chosen, True)
+    if (d.any(-1) & ~chose).any():
+        n, e = (d.any(-1) & ~chose).nonzero()[0].tolist()
+        fail(ex, f"token {n} sits in expert {e}'s buffer but did not choose it ({case}).")
+    if (d.sum(-1) > 1).any():
+        fail(ex, "a token takes at most one slot in an expert's buffer.")
+    load = torch.bincount(chosen.reshape(-1), minlength=E)
+    over = int((load > C).sum())
+    if (d.sum(0) > 1).any():
+        e, s = (d.sum(0) > 1).nonzero()[0].tolist()
+        if not d[:, :, 1:].any():
+            fail(ex, f"every token sits in slot 0 (expert {e} holds {int(d[:, e, 0].sum())} "
+                     "there): a token's position counts the tokens before it (in token order) "
+                     "that chose the same expert, so the running sum runs over the token axis, "
+                     "not over the experts.")
+        if int(d.sum()) == len(slot) + over:
+            fail(ex, f"slot {s} of expert {e} holds two tokens: an expert keeps positions 0 to "
+                     "C - 1, so the token at position C is the first one dropped (drop when "
+                     "position >= C, not > C).")
+        fail(ex, f"slot {s} of expert {e} holds {int(d[:, e, s].sum())} tokens: an expert "
+                 f"keeps its first C = {C} assignments and drops the rest ({case}).")
+    both = d.any(-1) & want.any(-1)
+    shift = d.float().argmax(-1) - want.float().argmax(-1)
+    if both.any() and bool((shift[both] == 1).all()):
+        fail(ex, "every kept token sits one slot too far: positions count from 0, so the first "
+                 "token an expert receives takes slot 0 (a running count minus one).")
+    if not torch.equal(d.any(-1), want.any(-1)):
+        n, e = (d.any(-1) != want.any(-1)).nonzero()[0].tolist()
+        kept = "kept" if d[n, e].any() else "dropped"
+        fail(ex, f"token {n} was {kept} by expert {e}, but {case} it should be "
+                 f"{'dropped' if kept == 'kept' else 'kept'}: an expert keeps the first C = {C} "
+                 "assignments in priority order (every token's first choice in token order, then "
+                 "every token's second choice, ...).")
+    if not torch.equal(d, want):
+        n, e = (d != want).any(-1).nonzero()[0].tolist()
+        fail(ex, f"token {n} sits in slot {int(d[n, e].float().argmax())} of expert {e}, "
+                 f"expected {int(want[n, e].float().argmax())} ({case}): slots fill in priority "
+                 "order, from 0.")
+    if round(dropped) != n_drop:
+        fail(ex, f"dropped should count the assignments over capacity: {n_drop} for {case}, "
+                 f"got {dropped:g}.")
+    if tuple(combine.shape) != (N, E, C):
+        fail(ex, f"combine should have the dispatch's shape (N, E, C) = ({N}, {E}, {C}), got "
+                 f"{tuple(combine.shape)}")
+    want_c = probs.detach()[..., None] * want
+    c = combine.detach().float()
+    if torch.allclose(c, want.float()) and not torch.allclose(c, want_c):
+        fail(ex, "combine holds each kept token's gate p_i(x) in its slot (as Switch weights an "
+                 "expert's output), not 1.")
+    if not torch.allclose(c, want_c, atol=1e-6):
+        fail(ex, "combine should hold the router probability p_e(x_n) at token n's kept slot "
+                 "of expert e, and 0 everywhere else (dropped assignments included).")
+    if not combine.requires_grad:
+        fail(ex, "combine carries no gradient: the language-model loss reaches the router only "
+                 "through these weights. Did you multiply by probs.detach(), or build it under "
+                 "torch.no_grad()?")
+    weights = torch.linspace(0.5, 1.5, combine.numel()).view_as(combine)
+    # retain_graph: run_experts' check backpropagates through this combine once more
+    grad = torch.autograd.grad((combine * weights).sum(), logits, retain_graph=True,
+                               allow_unused=True)[0]
+    if grad is None or not grad.abs().sum() > 0:
+        fail(ex, "combine sends no gradient back to the router's logits.")
+    return probs, chosen, d, combine
+
+
+def check_6_4(dispatch_tokens: Callable[[torch.Tensor, torch.Tensor, float], tuple],
+              run_experts: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, list],
+                                    torch.Tensor]) -> None:
+    """dispatch_tokens(probs, experts, c) -> (dispatch, combine, dropped); run_experts -> (N, d).
+
+    dispatch and combine are (N, E, C) with C = ceil(c * N * k / E); checked against a plain
+    loop over the assignments, and run_experts against companion.moe.MoE while training.
+    """
     ex = "6.4"
     gen = torch.Generator().manual_seed(0)
-    logits = torch.randn(32, 4, generator=gen) * 2
+    # expert 0 favoured so that it overflows; 7.5 -> C = 8 tells the ceiling and the factor apart
+    skew = torch.tensor([1.5, 0.0, 0.0, -1.0])
+    _check_dispatch(ex, dispatch_tokens, torch.randn(24, 4, generator=gen) + skew, 1, 1.25)
+    # at least five tokens for expert 0 at C = 4; two tokens tie at probabilities (0.5, 0.5)
+    tied = torch.tensor([[3.0, 0.0]] * 5 + [[0.0, 3.0]] * 1 + [[0.0, 0.0]] * 2)
+    _check_dispatch(ex, dispatch_tokens, tied, 1, 1.0)
+    _check_dispatch(ex, dispatch_tokens, torch.randn(21, 4, generator=gen) * 2 + skew, 2, 1.0)
+    _check_dispatch(ex, dispatch_tokens, torch.randn(16, 4, generator=gen), 2, 2.0)
+    # The experts on their buffers, against the companion's MoE (training: capacity applies).
+    d_model, E, k, cf = 8, 4, 2, 1.0
+    torch.manual_seed(0)
+    moe = MoE(d_model, E, k, cf, lambda: torch.nn.Sequential(
+        torch.nn.Linear(d_model, 16), torch.nn.GELU(), torch.nn.Linear(16, d_model))).train()
+    with torch.no_grad():
+        moe.router.weight.add_(torch.tensor([2.0, 0.0, 0.0, 0.0])[:, None])  # overflow expert 0
+    x = torch.randn(20, d_model, generator=gen)
+    want = moe(x[None])[0].detach()
+    probs, chosen, dispatch, combine = _check_dispatch(ex, dispatch_tokens, moe.router(x), k, cf)
+    C = dispatch.shape[-1]
+    calls: list[tuple[int, ...]] = []
 
-    def run(lg: torch.Tensor, k: int, renormalise: bool) -> tuple[torch.Tensor, ...]:
-        out = call(ex, route_tokens, lg, k, renormalise)
-        if not isinstance(out, tuple) or len(out) != 3:
-            fail(ex, "return three things: (gates, experts, aux_loss)")
-        return tuple(as_tensor(ex, v, w) for v, w in zip(out, ("gates", "experts", "aux")))
+    def spy(expert: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        def run(buf: torch.Tensor) -> torch.Tensor:
+            calls.append(tuple(buf.shape))
+            return expert(buf)
+        return run
 
-    gates, experts, aux = run(logits.clone(), 2, False)
-    probs, want_gates, want_experts = route(logits, 2)
-    if gates.shape != (32, 2) or experts.shape != (32, 2):
-        fail(ex, f"gates and experts should both be (N, k) = (32, 2), got {tuple(gates.shape)} "
-                 f"and {tuple(experts.shape)}")
-    if not torch.equal(experts.sort(-1).values, want_experts.sort(-1).values):
-        fail(ex, "each token should go to the k experts with the highest router probability.")
-
-    def in_expert_order(g: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return g.detach().gather(-1, e.argsort(-1)).float()
-
-    g = in_expert_order(gates, experts)
-    renormed = in_expert_order(route(logits, 2, True)[1], want_experts)
-    if torch.allclose(g, renormed, atol=1e-5):
-        fail(ex, "with renormalise=False the gates are the router's probabilities p_i(x) "
-                 "themselves, as in the Switch Transformer; renormalise only when asked.")
-    if not torch.allclose(g, in_expert_order(want_gates, want_experts), atol=1e-5):
-        fail(ex, "the gates should be the chosen experts' softmax probabilities (over all E "
-                 "experts).")
-    g2, e2, _ = run(logits.clone(), 2, True)
-    if not torch.allclose(in_expert_order(g2, e2), renormed, atol=1e-5):
-        fail(ex, "with renormalise=True divide the k kept probabilities by their sum, so that "
-                 "each token's gates sum to 1 (Mixtral).")
-    # The LM loss reaches the router only through the gates' values (top-k picks are not
-    # differentiable), so the gates must keep their graph back to the logits.
-    for k in (1, 2):
-        lg = logits.clone().requires_grad_(True)
-        gk = run(lg, k, False)[0]
-        if not gk.requires_grad:
-            fail(ex, "the gates carry no gradient: the language-model loss reaches the router "
-                     "only through them. Did you take them from a detached copy of the "
-                     "probabilities, or with .item() / torch.no_grad()?")
-        (gk * torch.arange(1.0, k + 1)).sum().backward()
-        if lg.grad is None or lg.grad.abs().sum() == 0:
-            fail(ex, f"at k = {k} the gates send no gradient back to the router logits.")
-    want_aux = load_balancing_loss(probs, want_experts)
-    aux_v = float(aux.reshape(-1)[0]) if aux.numel() == 1 else float("nan")
-    if aux.numel() != 1:
-        fail(ex, f"the aux loss is one number, got a tensor of shape {tuple(aux.shape)}")
-    if abs(aux_v - want_aux.item() / 4) < 1e-4:
-        fail(ex, "the aux loss is missing its factor N (the number of experts): it should be 1 "
-                 "when the load is perfectly balanced.")
-    if (abs(aux_v - 4 * (probs.mean(0) ** 2).sum().item()) < 1e-4
-            and abs(aux_v - want_aux.item()) > 1e-4):
-        fail(ex, "f_i is the share of routing choices that went to expert i (a count), not the "
-                 "mean probability.")
-    if abs(aux_v - want_aux.item()) > 1e-4:
-        fail(ex, f"aux loss {aux_v:.4f}, expected {want_aux.item():.4f}: N times the sum over "
-                 "experts of (share of choices) x (mean router probability).")
-    uniform = run(torch.zeros(8, 4), 1, False)
-    # all-equal logits: topk picks expert 0 for everyone, P is uniform, so N * 1 * 1/4 = 1
-    if abs(float(uniform[2]) - 1.0) > 1e-5:
-        fail(ex, "with uniform router probabilities the aux loss should be exactly 1.")
-    logits_g = logits.clone().requires_grad_(True)
-    aux_g = run(logits_g, 2, False)[2]
-    if not aux_g.requires_grad:
-        fail(ex, "the aux loss must stay a tensor with a gradient to the router logits (through "
-                 "the mean probabilities); did you call .item() or detach it?")
-    passed(ex, "top-k experts with Switch's gates p_i(x) (or renormalised, Mixtral's), gates that "
-               f"carry the router's gradient, and the balancing loss ({want_aux.item():.3f} "
-               "here, 1 when balanced).")
+    moe.zero_grad()
+    out = call(ex, run_experts, x.clone(), dispatch.clone(), combine, [spy(e) for e in moe.experts])
+    out = as_tensor(ex, out, "run_experts' output")
+    if tuple(out.shape) != tuple(x.shape):
+        fail(ex, f"run_experts should return (N, d) = {tuple(x.shape)}, got {tuple(out.shape)}")
+    if calls != [(C, d_model)] * E:
+        fail(ex, f"run each expert once on its whole buffer of C = {C} slots, shape ({C}, "
+                 f"{d_model}), empty slots included (a fixed shape is the point of a capacity); "
+                 f"the experts were called on {calls}.")
+    if torch.allclose(out.detach(), want + x, atol=1e-5):
+        fail(ex, "return the experts' weighted outputs only: the block adds the residual x "
+                 "itself, so a dropped token's output here is 0.")
+    if not torch.allclose(out.detach(), want, atol=1e-5):
+        fail(ex, "run_experts differs from companion.moe.MoE in training: gather each expert's "
+                 "buffer with dispatch, run the expert, and sum its outputs back to the tokens "
+                 "weighted by combine.")
+    if not out.requires_grad:
+        fail(ex, "run_experts' output carries no gradient.")
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    if moe.router.weight.grad is None or not moe.router.weight.grad.abs().sum() > 0:
+        fail(ex, "the router gets no gradient through run_experts: weight the outputs by "
+                 "combine itself, not by a detached copy or by dispatch.")
+    passed(ex, f"positions by a running count in token order, drops at position >= C, gates p_i(x)"
+               f" that carry the router's gradient, and experts on ({C}, {d_model}) buffers that "
+               f"match companion.moe.MoE ({moe.dropped} assignments dropped there).")
 
 
 # --- 6.5: the GPT's forward from a state dict ---------------------------------------------------
