@@ -1,6 +1,8 @@
 """Chapter 6's self-checks pass on correct answers, and fail with a specific hint on the stub and on plausible mistakes."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -229,39 +231,79 @@ def test_check_6_3_rejects_mistakes(wrong, fragment):
     fails_with(check_6_3, wrong, fragment)
 
 
-# --- 6.4 route_tokens ----------------------------------------------------------------
+# --- 6.4 dispatch_tokens, run_experts ---------------------------------------------------------
 
 
-def route_tokens(logits, k, renormalise=False, renorm_always=False, n_factor=True,
-                 f_from_probs=False, detach=False, detach_gates=False, no_renorm=False):
-    E = logits.shape[-1]
-    probs = logits.softmax(-1)
-    gates, experts = (probs.detach() if detach_gates else probs).topk(k, -1)
-    if (renormalise or renorm_always) and not no_renorm:
-        gates = gates / gates.sum(-1, keepdim=True)
-    f = torch.bincount(experts.flatten(), minlength=E).float() / experts.numel()
-    P = probs.mean(0)
-    aux = ((P * P) if f_from_probs else (f * P)).sum() * (E if n_factor else 1)
-    return gates, experts, aux.detach() if detach else aux
+def dispatch_tokens(probs, experts, cf, from_one=False, no_factor=False, floor=False,
+                    drop_above=False, over_experts=False, detach=False, keep_overflow=False,
+                    token_major=False, gates_one=False, no_count=False):
+    N, E = probs.shape
+    k = experts.shape[1]
+    C = (math.floor(cf * N * k / E) if floor else
+         math.ceil(N * k / E) if no_factor else math.ceil(cf * N * k / E))
+    order = experts.reshape(-1) if token_major else experts.T.reshape(-1)
+    mask = F.one_hot(order, E)
+    position = mask.cumsum(dim=1 if over_experts else 0) - (0 if from_one else 1)
+    keep = mask.bool() & (True if keep_overflow else
+                          ~(position > C) if drop_above else position < C)
+    slots = F.one_hot(position.clamp(0, C - 1), C).bool() & keep[..., None]
+    dispatch = (slots.view(N, k, E, C).any(1) if token_major else
+                slots.view(k, N, E, C).any(0))
+    combine = (probs.detach() if detach else probs)[..., None] * dispatch
+    dropped = 0 if no_count else int(mask.sum() - keep.sum())
+    return dispatch, dispatch.float() if gates_one else combine, dropped
+
+
+def run_experts(x, dispatch, combine, experts, residual=False, weights=None, per_token=False):
+    w = {"dispatch": dispatch, "detached": combine.detach()}.get(weights, combine).to(x.dtype)
+    if per_token:  # right numbers, but each expert runs on one token at a time
+        return sum(w[:, e].sum(-1, keepdim=True) * torch.cat([f(row[None]) for row in x])
+                   for e, f in enumerate(experts))
+    buffers = torch.einsum("nec,nd->ecd", dispatch.to(x.dtype), x)
+    outs = torch.stack([f(b) for f, b in zip(experts, buffers)])
+    return torch.einsum("nec,ecd->nd", w, outs) + (x if residual else 0)
 
 
 def test_check_6_4_passes_on_a_correct_answer(capsys):
-    passes(check_6_4, route_tokens, capsys)
+    passes(lambda d: check_6_4(d, run_experts), dispatch_tokens, capsys)
 
 
-@pytest.mark.parametrize("wrong, fragment", [
-    (stub, "not implemented"),
-    (lambda lg, k, r: route_tokens(lg, k, r, renorm_always=True), "renormalise only when asked"),
-    (lambda lg, k, r: route_tokens(lg, k, r, no_renorm=True), "renormalise=True divide"),
-    (lambda lg, k, r: route_tokens(lg, k, r, n_factor=False), "factor N"),
-    (lambda lg, k, r: route_tokens(lg, k, r, f_from_probs=True), "a count"),
-    (lambda lg, k, r: route_tokens(lg, k, r, detach=True), "gradient"),
-    (lambda lg, k, r: route_tokens(lg, k, r, detach_gates=True), "gates carry no gradient"),
-    (lambda lg, k, r: route_tokens(-lg, k, r), "highest router probability"),
-    (lambda lg, k, r: route_tokens(lg, k, r)[:2], "three things"),
+def test_check_6_4_fails_on_the_stubs():
+    fails_with(lambda d: check_6_4(d, stub), stub, "not implemented")
+    fails_with(lambda r: check_6_4(dispatch_tokens, r), stub, "not implemented")
+
+
+@pytest.mark.parametrize("mistake, fragment", [
+    ("from_one", "positions count from 0"),
+    ("no_factor", "missing its capacity factor"),
+    ("floor", "round up, never down"),
+    ("drop_above", "drop when position >= C, not > C"),
+    ("over_experts", "over the token axis, not over the experts"),
+    ("detach", "combine carries no gradient"),
+    ("keep_overflow", "keeps its first C = 8 assignments and drops the rest"),
+    ("token_major", "every token's first choice in token order, then"),
+    ("gates_one", "gate p_i(x)"),
+    ("no_count", "dropped should count the assignments over capacity"),
 ])
-def test_check_6_4_rejects_mistakes(wrong, fragment):
-    fails_with(check_6_4, wrong, fragment)
+def test_check_6_4_rejects_dispatch_mistakes(mistake, fragment):
+    wrong = lambda p, e, c: dispatch_tokens(p, e, c, **{mistake: True})  # noqa: E731
+    fails_with(lambda d: check_6_4(d, run_experts), wrong, fragment)
+
+
+@pytest.mark.parametrize("switch, fragment", [
+    (dict(residual=True), "adds the residual x"),
+    (dict(weights="dispatch"), "not with dispatch"),
+    (dict(weights="detached"), "router gets no gradient through run_experts"),
+    (dict(per_token=True), "run each expert once on its whole buffer"),
+])
+def test_check_6_4_rejects_run_experts_mistakes(switch, fragment):
+    wrong = lambda *a: run_experts(*a, **switch)  # noqa: E731
+    fails_with(lambda r: check_6_4(dispatch_tokens, r), wrong, fragment)
+
+
+def test_check_6_4_rejects_a_wrong_return():
+    fails_with(lambda d: check_6_4(d, run_experts), lambda *a: dispatch_tokens(*a)[:2],
+               "three things")
 
 
 # --- 6.5 gpt_forward -------------------------------------------------------------------

@@ -329,10 +329,10 @@ def _check_dispatch(ex: str, dispatch_tokens: Callable, logits: torch.Tensor, k:
     if not torch.equal(d.any(-1), want.any(-1)):
         n, e = (d.any(-1) != want.any(-1)).nonzero()[0].tolist()
         kept = "kept" if d[n, e].any() else "dropped"
-        fail(ex, f"token {n} was {kept} by expert {e}, but {case} it should be "
-                 f"{'dropped' if kept == 'kept' else 'kept'}: an expert keeps the first C = {C} "
-                 "assignments in priority order (every token's first choice in token order, then "
-                 "every token's second choice, ...).")
+        fail(ex, f"token {n} was {kept} by expert {e} but should be "
+                 f"{'dropped' if kept == 'kept' else 'kept'} ({case}): an expert keeps the first "
+                 f"C = {C} assignments in priority order (every token's first choice in token "
+                 "order, then every token's second choice, ...).")
     if not torch.equal(d, want):
         n, e = (d != want).any(-1).nonzero()[0].tolist()
         fail(ex, f"token {n} sits in slot {int(d[n, e].float().argmax())} of expert {e}, "
@@ -408,12 +408,20 @@ def check_6_4(dispatch_tokens: Callable[[torch.Tensor, torch.Tensor, float], tup
     if tuple(out.shape) != tuple(x.shape):
         fail(ex, f"run_experts should return (N, d) = {tuple(x.shape)}, got {tuple(out.shape)}")
     if calls != [(C, d_model)] * E:
+        seen = ", ".join(map(str, calls[:3])) + (", ..." if len(calls) > 3 else "")
         fail(ex, f"run each expert once on its whole buffer of C = {C} slots, shape ({C}, "
                  f"{d_model}), empty slots included (a fixed shape is the point of a capacity); "
-                 f"the experts were called on {calls}.")
+                 f"the experts were called {len(calls)} times, on {seen}.")
     if torch.allclose(out.detach(), want + x, atol=1e-5):
         fail(ex, "return the experts' weighted outputs only: the block adds the residual x "
                  "itself, so a dropped token's output here is 0.")
+    with torch.no_grad():  # the same mixture with every gate 1
+        ungated = torch.zeros_like(x)
+        for n, e in dispatch.any(-1).nonzero().tolist():
+            ungated[n] += moe.experts[e](x[n])
+    if torch.allclose(out.detach(), ungated, atol=1e-5):
+        fail(ex, "each expert's output is weighted by the token's gate p_i(x): sum the outputs "
+                 "back with combine, not with dispatch.")
     if not torch.allclose(out.detach(), want, atol=1e-5):
         fail(ex, "run_experts differs from companion.moe.MoE in training: gather each expert's "
                  "buffer with dispatch, run the expert, and sum its outputs back to the tokens "
