@@ -12,7 +12,6 @@ The chapter's defaults are these; `--quick` shrinks every run to a smoke test. E
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import platform
@@ -20,7 +19,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 from torch import nn
@@ -48,6 +47,7 @@ from .sft import (
     resize_vocab,
     save_chat_model,
 )
+from .utils import OneLineErrorParser
 
 __all__ = [
     "Setup",
@@ -327,15 +327,9 @@ def _cpu_name() -> str:
         return platform.machine()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run everything, write the record."""
-    p = _Parser(prog="python -m companion.posttrain", description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(prog="python -m companion.posttrain", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the checkpoints and posttrain.json")
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, not a record")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")

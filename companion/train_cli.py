@@ -7,7 +7,6 @@ value is parsed with ast.literal_eval, never exec. Introduced in chapter 7.
 """
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import os
@@ -25,7 +24,7 @@ from .loader import train_val_split
 from .model import GPT, GPTConfig
 from .tokenizer import CharTokenizer
 from .train import NonFiniteLossError, TrainConfig, train
-from .utils import get_device
+from .utils import OneLineErrorParser, get_device
 
 __all__ = ["PRESETS", "parse_overrides", "apply_overrides", "load_corpus", "build_configs", "main"]
 
@@ -163,14 +162,6 @@ def build_configs(
     return GPTConfig(**model_d), TrainConfig(**train_d)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one `error:` line too (the usage is in --help)."""
-
-    def error(self, message: str) -> typing.NoReturn:
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 RESUME_KEYS = ("model_config", "train_config", "optimizer", "rng", "history", "tokenizer")
 
 
@@ -209,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Bad input is one `error:` line on stderr, exit code 2; a diverged run is one line, exit 1.
     """
-    parser = _Parser(
+    parser = OneLineErrorParser(
         prog="python -m companion.train",
         description=__doc__.splitlines()[0],
         epilog="Any TrainConfig or GPTConfig field can be set as --key=value.",

@@ -1,11 +1,14 @@
-"""Small helpers every chapter uses: seeding and picking a device."""
+"""Small helpers every chapter uses: seeding, picking a device, glue, and the CLIs' parser."""
 from __future__ import annotations
 
+import argparse
 import random
+import sys
+from typing import NoReturn
 
 import torch
 
-__all__ = ["set_seed", "get_device", "glue"]
+__all__ = ["set_seed", "get_device", "glue", "OneLineErrorParser"]
 
 
 def set_seed(seed: int = 1337) -> torch.Generator:
@@ -43,3 +46,16 @@ def glue(name: str, value, display: bool = True) -> None:
             print(f"{name} = {value}")
         return
     _glue(name, value, display=display)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one `error:` line and exit code 2 (the usage is in --help).
+
+    The companion's command lines (train, serve, posttrain) share it, so a bad flag reads the
+    same everywhere. Example: OneLineErrorParser(prog="x").parse_args(["--nope"]) prints
+    "error: unrecognized arguments: --nope" to stderr and raises SystemExit(2).
+    """
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)

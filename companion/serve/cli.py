@@ -6,17 +6,17 @@ requests and exits 0. Chapter 11.
 """
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from torch import nn
 
 from ..checkpoint import load_checkpoint
 from ..model import GPT, GPTConfig
 from ..tokenizer import BPETokenizer, CharTokenizer, Tokenizer
+from ..utils import OneLineErrorParser
 
 __all__ = ["tokenizer_from_dict", "load_for_serving", "main"]
 
@@ -69,15 +69,9 @@ def load_for_serving(path: str | Path, bits: int | None = None,
     return model, tokenizer
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line, not argparse's usage block
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line and serve until interrupted."""
-    p = _Parser(prog="python -m companion.serve", description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(prog="python -m companion.serve", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="a ckpt.pt written by companion.train")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
