@@ -329,7 +329,8 @@ def _cpu_name() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the command line, run everything, write the record."""
-    p = OneLineErrorParser(prog="python -m companion.posttrain", description=__doc__.splitlines()[0])
+    p = OneLineErrorParser(prog="python -m companion.posttrain",
+                           description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the checkpoints and posttrain.json")
     p.add_argument("--quick", action="store_true", help="tiny runs: a smoke test, not a record")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
