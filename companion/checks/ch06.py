@@ -385,14 +385,15 @@ def check_6_4(dispatch_tokens: Callable[[torch.Tensor, torch.Tensor, float], tup
     _check_dispatch(ex, dispatch_tokens, torch.randn(16, 4, generator=gen), 2, 2.0)
     # The experts on their buffers, against the companion's MoE (training: capacity applies).
     d_model, E, k, cf = 8, 4, 2, 1.0
-    torch.manual_seed(0)
-    moe = MoE(d_model, E, k, cf, lambda: torch.nn.Sequential(
-        torch.nn.Linear(d_model, 16), torch.nn.GELU(), torch.nn.Linear(16, d_model))).train()
-    with torch.no_grad():
-        moe.router.weight.add_(torch.tensor([2.0, 0.0, 0.0, 0.0])[:, None])  # overflow expert 0
+    with torch.random.fork_rng():  # seeded weights, the learner's global RNG left as it was
+        torch.manual_seed(0)
+        moe = MoE(d_model, E, k, cf, lambda: torch.nn.Sequential(
+            torch.nn.Linear(d_model, 16), torch.nn.GELU(), torch.nn.Linear(16, d_model))).train()
+    with torch.no_grad():  # a lopsided router, so that some assignments go over capacity
+        moe.router.weight[0] += 2.0
     x = torch.randn(20, d_model, generator=gen)
     want = moe(x[None])[0].detach()
-    probs, chosen, dispatch, combine = _check_dispatch(ex, dispatch_tokens, moe.router(x), k, cf)
+    _, _, dispatch, combine = _check_dispatch(ex, dispatch_tokens, moe.router(x), k, cf)
     C = dispatch.shape[-1]
     calls: list[tuple[int, ...]] = []
 
