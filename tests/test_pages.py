@@ -30,7 +30,8 @@ REQUIRED = os.environ.get("COURSE_REQUIRE_PAGES") == "1"
 BAD_OUTPUT = re.compile(r"Retrying in \d+s|\[Retry \d+/\d+\]|Name or service not known|"
                         r"requesting HEAD https?://|Traceback \(most recent call last\)")
 # A glued number shown with its quotes ({glue:} of a str instead of {glue:text}): '36.8%', '+6.16'.
-QUOTED_NUMBER = re.compile(r"(?<![\w'])'[-+−]?\d[\d,.]*(?:e[-+]?\d+)?%?'(?![\w'])")
+# A string glued with {glue:} renders as its repr; Sphinx's smartquotes curl the quotes.
+QUOTED_NUMBER = re.compile(r"(?<![\w'‘’])['‘][-+−]?\d[\d,.]*(?:e[-+]?\d+)?%?['’](?![\w'’])")
 # Calls that make a widget: their cell must show something on the static page.
 WIDGET_CALL = re.compile(r"\b(?:temperature_sampler|attention_explorer|sampler|sizing_calculator|"
                          r"merge_stepper|tokenizer_playground|interactive|interact)\(")
@@ -195,11 +196,19 @@ def test_chapter_shows_what_a_reader_should_see_at_1280_px(browser, page):
     view = _reader_view(browser, page)
     empty = [c["input"].strip().splitlines()[-1] for c in view["cells"]
              if c["view_only"] or (WIDGET_CALL.search(c["input"]) and not c["shown"])]
-    assert not empty, f"{page}: widget cells that show nothing on the static page: {empty}"
     bad = [line for c in view["cells"] for line in c["output"].splitlines()
            if BAD_OUTPUT.search(line)]
-    assert not bad, f"{page}: outputs show retry or traceback lines: {bad[:3]}"
     quoted = [m.group(0) for text in view["prose"] for m in QUOTED_NUMBER.finditer(text)]
-    assert not quoted, f"{page}: glued numbers in quotes (use {{glue:text}}): {quoted[:5]}"
-    assert not view["wide"], (f"{page}: {len(view['wide'])} code or output blocks scroll "
-                              f"sideways at 1280 px, e.g. {view['wide'][:3]}")
+    # Every defect class is reported at once, so one run shows all that a page gets wrong.
+    problems = []
+    if empty:
+        problems.append(f"widget cells that show nothing on the static page: {empty}")
+    if bad:
+        problems.append(f"outputs show retry or traceback lines ({len(bad)}): {bad[:3]}")
+    if quoted:
+        problems.append(f"glued numbers in quotes (use {{glue:text}}) ({len(quoted)}): "
+                        f"{quoted[:5]}")
+    if view["wide"]:
+        problems.append(f"{len(view['wide'])} code or output blocks scroll sideways at "
+                        f"1280 px, e.g. {view['wide'][:3]}")
+    assert not problems, f"{page}:\n" + "\n".join(problems)
