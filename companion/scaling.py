@@ -149,8 +149,10 @@ def describe_plan(plan: Plan) -> str:
     """A plan in words: compute, model, data, time, and the memory its training states need."""
     gpu = GPUS[plan.gpu]
     states_gpus = math.ceil(plan.train_gib * 2**30 / (0.9 * gpu.memory))
+    # the price the plan was made at (plan_budget may override the GPU's listed one)
+    price = plan.dollars / plan.gpu_hours
     return "\n".join([
-        f"${plan.dollars:,.0f} at ${gpu.usd_per_hour}/h on {plan.gpu}, MFU {plan.mfu:.0%} -> "
+        f"${plan.dollars:,.0f} at ${price:g}/h on {plan.gpu}, MFU {plan.mfu:.0%} -> "
         f"{plan.flops:.2e} FLOPs",
         f"compute-optimal model: {human(plan.n_params)} parameters on {human(plan.n_tokens)} "
         f"tokens ({plan.n_tokens / plan.n_params:.0f} tokens/parameter)",

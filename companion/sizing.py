@@ -158,7 +158,7 @@ class GPU(NamedTuple):
 
 
 # Dense (not 2:4 sparse) 16-bit tensor-core peaks from the vendors' data sheets; prices are
-# early-2026 third-party cloud snapshots, in the ranges of /work/shared/ANCHORS.md. The T4 (Turing)
+# early-2026 third-party cloud snapshots (they move). The T4 (Turing)
 # has no bf16 tensor cores: its 65 TFLOP/s is fp16, so it trains in fp16 with loss scaling.
 GPUS: dict[str, GPU] = {
     g.name: g for g in [

@@ -32,6 +32,12 @@ def test_check_8_1_passes_on_a_correct_answer(capsys):
     (lambda *a: llama_params(*a, head=False), "untied output head"),
     (lambda *a: llama_params(*a, mlp=2), "three matrices"),
     (lambda V, d, L, H, kv, d_ff, tie: llama_params(V, d, L, H, kv, d_ff, False), "tied"),
+    # a tied head read as "no embedding matrix at all"
+    (lambda V, d, L, H, kv, d_ff, tie: llama_params(V, d, L, H, kv, d_ff, tie) - (V * d if tie else 0),
+     "count that matrix once"),
+    # LayerNorm's scale and shift where RMSNorm has a weight only
+    (lambda V, d, L, H, kv, d_ff, tie: llama_params(V, d, L, H, kv, d_ff, tie) + (2 * L + 1) * d,
+     "expected"),
     (lambda *a: None, "the parameter count"),
 ])
 def test_check_8_1_rejects_mistakes(wrong, fragment):
@@ -59,6 +65,14 @@ def test_check_8_2_passes_on_a_correct_answer(capsys):
     (lambda *a: train_bytes(*a, quad=False), "5*a*s/h"),
     (lambda n, L, h, a, s, b, full: train_bytes(n, L, h, a, s, b, False), "full_recompute=True"),
     (lambda n, L, h, a, s, b, full: 16 * n, "left out the activations"),
+    # full recomputation that keeps fp32 inputs, or selective recomputation's 34*s*b*h
+    (lambda n, L, h, a, s, b, full: 16 * n + L * 4 * s * b * h if full
+     else train_bytes(n, L, h, a, s, b), "keeps 4*s*b*h"),
+    (lambda n, L, h, a, s, b, full: 16 * n + L * 34 * s * b * h if full
+     else train_bytes(n, L, h, a, s, b), "only its 16-bit input"),
+    (lambda n, L, h, a, s, b, full: train_bytes(n, L, h, a, s, 1, full), "expected"),  # no batch
+    (lambda n, L, h, a, s, b, full: 16 * n + L * (34 * s * b * h + 5 * a * s * b)
+     if not full else train_bytes(n, L, h, a, s, b, True), "expected"),  # s, not s squared
 ])
 def test_check_8_2_rejects_mistakes(wrong, fragment):
     fails_with(check_8_2, wrong, fragment)
@@ -87,6 +101,8 @@ def test_check_8_3_passes_on_a_correct_answer(capsys):
     (lambda *a: compute_optimal(*a, six=2), "the 6"),
     (lambda d, p, k, u, r: (compute_optimal(d, p, k, u, r)[0], compute_optimal(d, p, k, u, r)[0] / r), "N is right"),
     (lambda *a: compute_optimal(*a)[0], "pair"),
+    (lambda d, p, k, u, r: compute_optimal(d, p, k, u, 20.0), "100 tokens/param"),  # r ignored
+    (lambda d, p, k, u, r: compute_optimal(d * p * p, p, k, u, r), "expected"),  # dollars x price
 ])
 def test_check_8_3_rejects_mistakes(wrong, fragment):
     fails_with(check_8_3, wrong, fragment)
@@ -124,6 +140,14 @@ def test_check_8_4_passes_on_a_correct_answer(capsys):
     (lambda *a: zero_gpu_bytes(*a, logit_bytes=2, logit_grad=False), "4 bytes per log-prob"),
     (lambda *a: zero_gpu_bytes(*a, acts=False), "left out the activations"),
     (lambda *a: zero_gpu_bytes(*a, act=34), "only its input"),
+    # activations or logits divided over the GPUs, though each GPU keeps its own micro-batch's
+    (lambda n, L, d, V, s, b, st, w: zero_gpu_bytes(n, L, d, V, s, b, st, w)
+     - L * 2 * s * b * d * (1 - 1 / w), "W=8"),
+    (lambda n, L, d, V, s, b, st, w: zero_gpu_bytes(n, L, d, V, s, b, st, w)
+     - 8 * b * s * V * (1 - 1 / w), "W=8"),
+    # stage 1 leaving the fp32 master copy whole and sharding only m and v
+    (lambda n, L, d, V, s, b, st, w: zero_gpu_bytes(n, L, d, V, s, b, st, w)
+     + (4 * n * (1 - 1 / w) if st >= 1 else 0), "stage 1, W=8"),
     (lambda *a: None, "the byte count"),
 ])
 def test_check_8_4_rejects_mistakes(wrong, fragment):
@@ -156,6 +180,12 @@ def test_check_8_5_passes_on_a_correct_answer(capsys):
     (lambda *a: attention_flops(*a, backward=1), "add the backward"),
     (lambda *a: attention_flops(*a, backward=2), "expected"),
     (exact_causal_average, "(T + 1)/2"),
+    # halving whatever causal says
+    (lambda L, T, d, causal, training: attention_flops(L, T, d, True, training),
+     "halve only under the causal mask"),
+    # the backward over the full window though the forward was causal
+    (lambda L, T, d, causal, training: attention_flops(L, T, d, causal, False)
+     + (2 * attention_flops(L, T, d, False, False) if training else 0), "expected 12"),
     (lambda *a: None, "the FLOP count"),
 ])
 def test_check_8_5_rejects_mistakes(wrong, fragment):

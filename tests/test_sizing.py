@@ -9,7 +9,8 @@ import torch
 from companion.model import GPT, Block, GPTConfig
 from companion.scaling import (
     CHINCHILLA_TABLE3, EPOCH, GPT3_TABLE, HOFFMANN, blueprint, budget_flops, chinchilla_optimal,
-    deepseek_batch_lr, deepseek_flops_per_token, isoflop, loss, optimal_allocation, plan_budget,
+    deepseek_batch_lr, deepseek_flops_per_token, describe_plan, isoflop, loss, optimal_allocation,
+    plan_budget,
 )
 from companion.sizing import (
     BYTES_PER_PARAM, GPUS, PRESETS, activation_bytes_per_layer, attention_flops_per_token, fits,
@@ -321,6 +322,13 @@ def test_one_hundred_dollars_buys_more_than_fifty_million():
     assert plan_budget(100, tokens_per_param=3800).n_params == pytest.approx(50e6, rel=0.05)
     with pytest.raises(ValueError, match="mfu"):
         budget_flops(100, 2.5, 989e12, 1.5)
+
+
+def test_describe_plan_states_the_price_the_plan_used():
+    """A price passed to plan_budget is the one describe_plan prints, not the GPU's listed one."""
+    assert "at $2.5/h on H100" in describe_plan(plan_budget(1e6))
+    text = describe_plan(plan_budget(1e6, usd_per_hour=3.0))
+    assert "at $3/h on H100" in text and "$2.5/h" not in text
 
 
 def test_wall_time_scales_with_gpus():

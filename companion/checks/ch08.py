@@ -66,6 +66,9 @@ def check_8_1(llama_params: Callable[..., int]) -> None:
         if diff == -V * d and not c.tie_embeddings:
             fail(ex, f"{name}: short by vocab_size * d_model = {V * d:,}: an untied output head is "
                      "its own matrix.")
+        if diff == -V * d and c.tie_embeddings:
+            fail(ex, f"{name}: short by vocab_size * d_model = {V * d:,}: a tied head shares the "
+                     "embedding matrix, so count that matrix once, not zero times.")
         if diff == -L * d * c.d_ff:
             fail(ex, f"{name}: short by n_layers * d_model * d_ff: SwiGLU has three matrices "
                      "(gate, up, down), not two.")
@@ -107,8 +110,14 @@ def check_8_2(train_bytes: Callable[..., float]) -> None:
                 continue
             n, layers, d, heads, s, b = args
             act = want - 16 * n
+            # with a single parameter (the all-ones case) a byte per parameter and a byte of
+            # activations look alike: read the bytes per parameter off a real model
+            real = cases[1][1]
+            probe = got if n > 1 else as_scalar(ex, call(ex, train_bytes, *real, full),
+                                                "the byte count")
+            n_real, real_act = real[0], _train_bytes(*real, full) - 16 * real[0]
             for k in (2, 4, 6, 8, 12, 14, 18):
-                if _close(got, k * n + act):
+                if _close(probe, k * n_real + real_act if n == 1 else k * n + act):
                     fail(ex, f"{name}: your states are {k} bytes per parameter. Mixed-precision "
                              "AdamW keeps 16: 2 (bf16 weights) + 2 (gradients) + 12 "
                              "(fp32 master copy, m and v).")
@@ -119,6 +128,10 @@ def check_8_2(train_bytes: Callable[..., float]) -> None:
             if full and _close(got, _train_bytes(*args, False)):
                 fail(ex, f"{name}: with full_recompute=True each layer keeps only its input, "
                          "2*s*b*h bytes.")
+            for k in (1, 4, 34):
+                if full and _close(got, 16 * n + layers * k * s * b * d):
+                    fail(ex, f"{name}: with full_recompute=True each layer keeps {k}*s*b*h bytes "
+                             "in your count; it keeps only its 16-bit input, 2*s*b*h bytes.")
             if not full and _close(got, 16 * n + layers * 34 * s * b * d):
                 fail(ex, f"{name}: you dropped the attention matrix's term, 5*a*s/h inside the "
                          "bracket.")
@@ -231,6 +244,12 @@ def check_8_5(attention_flops: Callable[..., float]) -> None:
                 continue
             where = f"{name} (causal={causal}, training={training})"
             if _close(got, want / 2) and not causal:
+                halved = as_scalar(ex, call(ex, attention_flops, c.n_layers, c.context_length,
+                                            d_attn, True, training), "the FLOP count")
+                if _close(halved, got):
+                    fail(ex, f"{where}: half the expected {want:,.0f}, the same as with "
+                             "causal=True. causal=False counts the full window of T keys; halve "
+                             "only under the causal mask.")
                 fail(ex, f"{where}: half the expected {want:,.0f}. Attention has two matmuls per "
                          "query, the scores against T keys and the weighted sum over T values, "
                          "and each multiply-add is 2 FLOPs.")
