@@ -57,6 +57,29 @@ def test_check_10_1_rejects_wrong_logprobs(wrong, fragment):
 
 
 @pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda lg, t: logprobs(lg, t).detach(),
+        lambda lg, t: logprobs(lg, t).detach().numpy(),  # as_tensor accepts arrays
+        torch.no_grad()(logprobs),
+    ],
+)
+def test_check_10_1_rejects_logprobs_without_gradient(wrong):
+    fails_with(lambda f: check_10_1(f, mnorm), wrong, "no gradient")
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        lambda x, m, c, dim=None: mnorm(x, m, c, dim).detach(),
+        lambda x, m, c, dim=None: mnorm(x, m, c).item() if dim is None else mnorm(x, m, c, dim),
+    ],
+)
+def test_check_10_1_rejects_masked_normalize_without_gradient(wrong):
+    fails_with(lambda f: check_10_1(logprobs, f), wrong, "no gradient")
+
+
+@pytest.mark.parametrize(
     "wrong, fragment",
     [
         (stub, "not implemented"),
@@ -171,6 +194,12 @@ def test_check_10_3_passes_on_a_correct_answer(capsys):
             lambda pc, pr, rc, rr, b: -torch.log(torch.sigmoid(b * ((pc - rc) - (pr - rr)))).mean(),
             "logsigmoid",
         ),
+        (
+            lambda pc, pr, rc, rr, b: -F.logsigmoid(b * ((pc - rc) - (pr - rr)).mean()),
+            "average the margins",
+        ),
+        (lambda pc, pr, rc, rr, b: dpo(pc, pr, rc, rr, b).item(), "no gradient"),
+        (lambda pc, pr, rc, rr, b: dpo(pc, pr, rc, rr, b).detach(), "no gradient"),
     ],
 )
 def test_check_10_3_rejects_mistakes(wrong, fragment):
@@ -285,21 +314,29 @@ def _grpo(variant):
     def loss(adv, new, old, mask, clip):
         a = adv[:, None]
         old_ = old if variant == "no_detach" else old.detach()
-        ratio = (new - old_) if variant == "log_ratio" else torch.exp(new - old_)
+        new_ = new.detach() if variant == "detach_both" else new
+        ratio = (new_ - old_) if variant == "log_ratio" else torch.exp(new_ - old_)
+        if variant == "inverted":
+            ratio = 1 / ratio
+        if variant == "ratio_detached":
+            ratio = ratio.detach()
         clipped = ratio.clamp(1 - clip, 1 + clip) * a
         per = {
             "max": -torch.maximum(ratio * a, clipped),
             "always": -clipped,
             "none": -(ratio * a),
             "sign": torch.minimum(ratio * a, clipped),
+            "min_of_ratios": -torch.minimum(ratio, ratio.clamp(1 - clip, 1 + clip)) * a,
             "log_ratio": -torch.minimum(ratio * a, clipped),
             "no_detach": -torch.minimum(ratio * a, clipped),
             "padding": -torch.minimum(ratio * a, clipped),
             "global_mean": -torch.minimum(ratio * a, clipped),
             "sum_over_rows": -torch.minimum(ratio * a, clipped),
-        }[variant]
+        }.get(variant, -torch.minimum(ratio * a, clipped))
         if variant == "padding":
             return per.mean()
+        if variant == "item":
+            return masked_mean(per, mask, dim=1).mean().item()
         if variant == "global_mean":
             return masked_mean(per, mask)
         if variant == "sum_over_rows":
@@ -320,6 +357,11 @@ def _grpo(variant):
         ("no_detach", "detach"),
         ("global_mean", "all response tokens of the batch at once"),
         ("sum_over_rows", "divide by the rows"),
+        ("inverted", "upside down"),
+        ("min_of_ratios", "min of the two ratios"),
+        ("detach_both", "no gradient"),
+        ("ratio_detached", "no gradient"),
+        ("item", "no gradient"),
     ],
 )
 def test_check_10_5_rejects_wrong_clipped_losses(variant, fragment):

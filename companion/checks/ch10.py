@@ -73,8 +73,27 @@ def check_10_1(token_logprobs: Callable[[torch.Tensor, torch.Tensor], Any],
     if tuple(cols.shape) != (3,) or not torch.allclose(cols.float(), torch.tensor([2.5, 1.0, 0.0])):
         fail(ex, f"with dim=0 each column's masked sum is divided by the constant: expected "
                  f"[2.5, 1.0, 0.0], got {cols.tolist()} (is dim=0 mistaken for no dim?)")
+    # a loss is built from these: both must carry gradient (no .detach(), .item() or NumPy)
+    leaf = logits.clone().requires_grad_()
+    out = call(ex, token_logprobs, leaf, targets)
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        fail(ex, "token_logprobs returns values with no gradient to the logits (a .detach(), "
+                 ".item(), NumPy or torch.no_grad?): no loss built on them could train")
+    out.float().sum().backward()
+    want_grad = F.one_hot(targets, 7).float() - logits.softmax(-1)
+    if leaf.grad is None or not torch.allclose(leaf.grad, want_grad, atol=1e-5):
+        fail(ex, "the gradient of token_logprobs to the logits is not one-hot(target) minus "
+                 "softmax(logits): is part of the computation detached?")
+    x_leaf = x.clone().requires_grad_()
+    out = call(ex, masked_normalize, x_leaf, mask, 4.0)
+    if not isinstance(out, torch.Tensor) or not out.requires_grad:
+        fail(ex, "masked_normalize returns a number with no gradient to x (a .item(), float() "
+                 "or .detach()?): a loss must stay a tensor that backward() can run through")
+    out.sum().backward()
+    if x_leaf.grad is None or not torch.allclose(x_leaf.grad, mask / 4.0):
+        fail(ex, "the gradient of masked_normalize to x should be mask / constant")
     passed(ex, "each target's own log-probability, no shift; padding never counts; "
-               "the constant, not the count, divides.")
+               "the constant, not the count, divides; gradients flow.")
 
 
 def check_10_2(make_lora: Callable[[nn.Linear, int, float], nn.Module]) -> None:
@@ -209,6 +228,10 @@ def check_10_3(my_dpo_loss: Callable[..., Any]) -> None:
             -F.logsigmoid(0.5 * ((pc - rc) - (pr - rr))).sum(),
             "you sum over the batch; return the mean",
         ),
+        (
+            -F.logsigmoid(0.5 * ((pc - rc) - (pr - rr)).mean()),
+            "you average the margins, then take the loss; take each pair's loss, then average",
+        ),
     ]
     for value, hint in wrongs:
         if math.isclose(got, value.item(), rel_tol=1e-4) and not math.isclose(
@@ -227,8 +250,22 @@ def check_10_3(my_dpo_loss: Callable[..., Any]) -> None:
             f"for a margin of -400 the loss is 400, got {huge}: log(sigmoid(z)) underflows; "
             "use F.logsigmoid, the stable form",
         )
+    # the loss must train the policy: a tensor whose gradient reaches both policy log-probs
+    pol = [a[0].clone().requires_grad_(), a[1].clone().requires_grad_()]
+    loss = call(ex, my_dpo_loss, pol[0], pol[1], a[2], a[3], 0.5)
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        fail(ex, "the loss carries no gradient to the policy's log-probs (a .item(), float() or "
+                 ".detach()?): return the tensor, so that backward() can train the policy")
+    loss.backward()
+    ref = [a[0].clone().requires_grad_(), a[1].clone().requires_grad_()]
+    dpo_loss(ref[0], ref[1], a[2], a[3], beta=0.5)[0].backward()
+    for mine, theirs, which in zip(pol, ref, ("chosen", "rejected")):
+        if mine.grad is None or not torch.allclose(mine.grad, theirs.grad, atol=1e-6):
+            fail(ex, f"the gradient to the policy's {which} log-probs differs from "
+                     f"companion.dpo.dpo_loss's: is part of the loss detached?")
     passed(
-        ex, "-log sigmoid(beta * Delta), averaged, stable for large margins; matches companion.dpo."
+        ex, "-log sigmoid(beta * Delta), averaged, stable for large margins, with its gradient; "
+            "matches companion.dpo."
     )
 
 
@@ -360,6 +397,11 @@ def check_10_5(group_advantages: Callable[..., Any], grpo_loss: Callable[..., An
         (per_case.mean().neg(), "the sign is flipped: the loss is minus the objective"),
         (per_row(-torch.minimum(log_ratio * a, log_ratio.clamp(0.8, 1.2) * a)),
          "the ratio is pi / pi_old: exponentiate the difference of the log-probs"),
+        (per_row(-torch.minimum(a / ratio, (1 / ratio).clamp(0.8, 1.2) * a)),
+         "the ratio is upside down: pi / pi_old is exp(log_probs - old_log_probs)"),
+        (per_row(-torch.minimum(ratio, ratio.clamp(0.8, 1.2)) * a),
+         "you take the min of the two ratios, then multiply by A; take the min of the two "
+         "products, rho * A and clip(rho) * A, which differ when A < 0"),
     ]
     for value, hint in wrongs:
         if math.isclose(got, value.item(), rel_tol=1e-4, abs_tol=1e-6):
@@ -370,13 +412,23 @@ def check_10_5(group_advantages: Callable[..., Any], grpo_loss: Callable[..., An
         fail(ex, f"on the four hand cases (clip on both sides of 1, and two unclipped), the mean "
                  f"loss is {per_case.mean().item():.4f}; got {got:.4f}")
     loss = call(ex, grpo_loss, adv, leaf, old_leaf, mask, 0.2)
-    if isinstance(loss, torch.Tensor) and loss.requires_grad:
-        loss.backward()
-        if old_leaf.grad is not None and old_leaf.grad.abs().sum() > 0:
-            fail(ex, "gradient flows into the old log-probs: they are the sampling policy's "
-                     "constants (detach them)")
-        if leaf.grad is not None and (leaf.grad[0, 0] != 0 or leaf.grad[2, 0] != 0):
-            fail(ex, "a clipped token still gets gradient: clipping must cut it")
+    if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+        fail(ex, "the loss carries no gradient to log_probs (a .item(), float(), or log_probs "
+                 "detached along with the old ones?): only old_log_probs are constants")
+    loss.backward()
+    if old_leaf.grad is not None and old_leaf.grad.abs().sum() > 0:
+        fail(ex, "gradient flows into the old log-probs: they are the sampling policy's "
+                 "constants (detach them)")
+    if leaf.grad is None or leaf.grad[0, 0] != 0 or leaf.grad[2, 0] != 0:
+        fail(ex, "a clipped token still gets gradient: clipping must cut it")
+    # d loss / d log pi = -ratio * A / (row's tokens * rows) where the clip does not bind
+    want_grad = torch.tensor([[0.0, 0.0, 0.0], [-0.5 / (e * 8), -0.5 / 8, 0.0],
+                              [0.0, 0.0, 0.0], [2 * e / 4, 0.0, 0.0]])
+    if not torch.allclose(leaf.grad.float(), want_grad, atol=1e-5):
+        fail(ex, f"the gradient to log_probs should be -ratio * A / (tokens in the row * rows) "
+                 f"on unclipped real tokens and 0 elsewhere: expected {want_grad.tolist()}, got "
+                 f"{[[round(v, 4) for v in row] for row in leaf.grad.tolist()]} (is the ratio "
+                 f"detached?)")
     passed(ex, "advantages within each group, std on or off; the clipped ratio on both sides of "
                "1, the min, and padding ignored.")
 
