@@ -1,4 +1,8 @@
-"""The PDF as a reader gets it: every worked solution's code, the stubs, and chapter 3's CJK and emoji.
+"""The PDF as a reader gets it: every worked solution's code, the stubs, chapter 3's CJK and emoji.
+
+Also: no widget repr, no character without a glyph in the XeLaTeX log, no dollar signs printed
+around math, and a solutions part titled "N. Solutions: ...". Each of those checks is a function
+that the last tests feed doctored inputs (the defects issue 27 found), so they run without TeX.
 
 Needs `_build/latex/book.pdf` (make pdf) and poppler's pdftotext/pdffonts. Where they are missing
 the tests skip, unless COURSE_REQUIRE_PDF=1, which .ci/run sets after it builds the PDF.
@@ -39,6 +43,8 @@ def _squash(s: str) -> str:
 
 def test_page_count_is_sane():
     if not PDF.exists():
+        if os.environ.get("COURSE_REQUIRE_PDF") == "1":
+            pytest.fail("the PDF is not built (run `make pdf`)")
         pytest.skip("the PDF is not built")
     info = subprocess.run(["pdfinfo", str(PDF)], capture_output=True, text=True, check=True).stdout
     pages = int(re.search(r"Pages:\s+(\d+)", info).group(1))
@@ -102,6 +108,11 @@ def solutions_part_problems(tex: str) -> list[str]:
             if "Exercises" in t or "Solutions" not in t]
 
 
+def misparsed_math(tex: str) -> list[str]:
+    """Dollar signs printed beside math: a `$$` block glued to its paragraph parses as `$`+inline."""
+    return [m.group(0) for m in re.finditer(r".{0,40}(?:\\\$\\\(|\\\)\\\$).{0,40}", tex)]
+
+
 def _build_file(suffix: str) -> str:
     path = PDF.with_suffix(suffix)
     if not path.exists():
@@ -124,6 +135,11 @@ def test_every_character_has_a_glyph():
 def test_the_solutions_part_is_titled_solutions():
     problems = solutions_part_problems(_build_file(".tex"))
     assert not problems, problems[:3]
+
+
+def test_no_dollar_signs_around_math():
+    bad = misparsed_math(_build_file(".tex"))
+    assert not bad, f"{len(bad)} math spans print their dollar signs, e.g. {bad[:2]}"
 
 
 # The checkers against the defects issue 27 found in the turn-3 PDF (these run without TeX).
@@ -156,3 +172,10 @@ def test_solutions_check_fails_on_a_part_titled_exercises():
     assert solutions_part_problems(book("Exercises (for Colab)",
                                         "1. Exercises: what a language model is"))
     assert solutions_part_problems(r"\part{Solutions}\part{Back matter}\chapter{Bibliography}")
+
+
+def test_math_check_fails_on_a_display_block_glued_to_its_paragraph():
+    # What MyST made of "the **advantage**\n$$\nA_i = ...\n$$\nAn answer" (chapter 10, before this fix).
+    tex = "give each answer the \\sphinxstylestrong{advantage}\n\\$\\(\nA_i = r_i\n\\)\\(\nAn"
+    assert misparsed_math(tex)
+    assert not misparsed_math("costs \\$2.50 an hour, and \\(A = 0\\) in text; \\begin{equation*}x\\end")
