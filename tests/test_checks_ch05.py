@@ -144,10 +144,30 @@ def full_mask(q, k, v, block):
     return acc / l
 
 
+def two_pass_skipping_future_keys(q, k, v, block):
+    """Right values, not online: per query, a pass for the max then one for the sum, each
+    skipping the keys after the query, so it computes no more scores than a one-pass answer
+    that scores every key (the score count alone cannot tell them apart)."""
+    T, D = q.shape
+    outs = []
+    for i in range(T):
+        qi = q[i:i + 1] / math.sqrt(D)
+        m = torch.tensor(float("-inf"))
+        for j in range(0, i + 1, block):
+            m = torch.maximum(m, (qi @ k[j:min(j + block, i + 1)].T).max())
+        l, acc = torch.zeros(1, 1), torch.zeros(1, v.shape[1])
+        for j in range(0, i + 1, block):
+            p = torch.exp(qi @ k[j:min(j + block, i + 1)].T - m)
+            l, acc = l + p.sum(1, keepdim=True), acc + p @ v[j:min(j + block, i + 1)]
+        outs.append(acc / l)
+    return torch.cat(outs)
+
+
 @pytest.mark.parametrize("wrong, fragment", [
     (full_matrix, "a quarter of the 256x256 matrix"),
     (full_mask, "a quarter of the 256x256 matrix"),
     (two_pass, "reads the keys more than once"),
+    (two_pass_skipping_future_keys, "each query reads it more than once"),
 ])
 def test_check_5_6_catches_right_values_by_the_wrong_method(wrong, fragment):
     q, k, v = (torch.randn(23, 8) for _ in range(3))
@@ -176,6 +196,25 @@ def test_check_5_6_passes_a_solution_that_also_blocks_the_queries(capsys):
         return torch.cat(outs)
 
     passes(check_5_6, both_blocked, capsys)
+
+
+def test_check_5_6_passes_one_pass_per_query_with_prescaled_keys(capsys):
+    """One query at a time, future keys skipped, keys scaled first and read through F.linear:
+    online and one pass, so the per-key count must not mistake it for two passes."""
+    def per_query(q, k, v, block):
+        T, D = q.shape
+        ks, outs = k / math.sqrt(D), []
+        for i in range(T):
+            m, l, acc = torch.tensor(float("-inf")), torch.zeros(1), torch.zeros(v.shape[1])
+            for j in range(0, i + 1, block):
+                s = torch.nn.functional.linear(q[i:i + 1], ks[j:min(j + block, i + 1)])[0]
+                m_new = torch.maximum(m, s.max())
+                p, r = torch.exp(s - m_new), torch.exp(m - m_new)
+                l, acc, m = l * r + p.sum(), acc * r + p @ v[j:j + s.shape[0]], m_new
+            outs.append(acc / l)
+        return torch.stack(outs)
+
+    passes(check_5_6, per_query, capsys)
 
 
 # --- 5.1 FlashAttention-2's backward for one key block --------------------------------

@@ -415,11 +415,26 @@ _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Te
 
 
 class _Spy(torch.overrides.TorchFunctionMode):
-    """Records the largest tensor made and the score entries (products over the head width)."""
+    """Records the largest tensor made, the score entries, and how often each key is scored."""
 
-    def __init__(self, d_head: int):
+    def __init__(self, d_head: int, keys: torch.Tensor | None = None):
         super().__init__()
         self.d_head, self.largest, self.scores = d_head, 0, 0
+        # Unit rows of the keys, to recognise them (scaled or not) inside a product's operand.
+        self.keys = None if keys is None else keys / keys.norm(dim=-1, keepdim=True)
+        self.per_key = None if keys is None else torch.zeros(keys.shape[0], dtype=torch.long)
+
+    def _count_keys(self, operand: torch.Tensor, n_out: int) -> None:
+        """Add n_out / (rows of keys in operand) query scores to each key found in operand."""
+        for rows in (operand.transpose(-1, -2), operand):  # k.T (D, b) or k (b, D) forms
+            if rows.shape[-1] != self.d_head or rows.numel() == 0:
+                continue
+            rows = rows.reshape(-1, self.d_head).detach().float()
+            sim = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ self.keys.T
+            best, idx = sim.max(dim=-1)
+            if bool((best > 1 - 1e-4).all()):  # every row is one of the keys
+                self.per_key.index_add_(0, idx, torch.full_like(idx, n_out // rows.shape[0]))
+                return
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -435,6 +450,9 @@ class _Spy(torch.overrides.TorchFunctionMode):
         if (func in _MATMULS and isinstance(out, torch.Tensor) and len(operands) >= 1
                 and operands[0].shape[-1] == self.d_head and out.shape[-1] != self.d_head):
             self.scores += out.numel()
+        if (self.keys is not None and func in _MATMULS and isinstance(out, torch.Tensor)
+                and len(operands) >= 2 and operands[0].shape[-1] == self.d_head):
+            self._count_keys(operands[1], out.numel())
         return out
 
 
@@ -481,7 +499,7 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
     # the max, one for the sum): watch every tensor made and every q.k product at T = 256.
     T, D, block = 256, 8, 16
     q, k, v = (torch.randn(T, D, generator=g) for _ in range(3))
-    spy = _Spy(D)
+    spy = _Spy(D, keys=k)
     with spy:
         out = call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), block)
     want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None],
@@ -498,5 +516,11 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
                  f"{T * T:,} pairs: it reads the keys more than once (a pass for the max, then one "
                  "for the sum). That is exact but not online: keep a running max and rescale what "
                  "was summed so far, so one pass over the keys is enough.")
+    most = int(spy.per_key.max())
+    if most > 1.5 * T:
+        fail(ex, f"key {int(spy.per_key.argmax())} was scored {most:,} times for {T} queries: "
+                 "each query reads it more than once (a pass for the max, then one for the sum, "
+                 "even if future keys are skipped). That is exact but not online: keep a running "
+                 "max and rescale what was summed so far, so one pass over the keys is enough.")
     passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, "
                "stable for large scores, one pass over the keys, never a T x T tensor.")
