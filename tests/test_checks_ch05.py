@@ -220,7 +220,7 @@ def test_check_5_6_passes_one_pass_per_query_with_prescaled_keys(capsys):
 # --- 5.1 FlashAttention-2's backward for one key block --------------------------------
 
 def key_block_backward(q, k, v, dout, lse, delta, k_start, block_size, mask="absolute",
-                       renorm=False, use_delta=True, scaled=True):
+                       renorm=False, use_delta=True, scaled=True, local_delta=False):
     """A learner's answer: the whole column of queries against one key block."""
     scale = 1 / math.sqrt(q.shape[1])
     kb, vb = k[k_start:k_start + block_size], v[k_start:k_start + block_size]
@@ -231,6 +231,8 @@ def key_block_backward(q, k, v, dout, lse, delta, k_start, block_size, mask="abs
         s = s.masked_fill(future, float("-inf"))
     p = s.softmax(-1) if renorm else torch.exp(s - lse[:, None])
     dv = p.T @ dout
+    if local_delta:  # the row term from this block's keys alone
+        delta = (p * (dout @ vb.T)).sum(-1)
     ds = p * (dout @ vb.T - delta[:, None]) if use_delta else p * (dout @ vb.T)
     g = scale if scaled else 1.0
     return ds @ kb * g, ds.T @ q * g, dv
@@ -270,6 +272,7 @@ def test_check_5_1_passes_on_a_row_by_row_answer(capsys):
     (lambda *a: key_block_backward(*a, mask="local"), "index inside the block"),
     (lambda *a: key_block_backward(*a, renorm=True), "divides 0 by 0"),
     (lambda *a: key_block_backward(*a, use_delta=False), "softmax's row term"),
+    (lambda *a: key_block_backward(*a, local_delta=True), "summed over this block's keys alone"),
     (lambda *a: key_block_backward(*a, scaled=False), "factor 1/sqrt(D)"),
     (lambda *a: key_block_backward(*a)[:2], "return three things"),
     (lambda *a: tuple(t[:4] for t in key_block_backward(*a)), "expected shapes"),

@@ -18,7 +18,7 @@ __all__ = ["check_5_1", "check_5_2", "check_5_3", "check_5_4", "check_5_5", "che
 
 
 def _tile_backward(q, k, v, dout, lse, delta, k0, block, mask="absolute", renorm=False,
-                   use_delta=True, scale_grads=True):
+                   use_delta=True, scale_grads=True, local_delta=False):
     """One key block's causal backward for (T, D) q, k, v (or one of its classic slips)."""
     scale = 1 / math.sqrt(q.shape[1])
     kb, vb = k[k0:k0 + block], v[k0:k0 + block]
@@ -30,6 +30,8 @@ def _tile_backward(q, k, v, dout, lse, delta, k0, block, mask="absolute", renorm
     p = torch.softmax(s, -1) if renorm else torch.exp(s - lse[:, None])
     dv = p.T @ dout
     dp = dout @ vb.T
+    if local_delta:  # the row term summed over this block's keys only
+        delta = (p * dp).sum(-1)
     ds = p * (dp - delta[:, None]) if use_delta else p * dp
     g = scale if scale_grads else 1.0
     return ds @ kb * g, ds.T @ q * g, dv
@@ -87,6 +89,10 @@ def check_5_1(key_block_backward: Callable[..., tuple]) -> None:
     if like(use_delta=False):
         fail(ex, "ds = p * dp is missing the softmax's row term: ds = p * (dp - delta), with "
                  "delta_i = do_i . o_i.")
+    if like(local_delta=True):
+        fail(ex, "delta was summed over this block's keys alone. The softmax's row term "
+                 "delta_i = sum_j p_ij dp_ij runs over the whole row; it equals do_i . o_i, which "
+                 "is the delta passed in: use it as it is.")
     if like(scale_grads=False):
         fail(ex, "the scores were q k^T / sqrt(D), so dq and dk carry the factor 1/sqrt(D) too.")
     right = _tile_backward(q, k, v, dout, lse, delta, 10, block)
