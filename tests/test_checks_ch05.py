@@ -144,10 +144,30 @@ def full_mask(q, k, v, block):
     return acc / l
 
 
+def two_pass_skipping_future_keys(q, k, v, block):
+    """Right values, not online: per query, a pass for the max then one for the sum, each
+    skipping the keys after the query, so it computes no more scores than a one-pass answer
+    that scores every key (the score count alone cannot tell them apart)."""
+    T, D = q.shape
+    outs = []
+    for i in range(T):
+        qi = q[i:i + 1] / math.sqrt(D)
+        m = torch.tensor(float("-inf"))
+        for j in range(0, i + 1, block):
+            m = torch.maximum(m, (qi @ k[j:min(j + block, i + 1)].T).max())
+        l, acc = torch.zeros(1, 1), torch.zeros(1, v.shape[1])
+        for j in range(0, i + 1, block):
+            p = torch.exp(qi @ k[j:min(j + block, i + 1)].T - m)
+            l, acc = l + p.sum(1, keepdim=True), acc + p @ v[j:min(j + block, i + 1)]
+        outs.append(acc / l)
+    return torch.cat(outs)
+
+
 @pytest.mark.parametrize("wrong, fragment", [
     (full_matrix, "a quarter of the 256x256 matrix"),
     (full_mask, "a quarter of the 256x256 matrix"),
     (two_pass, "reads the keys more than once"),
+    (two_pass_skipping_future_keys, "each query reads it more than once"),
 ])
 def test_check_5_6_catches_right_values_by_the_wrong_method(wrong, fragment):
     q, k, v = (torch.randn(23, 8) for _ in range(3))
@@ -178,10 +198,29 @@ def test_check_5_6_passes_a_solution_that_also_blocks_the_queries(capsys):
     passes(check_5_6, both_blocked, capsys)
 
 
+def test_check_5_6_passes_one_pass_per_query_with_prescaled_keys(capsys):
+    """One query at a time, future keys skipped, keys scaled first and read through F.linear:
+    online and one pass, so the per-key count must not mistake it for two passes."""
+    def per_query(q, k, v, block):
+        T, D = q.shape
+        ks, outs = k / math.sqrt(D), []
+        for i in range(T):
+            m, l, acc = torch.tensor(float("-inf")), torch.zeros(1), torch.zeros(v.shape[1])
+            for j in range(0, i + 1, block):
+                s = torch.nn.functional.linear(q[i:i + 1], ks[j:min(j + block, i + 1)])[0]
+                m_new = torch.maximum(m, s.max())
+                p, r = torch.exp(s - m_new), torch.exp(m - m_new)
+                l, acc, m = l * r + p.sum(), acc * r + p @ v[j:j + s.shape[0]], m_new
+            outs.append(acc / l)
+        return torch.stack(outs)
+
+    passes(check_5_6, per_query, capsys)
+
+
 # --- 5.1 FlashAttention-2's backward for one key block --------------------------------
 
 def key_block_backward(q, k, v, dout, lse, delta, k_start, block_size, mask="absolute",
-                       renorm=False, use_delta=True, scaled=True):
+                       renorm=False, use_delta=True, scaled=True, local_delta=False):
     """A learner's answer: the whole column of queries against one key block."""
     scale = 1 / math.sqrt(q.shape[1])
     kb, vb = k[k_start:k_start + block_size], v[k_start:k_start + block_size]
@@ -192,6 +231,8 @@ def key_block_backward(q, k, v, dout, lse, delta, k_start, block_size, mask="abs
         s = s.masked_fill(future, float("-inf"))
     p = s.softmax(-1) if renorm else torch.exp(s - lse[:, None])
     dv = p.T @ dout
+    if local_delta:  # the row term from this block's keys alone
+        delta = (p * (dout @ vb.T)).sum(-1)
     ds = p * (dout @ vb.T - delta[:, None]) if use_delta else p * (dout @ vb.T)
     g = scale if scaled else 1.0
     return ds @ kb * g, ds.T @ q * g, dv
@@ -231,6 +272,7 @@ def test_check_5_1_passes_on_a_row_by_row_answer(capsys):
     (lambda *a: key_block_backward(*a, mask="local"), "index inside the block"),
     (lambda *a: key_block_backward(*a, renorm=True), "divides 0 by 0"),
     (lambda *a: key_block_backward(*a, use_delta=False), "softmax's row term"),
+    (lambda *a: key_block_backward(*a, local_delta=True), "summed over this block's keys alone"),
     (lambda *a: key_block_backward(*a, scaled=False), "factor 1/sqrt(D)"),
     (lambda *a: key_block_backward(*a)[:2], "return three things"),
     (lambda *a: tuple(t[:4] for t in key_block_backward(*a)), "expected shapes"),

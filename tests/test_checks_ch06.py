@@ -68,9 +68,16 @@ def two_matrix_swiglu(c):
     return 2 * (d * d + b * d) + 2 * (d * kv + b * kv) + (d * c.d_ff + b * c.d_ff) + c.d_ff * d + b * d + 2 * norm
 
 
+def model_wide_attention_biases(c):
+    """Every attention bias d_model wide: right without GQA and head_dim, wrong with them."""
+    d, b = c.d_model, int(c.bias)
+    return block_params(c) - b * (c.n_heads * c.d_head + d + 2 * c.n_kv_heads * c.d_head) + 4 * b * d
+
+
 @pytest.mark.parametrize("wrong, fragment", [
     (stub, "not implemented"),
     (no_norms, "left out the two norms"),
+    (model_wide_attention_biases, "as wide as its layer's output"),
     (no_biases, "left out the biases"),
     (gqa_ignored, "grouped-query"),
     (two_matrix_swiglu, "three matrices"),

@@ -18,7 +18,7 @@ __all__ = ["check_5_1", "check_5_2", "check_5_3", "check_5_4", "check_5_5", "che
 
 
 def _tile_backward(q, k, v, dout, lse, delta, k0, block, mask="absolute", renorm=False,
-                   use_delta=True, scale_grads=True):
+                   use_delta=True, scale_grads=True, local_delta=False):
     """One key block's causal backward for (T, D) q, k, v (or one of its classic slips)."""
     scale = 1 / math.sqrt(q.shape[1])
     kb, vb = k[k0:k0 + block], v[k0:k0 + block]
@@ -30,6 +30,8 @@ def _tile_backward(q, k, v, dout, lse, delta, k0, block, mask="absolute", renorm
     p = torch.softmax(s, -1) if renorm else torch.exp(s - lse[:, None])
     dv = p.T @ dout
     dp = dout @ vb.T
+    if local_delta:  # the row term summed over this block's keys only
+        delta = (p * dp).sum(-1)
     ds = p * (dp - delta[:, None]) if use_delta else p * dp
     g = scale if scale_grads else 1.0
     return ds @ kb * g, ds.T @ q * g, dv
@@ -87,6 +89,10 @@ def check_5_1(key_block_backward: Callable[..., tuple]) -> None:
     if like(use_delta=False):
         fail(ex, "ds = p * dp is missing the softmax's row term: ds = p * (dp - delta), with "
                  "delta_i = do_i . o_i.")
+    if like(local_delta=True):
+        fail(ex, "delta was summed over this block's keys alone. The softmax's row term "
+                 "delta_i = sum_j p_ij dp_ij runs over the whole row; it equals do_i . o_i, which "
+                 "is the delta passed in: use it as it is.")
     if like(scale_grads=False):
         fail(ex, "the scores were q k^T / sqrt(D), so dq and dk carry the factor 1/sqrt(D) too.")
     right = _tile_backward(q, k, v, dout, lse, delta, 10, block)
@@ -415,11 +421,26 @@ _MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Te
 
 
 class _Spy(torch.overrides.TorchFunctionMode):
-    """Records the largest tensor made and the score entries (products over the head width)."""
+    """Records the largest tensor made, the score entries, and how often each key is scored."""
 
-    def __init__(self, d_head: int):
+    def __init__(self, d_head: int, keys: torch.Tensor | None = None):
         super().__init__()
         self.d_head, self.largest, self.scores = d_head, 0, 0
+        # Unit rows of the keys, to recognise them (scaled or not) inside a product's operand.
+        self.keys = None if keys is None else keys / keys.norm(dim=-1, keepdim=True)
+        self.per_key = None if keys is None else torch.zeros(keys.shape[0], dtype=torch.long)
+
+    def _count_keys(self, operand: torch.Tensor, n_out: int) -> None:
+        """Add n_out / (rows of keys in operand) query scores to each key found in operand."""
+        for rows in (operand.transpose(-1, -2), operand):  # k.T (D, b) or k (b, D) forms
+            if rows.shape[-1] != self.d_head or rows.numel() == 0:
+                continue
+            rows = rows.reshape(-1, self.d_head).detach().float()
+            sim = (rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ self.keys.T
+            best, idx = sim.max(dim=-1)
+            if bool((best > 1 - 1e-4).all()):  # every row is one of the keys
+                self.per_key.index_add_(0, idx, torch.full_like(idx, n_out // rows.shape[0]))
+                return
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -435,6 +456,9 @@ class _Spy(torch.overrides.TorchFunctionMode):
         if (func in _MATMULS and isinstance(out, torch.Tensor) and len(operands) >= 1
                 and operands[0].shape[-1] == self.d_head and out.shape[-1] != self.d_head):
             self.scores += out.numel()
+        if (self.keys is not None and func in _MATMULS and isinstance(out, torch.Tensor)
+                and len(operands) >= 2 and operands[0].shape[-1] == self.d_head):
+            self._count_keys(operands[1], out.numel())
         return out
 
 
@@ -481,7 +505,7 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
     # the max, one for the sum): watch every tensor made and every q.k product at T = 256.
     T, D, block = 256, 8, 16
     q, k, v = (torch.randn(T, D, generator=g) for _ in range(3))
-    spy = _Spy(D)
+    spy = _Spy(D, keys=k)
     with spy:
         out = call(ex, blockwise_attention, q.clone(), k.clone(), v.clone(), block)
     want = torch.nn.functional.scaled_dot_product_attention(q[None], k[None], v[None],
@@ -498,5 +522,11 @@ def check_5_6(blockwise_attention: Callable[..., torch.Tensor]) -> None:
                  f"{T * T:,} pairs: it reads the keys more than once (a pass for the max, then one "
                  "for the sum). That is exact but not online: keep a running max and rescale what "
                  "was summed so far, so one pass over the keys is enough.")
+    most = int(spy.per_key.max())
+    if most > 1.5 * T:
+        fail(ex, f"key {int(spy.per_key.argmax())} was scored {most:,} times for {T} queries: "
+                 "each query reads it more than once (a pass for the max, then one for the sum, "
+                 "even if future keys are skipped). That is exact but not online: keep a running "
+                 "max and rescale what was summed so far, so one pass over the keys is enough.")
     passed(ex, "equal to causal softmax attention for blocks of 1, 4, 5, 23 and 100 keys, "
                "stable for large scores, one pass over the keys, never a T x T tensor.")

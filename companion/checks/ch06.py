@@ -46,6 +46,10 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
          GPTConfig(vocab_size=64, context_length=16, d_model=64, n_layers=2, n_heads=4,
                    n_kv_heads=2, head_dim=32, qk_norm=True, norm="rmsnorm", mlp="swiglu",
                    pos="rope", bias=False)),
+        # biases as wide as their layer's output: q_proj's n_heads * d_head, k's and v's
+        # n_kv_heads * d_head, o_proj's d_model (Qwen2 keeps biases with GQA)
+        ("GQA and a wider head_dim, with biases",
+         GPTConfig(**_SMALL, n_kv_heads=2, head_dim=16, bias=True)),
     ]
     for name, cfg in cases:
         got = call(ex, block_params, cfg)
@@ -78,6 +82,9 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
         elif cfg.bias and want - got in (linear_biases, linear_biases + norm_biases):
             hint = (" You left out the biases: every nn.Linear in a GPT-2 block has one, and so"
                     " does LayerNorm.")
+        elif cfg.bias and got - want == 4 * d - (q + d + 2 * kv):
+            hint = (f" Each bias is as wide as its layer's output: q_proj's is n_heads * d_head ="
+                    f" {q}, k_proj's and v_proj's n_kv_heads * d_head = {kv}, o_proj's d_model.")
         elif cfg.n_kv_heads != cfg.n_heads and got - want == 2 * (d - kv) * (d + b):
             hint = (" With grouped-query attention, k_proj and v_proj are d_model x"
                     " (n_kv_heads * d_head), not d_model x d_model.")
@@ -89,8 +96,8 @@ def check_6_1(block_params: Callable[[GPTConfig], int]) -> None:
                  f"n_kv_heads={cfg.n_kv_heads}, bias={cfg.bias}): expected {want:,} parameters, "
                  f"got {got:,}.{hint}")
     passed(ex, f"matches the tensors for {len(cases)} configs, including GPT-2 small "
-               f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA, no biases, and "
-               "a head_dim wider than d_model / n_heads with QK-norm (Qwen3).")
+               f"({_block_params(GPTConfig.gpt2()):,} per block), SwiGLU, GQA, no biases, "
+               "biases with GQA, and a head_dim wider than d_model / n_heads with QK-norm (Qwen3).")
 
 
 # --- 6.2: GPT-2's checkpoint into our names -----------------------------------------------------
