@@ -43,6 +43,38 @@ def test_every_chapter_with_exercises_has_a_solution_and_three_checks():
         assert len(checks) >= 3, f"{ex.name} has {len(checks)} checks; each chapter needs three or more"
 
 
+SOLUTION = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
+
+
+def solution_lines(section: str) -> int:
+    """Lines of code a learner writes in one exercise: its solution regions, less blanks and comments."""
+    return sum(1 for m in SOLUTION.finditer(section) for line in m.group(1).splitlines()
+               if line.strip() and not line.strip().startswith("#"))
+
+
+def exercise_sizes(src: Path) -> dict[int, int]:
+    """{exercise number: solution lines} from an exercises/src chapter."""
+    parts = re.split(r"\n## Exercise (\d+)", src.read_text("utf-8"))
+    return {int(parts[i]): solution_lines(parts[i + 1]) for i in range(1, len(parts), 2)}
+
+
+def test_exercise_sizes_count_code_lines_only():
+    section = ("x\n### BEGIN SOLUTION\na = 1\n\n# why\nb = 2\n### END SOLUTION\n"
+               "### BEGIN SOLUTION\nc = 3\n### END SOLUTION\n")
+    assert solution_lines(section) == 3
+    assert solution_lines("no regions") == 0
+
+
+@pytest.mark.parametrize("src", sorted((ROOT / "exercises" / "src").glob("[0-9]*.md")),
+                         ids=lambda p: p.stem)
+def test_every_chapter_has_an_exercise_that_builds_ten_lines_or_more(src: Path):
+    # The developers' guide: each chapter has at least one exercise of typically 10-30 lines
+    # that builds its hard part; one-line retypes do not count.
+    sizes = exercise_sizes(src)
+    assert sizes, f"{src.name}: no '## Exercise N' sections found"
+    assert max(sizes.values()) >= 10, f"{src.name}: largest exercise solution is {sizes}"
+
+
 def test_every_check_in_the_package_is_used_by_its_chapter():
     defined = {n for n in dir(companion.checks) if CHECK_CALL.match(n + "(")}
     used = {m.group(0)[:-1] for ex in EXERCISES for src in code_cells(ex) for m in CHECK_CALL.finditer(src)}
