@@ -239,18 +239,18 @@ def run(cfg: PostTrainConfig, out: Path, progress: bool = True) -> dict[str, Any
                            ("no clip", replace(cfg.grpo, loss_type="reinforce_with_baseline"))):
         policy = copy.deepcopy(sft)
         curve = {"step": [0], "greedy": [stages["SFT"]["greedy"]]}
-        chunks = range(0, grpo_cfg.steps, cfg.grpo_eval_every)
-        log: dict[str, list[float]] = {}
+
+        def checkpoint(n: int, policy: torch.nn.Module = policy, curve: dict = curve,
+                       last: int = grpo_cfg.steps) -> None:
+            # One run with one AdamW: scoring mid-run must not restart the optimizer's moments.
+            if n % cfg.grpo_eval_every == 0 or n == last:
+                curve["step"].append(n)
+                curve["greedy"].append(float(greedy_exact_match(policy, examples(s, s.test_words))
+                                             .mean()))
+
         t0 = time.perf_counter()
-        for i, start in enumerate(chunks):
-            part = replace(grpo_cfg, steps=min(cfg.grpo_eval_every, grpo_cfg.steps - start),
-                           seed=grpo_cfg.seed + i)
-            for k, v in train_grpo(policy, prompts, lambda j, r: score(s, s.train_words[j], r),
-                                   s.end_id, part).items():
-                log.setdefault(k, []).extend(v)
-            curve["step"].append(start + part.steps)
-            curve["greedy"].append(float(greedy_exact_match(policy, examples(s, s.test_words))
-                                         .mean()))
+        log = train_grpo(policy, prompts, lambda j, r: score(s, s.train_words[j], r), s.end_id,
+                         grpo_cfg, on_batch=checkpoint)
         rec["seconds"][f"grpo {name}"] = time.perf_counter() - t0
         rec["grpo"][name] = {"log": log, "curve": curve}
         stages[name if name != "GRPO" else "GRPO"] = evaluate_stage(s, policy, cfg.k_samples)

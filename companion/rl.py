@@ -342,9 +342,12 @@ def train_grpo(
     stop_id: int,
     config: GRPOConfig,
     progress: bool = False,
+    on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, list[float]]:
     """RL with a verifier: sample G answers per prompt, score, normalise in groups, and take
     epochs_per_rollout optimizer steps on each batch. Returns the log, one entry per batch.
+    on_batch(n) runs after batch n (1-based), e.g. to score held-out data mid-run while the
+    optimizer's moments and the sampling RNG carry on.
 
     Example: log = train_grpo(model, prompt_ids, lambda i, r: float(...), end_id, GRPOConfig())
     """
@@ -398,4 +401,6 @@ def train_grpo(
         log["clip_fraction"].append(sum(clipped) / len(clipped))
         log["mixed_groups"].append(((r.min(1).values < r.max(1).values).float().mean().item()))
         log["seconds"].append(time.perf_counter() - t0)
+        if on_batch is not None:
+            on_batch(len(log["reward"]))
     return log

@@ -245,3 +245,29 @@ def test_grpo_raises_the_reward_of_a_toy_task():
     assert max(log["clip_fraction"]) > 0  # a second epoch per batch moved the ratio past the clip
     with pytest.raises(ValueError):
         GRPOConfig(group_size=0)
+
+
+def test_scoring_mid_run_through_on_batch_leaves_the_run_unchanged():
+    """on_batch sees every batch, and a greedy pass inside it changes no weight and no sample."""
+    prompts = [[1, 2], [3, 4], [2, 3], [4, 1]]
+
+    def verify(i: int, resp: list[int]) -> float:
+        return float(resp == [5, 0])
+
+    cfg = GRPOConfig(steps=4, prompts_per_step=2, group_size=4, lr=1e-2, max_new_tokens=3,
+                     micro_batch=8)
+    plain = tiny(seed=1)
+    log_plain = train_grpo(plain, prompts, verify, stop_id=0, config=cfg)
+    scored = tiny(seed=1)
+    seen: list[int] = []
+
+    def score_now(n: int) -> None:
+        seen.append(n)
+        with torch.no_grad():
+            scored(torch.tensor([[1, 2, 3]])).argmax(-1)
+
+    log_scored = train_grpo(scored, prompts, verify, stop_id=0, config=cfg, on_batch=score_now)
+    assert seen == [1, 2, 3, 4]
+    assert log_scored["reward"] == log_plain["reward"]
+    for a, b in zip(plain.parameters(), scored.parameters()):
+        assert torch.equal(a, b)
