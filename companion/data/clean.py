@@ -50,6 +50,7 @@ class _Extractor(HTMLParser):
         super().__init__(convert_charrefs=True)  # &amp; -> &, &#8217; -> ’
         self.parts: list[str] = []
         self.skip: list[list] = []  # [tag, depth] of the boilerplate element we are inside
+        self.pre = 0  # depth of <pre> elements: code, whose line breaks are part of the text
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if self.skip:
@@ -64,6 +65,7 @@ class _Extractor(HTMLParser):
             self.parts.append("\n\n• ")  # keep the bullet: Gopher's list rule counts them
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n\n")
+            self.pre += tag == "pre"
 
     def handle_endtag(self, tag: str) -> None:
         if self.skip:
@@ -74,14 +76,21 @@ class _Extractor(HTMLParser):
             return
         if tag in _BLOCK_TAGS:
             self.parts.append("\n\n")
+            self.pre -= tag == "pre" and self.pre > 0
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
-            self.parts.append(data)
+            # Inside <pre>, a newline is a line of code: mark it so that the whitespace collapsing
+            # below, meant for the source's line wrapping, leaves it.
+            self.parts.append(data.replace("\n", _LINE) if self.pre else data)
+
+
+_LINE = "\x00"  # a line break inside <pre>; a page has no use for U+0000 (&#0; becomes U+FFFD)
 
 
 def html_to_text(html: str) -> str:
-    """Visible main text of a page, one paragraph per block, separated by blank lines.
+    """Visible main text of a page, one paragraph per block, separated by blank lines; the lines
+    of a <pre> block (code) stay lines, with their spaces collapsed.
 
     Example: html_to_text("<nav>Home</nav><p>To be,</p><p>or not.</p>") -> "To be,\\n\\nor not."
     """
@@ -90,7 +99,8 @@ def html_to_text(html: str) -> str:
     parser = _Extractor()
     parser.feed(html)
     parser.close()
-    blocks = (" ".join(b.split()) for b in "".join(parser.parts).split("\n\n"))
+    blocks = ("\n".join(ln for ln in (" ".join(ln.split()) for ln in b.split(_LINE)) if ln)
+              for b in "".join(parser.parts).split("\n\n"))
     return "\n\n".join(b for b in blocks if b and b != "•")
 
 
@@ -124,15 +134,16 @@ def fix_mojibake(text: str) -> str:
 
 
 def normalize_text(text: str) -> str:
-    """Repair mojibake, NFC-normalize, drop control characters, collapse spaces, keep blank-line
-    paragraphs.
+    """Repair mojibake, NFC-normalize, drop control characters, collapse spaces within each line,
+    keep line breaks and blank-line paragraphs.
 
     Example: normalize_text("Cafe\\u0301  au\\u00a0lait\\n\\n\\n\\nok") -> "Café au lait\\n\\nok"
     """
     text = unicodedata.normalize("NFC", fix_mojibake(text))
     text = "".join(c if c in "\n\t" or unicodedata.category(c)[0] != "C" else " " for c in text)
-    # split() also eats \u00a0 and friends
-    paras = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    # split() also eats \u00a0 and friends; a single line break (a line of code) stays
+    paras = ("\n".join(ln for ln in (" ".join(ln.split()) for ln in p.split("\n")) if ln)
+             for p in re.split(r"\n\s*\n", text))
     return "\n\n".join(p for p in paras if p)
 
 
