@@ -279,8 +279,9 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)")
 # IPv6: a run of hex groups and colons, then checked by the standard library's parser, since the
 # compressed forms ("2001:db8::1", "::1") are easier to validate than to describe in one pattern.
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
-                   rf"{_OCTET}(?:\.{_OCTET}){{3}})?(?![\w:])")
+# The IPv4 tail comes first, or "::ffff:192.0.2.1" would stop at "::ffff:192".
+_IPV6 = re.compile(rf"(?<![\w:.])(?:[0-9A-Fa-f]{{0,4}}:){{2,7}}(?:{_OCTET}(?:\.{_OCTET}){{3}}|"
+                   r"[0-9A-Fa-f]{1,4})?(?![\w:]|\.\d)")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
 # Phones: international (+CC and 2-5 groups), national with separators ("(202) 555-0173",
 # "020 7946 0958"), and a bare run of exactly ten digits (a North American number written plainly).
@@ -302,10 +303,11 @@ def _phone_digits_ok(s: str) -> bool:
     return 7 <= sum(c.isdigit() for c in s) <= 15
 
 
-# Order matters: IPs before phones, or "192.168.100.23" would be read as a phone number.
+# Order matters: IPs before phones, or "192.168.100.23" would be read as a phone number; IPv6
+# before IPv4, or "::ffff:192.0.2.1" would lose only its IPv4 tail.
 _PII = (
-    ("ip", _IPV4, "[IP]", None),
     ("ip", _IPV6, "[IP]", _is_ipv6),
+    ("ip", _IPV4, "[IP]", None),
     ("email", _EMAIL, "[EMAIL]", None),
     ("phone", _PHONE, "[PHONE]", _phone_digits_ok),
 )
