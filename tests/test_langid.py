@@ -113,9 +113,13 @@ def test_precision_recall_hand_worked_and_rejects_mismatch():
     ("这是一个用中文写的句子，没有别的语言。", "zh"),
     ("これは日本語で書かれた文です。ひらがなとカタカナ。", "ja"),
     ("한국어로 쓴 문장입니다 그리고 더 많은 단어", "ko"),
-    ("Привет, как дела? Это русский текст.", "und-Cyrl"),
-    ("مرحبا بكم في هذا النص العربي القصير", "und-Arab"),
-    ("यह हिंदी में लिखा गया एक वाक्य है", "und-Deva"),
+    ("Привет, как дела? Это русский текст.", "ru"),
+    ("مرحبا بكم في هذا النص العربي القصير", "ar"),
+    ("यह हिंदी में लिखा गया एक वाक्य है", "hi"),
+    ("Привіт, як справи? Це український текст.", "uk"),
+    ("Здравейте, как сте? Това е български текст.", "bg"),
+    ("یک جمله کوتاه به زبان فارسی است", "fa"),
+    ("Бұл қазақ тілінде жазылған сөйлем", "und-Cyrl"),  # Kazakh: no profile fits,
     ("Γειά σου κόσμε, αυτό είναι ελληνικά", "el"),
     ("The cat sat on the mat and looked at the dog", "en"),
 ])
@@ -145,9 +149,33 @@ def test_predict_proba_sums_to_one_and_ranks():
 
 
 def test_script_level_answers_on_real_catalog_translations():
-    from companion.data.langid import identify
+    from companion.data.langid import SCRIPT_LANGUAGES, identify
+    shared = {lang: f"und-{s}" for s, langs in SCRIPT_LANGUAGES.items() for lang in langs}
     want = {"zh_CN": "zh", "zh_TW": "zh", "ja": "ja", "ko": "ko", "el": "el", "ru": "und-Cyrl",
             "fa": "und-Arab", "hi": "und-Deva"}
     pairs = [(want[lang], t) for lang, t in eval_sentences(min_words=8) if lang in want]
-    right = sum(identify(t)[0] == label for label, t in pairs)
+    right = sum(shared.get(g, g) == label for label, t in pairs for g in [identify(t)[0]])
     assert len(pairs) >= 500 and right / len(pairs) >= 0.97
+
+
+def test_per_language_profiles_within_a_script_on_real_catalog_translations():
+    """Trained on the system's catalogs, scored on Sphinx's: another domain, other translators."""
+    from companion.data.langid import SCRIPT_LANGUAGES, identify
+    langs = {lang for ls in SCRIPT_LANGUAGES.values() for lang in ls}
+    pairs = [({"uk_UA": "uk"}.get(lang, lang), t) for lang, t in eval_sentences(min_words=8)]
+    pairs = [(lang, t) for lang, t in pairs if lang in langs]
+    pred = [identify(t)[0] for _, t in pairs]
+    rows = {r["lang"]: r for r in precision_recall([lang for lang, _ in pairs], pred, langs)}
+    for lang in ("ru", "fa", "hi"):
+        assert rows[lang]["support"] >= 15, rows[lang]
+        assert rows[lang]["precision"] >= 0.95 and rows[lang]["recall"] >= 0.85, rows[lang]
+    # Within Cyrillic and Arabic script, no language is mistaken for another
+    assert all(p == t for (t, _), p in zip(pairs, pred) if t in ("ru", "uk", "bg", "sr", "ar", "fa"))
+
+
+def test_script_profiles_ship_and_see_combining_marks():
+    from companion.data.langid import SCRIPT_LANGUAGES, _clean, load_script_profiles
+    models = load_script_profiles()
+    assert {s: m.languages for s, m in models.items()} == SCRIPT_LANGUAGES
+    assert all(m.min_score > -math.inf for m in models.values())
+    assert _clean("हिंदी भाषा") == "हिंदी भाषा"  # vowel signs are marks, kept inside the word
