@@ -102,7 +102,8 @@ def fasttext_gradients(
     g = (p - np.eye(n_classes)[y]) / n  # d(mean loss)/d(logits): softmax - onehot
     # X^T g without forming X: each (bucket, text) entry w scatters w * g[text] onto its bucket.
     d_weight = np.stack(
-        [np.bincount(ids, weights=w * g[doc, c], minlength=model.buckets) for c in range(n_classes)],
+        [np.bincount(ids, weights=w * g[doc, c], minlength=model.buckets)
+         for c in range(n_classes)],
         axis=1,
     )
     return loss, d_weight + weight_decay * model.weight, g.sum(axis=0)
