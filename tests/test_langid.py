@@ -179,3 +179,43 @@ def test_script_profiles_ship_and_see_combining_marks():
     assert {s: m.languages for s, m in models.items()} == SCRIPT_LANGUAGES
     assert all(m.min_score > -math.inf for m in models.values())
     assert _clean("हिंदी भाषा") == "हिंदी भाषा"  # vowel signs are marks, kept inside the word
+
+
+def _write_mo(path, pairs):
+    """A minimal GNU .mo catalog (magic, counts, two offset tables, then the strings)."""
+    import struct
+    pairs = sorted([("", "Content-Type: text/plain; charset=UTF-8\n")] + pairs)
+    keys = [k.encode() for k, _ in pairs]
+    vals = [v.encode() for _, v in pairs]
+    n = len(pairs)
+    start = 7 * 4 + 16 * n
+    table, blob = [], b""
+    for s in keys + vals:
+        table.append((len(s), start + len(blob)))
+        blob += s + b"\0"
+    head = struct.pack("<7I", 0x950412DE, 0, n, 28, 28 + 8 * n, 0, 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(head + b"".join(struct.pack("<2I", *t) for t in table) + blob)
+
+
+def test_build_script_profiles_from_catalogs_keeps_only_the_script(tmp_path, monkeypatch):
+    import companion.data.langid as L
+    ru = "это новый файл и старый каталог для всех пользователей системы где нет ошибок".split()
+    uk = "це новий файл і старий каталог для всіх користувачів системи де немає помилок".split()
+    for lang, words in (("ru", ru), ("uk", uk)):  # 40 messages: windows of 7 of the 13 words
+        pairs = [(f"message {k}", " ".join((words * 2)[k % 13: k % 13 + 7])) for k in range(40)]
+        pairs.append(("latin", "a translation left in Latin letters"))
+        _write_mo(tmp_path / lang / "LC_MESSAGES" / "x.mo", pairs)
+    texts = L.script_catalog_texts("Cyrl", ["ru", "uk"], tmp_path)
+    assert len(texts["ru"]) == len(texts["uk"]) == 40  # the Latin translation is left out
+    assert texts["ru"][0] == (" ".join(ru[:7]), "message 0")
+    monkeypatch.setattr(L, "SCRIPT_LANGUAGES", {"Cyrl": ("ru", "uk")})
+    models = L.build_script_profiles(tmp_path / "p.json.gz", tmp_path)
+    assert models["Cyrl"].detect(" ".join(ru)) == "ru" and models["Cyrl"].detect(" ".join(uk)) == "uk"
+    # min_score is calibrated on these near-identical strings: anything else fits neither
+    assert models["Cyrl"].detect("Бұл қазақ тілінде жазылған сөйлем") == "unknown"
+    assert L.load_script_profiles(str(tmp_path / "p.json.gz"))["Cyrl"].languages == ("ru", "uk")
+    L.load_script_profiles.cache_clear()  # the next caller gets the shipped file again
+    with pytest.raises(FileNotFoundError, match="be"):
+        monkeypatch.setattr(L, "SCRIPT_LANGUAGES", {"Cyrl": ("ru", "be")})
+        L.build_script_profiles(tmp_path / "q.json.gz", tmp_path)

@@ -175,7 +175,7 @@ def language_scores(text: str) -> dict[str, float]:
 
 
 def detect_language(text: str) -> str:
-    """The writing system's language for non-Latin text ("zh", "und-Cyrl", ...), else the
+    """The language of non-Latin text ("zh", "ru", or "und-Cyrl" where no profile fits), else the
     language whose character n-gram profile fits best, or "unknown" (see langid.identify).
 
     Example: detect_language("the cat sat on the mat and looked at the dog") -> "en"

@@ -9,7 +9,9 @@ translation of it) was seen in training. Rebuild with `python -m companion.data.
 
 Languages that share a non-Latin script (Russian, Ukrainian, Bulgarian, ... in Cyrillic) have
 their own profiles (script_profiles.json.gz), trained on the operating system's gettext catalogs
-and evaluated on Sphinx's. Rebuild with `python -m companion.data.langid scripts`.
+(the shipped file: Debian 12's /usr/share/locale, 300,000 characters per language at most) and
+evaluated on Sphinx's. Rebuild with `python -m companion.data.langid scripts`; the n-gram
+statistics, not the translations, are what ships.
 """
 
 from __future__ import annotations
