@@ -7,7 +7,7 @@ filter, no dedup); "clean" is what clean_corpus keeps. Each is trained with seve
 can be read against the seed-to-seed spread.
 
 Run: COMPANION_DATA_DIR=... python benchmarks/bench_cleaning_pays.py [seed ...]
-(about 2 minutes per seed on 2 shared cores; seeds are added to an existing result)
+(about 4 minutes per seed on 2 shared cores; seeds are added to an existing result)
 Writes benchmarks/results/cleaning_pays.json, which chapter 2 reads.
 """
 from __future__ import annotations
