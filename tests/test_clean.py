@@ -31,6 +31,19 @@ def test_html_to_text_handles_nested_boilerplate_and_void_tags():
     assert html_to_text("") == ""
 
 
+def test_html_to_text_keeps_the_lines_of_a_code_block():
+    page = ("<p>Run\nthis:</p><pre><span>def f(x):</span>\n    return  x\n\nprint(f(1))\n</pre>"
+            "<nav><pre>menu\nitems</pre></nav><p>done</p>")
+    # A source line break in <p> is wrapping; in <pre> it is a line. Spaces collapse in both.
+    assert html_to_text(page) == "Run this:\n\ndef f(x):\nreturn x\nprint(f(1))\n\ndone"
+    assert normalize_text(html_to_text(page)) == html_to_text(page)
+    assert html_to_text("<pre>a\n<pre>b\nc</pre>d\ne</pre>f\ng") == "a\n\nb\nc\n\nd\ne\n\nf g"
+
+
+def test_normalize_text_keeps_single_line_breaks():
+    assert normalize_text("a  b\n  c \n\n\n d\n\n") == "a b\nc\n\nd"
+
+
 def test_extraction_recovers_every_planted_main_text():
     assert all(normalize_text(html_to_text(d.html)) == d.text for d in CRAWL)
 
@@ -178,6 +191,8 @@ def test_clean_corpus_rejects_bad_input():
     ("host 2001:db8::8a2e:370:7334 is up", "ip", "2001:db8::8a2e:370:7334"),
     ("bind to ::1 only", "ip", "::1"),
     ("gateway 10.0.0.1.", "ip", "10.0.0.1"),
+    ("mapped ::ffff:192.0.2.1.", "ip", "::ffff:192.0.2.1"),
+    ("the host is 2001:db8::1.", "ip", "2001:db8::1"),
 ])
 def test_mask_pii_finds_wild_formats(text, kind, span):
     from companion.data.clean import find_pii

@@ -68,3 +68,68 @@ def test_fasttext_package_agrees_with_ours_on_held_out_pages(tmp_path):
     assert sum(a == b for a, b in zip(ref_bad, ours_bad)) / len(test) >= 0.9
     s = binary_scores([not good[i] for i in test], ref_bad)
     assert s["precision"] >= 0.8, s
+
+
+def _dense(feats: list[list[int]], buckets: int) -> np.ndarray:
+    """The (N, buckets) matrix of mean one-hot vectors that `fasttext_gradients` never forms."""
+    X = np.zeros((len(feats), buckets))
+    for row, f in zip(X, feats):
+        np.add.at(row, f or [0], 1 / max(len(f), 1))
+    return X
+
+
+def test_fasttext_gradients_equal_torch_autograd():
+    torch = pytest.importorskip("torch")
+    from companion.data.quality import fasttext_gradients
+    texts = ["the cat sat", "### $$$", "", "to be or not to be, that is the question"]
+    y = np.array([1, 0, 0, 1])
+    feats = [hashed_features(t, 256) for t in texts]
+    rng = np.random.default_rng(0)
+    m = FastTextClassifier(rng.normal(size=(256, 2)), rng.normal(size=2))
+    loss, d_w, d_b = fasttext_gradients(m, feats, y, weight_decay=0.01)
+    w = torch.tensor(m.weight, requires_grad=True)
+    b = torch.tensor(m.bias, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(torch.tensor(_dense(feats, 256)) @ w + b,
+                                            torch.tensor(y)) + 0.005 * (w**2).sum()
+    ref.backward()
+    assert loss == pytest.approx(ref.item(), abs=1e-12)
+    assert np.allclose(d_w, w.grad.numpy(), atol=1e-12) and np.allclose(d_b, b.grad.numpy())
+    assert np.abs(d_w).max() > 0.01  # the penalty and the labels both move W
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_train_fasttext_equals_a_dense_hand_loop(optimizer):
+    """Plain SGD is W -= lr * (X^T (P - Y) / n + wd * W); Adam is the same gradient, rescaled."""
+    texts = ["the cat and the dog", "### $$$ ###", "a dog", "$$$", "the hat", "### ###"] * 3
+    labels = [1, 0, 1, 0, 1, 0] * 3
+    buckets, lr, wd, bs = 128, 0.5, 0.01, 4
+    m = train_fasttext(texts, labels, buckets=buckets, lr=lr, batch_size=bs, epochs=3, seed=1,
+                       optimizer=optimizer, weight_decay=wd)
+    X = _dense([hashed_features(t, buckets) for t in texts], buckets)
+    Y = np.eye(2)[labels]
+    W, b = np.zeros((buckets, 2)), np.zeros(2)
+    mom = [[np.zeros_like(W), np.zeros_like(W)], [np.zeros(2), np.zeros(2)]]
+    rng, step = np.random.default_rng(1), 0
+    for _ in range(3):
+        order = rng.permutation(len(texts))
+        for s in range(0, len(texts), bs):
+            i = order[s: s + bs]
+            z = X[i] @ W + b
+            P = np.exp(z - z.max(1, keepdims=True))
+            P /= P.sum(1, keepdims=True)
+            grads = (X[i].T @ (P - Y[i]) / len(i) + wd * W, (P - Y[i]).mean(0))
+            step += 1
+            for param, g, (a, v) in zip((W, b), grads, mom):
+                if optimizer == "sgd":
+                    param -= lr * g
+                    continue
+                a[:] = 0.9 * a + 0.1 * g
+                v[:] = 0.999 * v + 0.001 * g**2
+                param -= lr * (a / (1 - 0.9**step)) / (np.sqrt(v / (1 - 0.999**step)) + 1e-8)
+    assert np.abs(W).max() > 0.01
+    assert np.allclose(m.weight, W, atol=1e-10) and np.allclose(m.bias, b, atol=1e-10)
+
+
+def test_train_fasttext_rejects_unknown_optimizer():
+    with pytest.raises(ValueError, match="optimizer"):
+        train_fasttext(["a", "b"], [0, 1], optimizer="rmsprop")

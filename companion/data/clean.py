@@ -50,6 +50,7 @@ class _Extractor(HTMLParser):
         super().__init__(convert_charrefs=True)  # &amp; -> &, &#8217; -> ’
         self.parts: list[str] = []
         self.skip: list[list] = []  # [tag, depth] of the boilerplate element we are inside
+        self.pre = 0  # depth of <pre> elements: code, whose line breaks are part of the text
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if self.skip:
@@ -64,6 +65,7 @@ class _Extractor(HTMLParser):
             self.parts.append("\n\n• ")  # keep the bullet: Gopher's list rule counts them
         elif tag in _BLOCK_TAGS:
             self.parts.append("\n\n")
+            self.pre += tag == "pre"
 
     def handle_endtag(self, tag: str) -> None:
         if self.skip:
@@ -74,14 +76,21 @@ class _Extractor(HTMLParser):
             return
         if tag in _BLOCK_TAGS:
             self.parts.append("\n\n")
+            self.pre -= tag == "pre" and self.pre > 0
 
     def handle_data(self, data: str) -> None:
         if not self.skip:
-            self.parts.append(data)
+            # Inside <pre>, a newline is a line of code: mark it so that the whitespace collapsing
+            # below, meant for the source's line wrapping, leaves it.
+            self.parts.append(data.replace("\n", _LINE) if self.pre else data)
+
+
+_LINE = "\x00"  # a line break inside <pre>; a page has no use for U+0000 (&#0; becomes U+FFFD)
 
 
 def html_to_text(html: str) -> str:
-    """Visible main text of a page, one paragraph per block, separated by blank lines.
+    """Visible main text of a page, one paragraph per block, separated by blank lines; the lines
+    of a <pre> block (code) stay lines, with their spaces collapsed.
 
     Example: html_to_text("<nav>Home</nav><p>To be,</p><p>or not.</p>") -> "To be,\\n\\nor not."
     """
@@ -90,7 +99,8 @@ def html_to_text(html: str) -> str:
     parser = _Extractor()
     parser.feed(html)
     parser.close()
-    blocks = (" ".join(b.split()) for b in "".join(parser.parts).split("\n\n"))
+    blocks = ("\n".join(ln for ln in (" ".join(ln.split()) for ln in b.split(_LINE)) if ln)
+              for b in "".join(parser.parts).split("\n\n"))
     return "\n\n".join(b for b in blocks if b and b != "•")
 
 
@@ -124,15 +134,16 @@ def fix_mojibake(text: str) -> str:
 
 
 def normalize_text(text: str) -> str:
-    """Repair mojibake, NFC-normalize, drop control characters, collapse spaces, keep blank-line
-    paragraphs.
+    """Repair mojibake, NFC-normalize, drop control characters, collapse spaces within each line,
+    keep line breaks and blank-line paragraphs.
 
     Example: normalize_text("Cafe\\u0301  au\\u00a0lait\\n\\n\\n\\nok") -> "Café au lait\\n\\nok"
     """
     text = unicodedata.normalize("NFC", fix_mojibake(text))
     text = "".join(c if c in "\n\t" or unicodedata.category(c)[0] != "C" else " " for c in text)
-    # split() also eats \u00a0 and friends
-    paras = (" ".join(p.split()) for p in re.split(r"\n\s*\n", text))
+    # split() also eats \u00a0 and friends; a single line break (a line of code) stays
+    paras = ("\n".join(ln for ln in (" ".join(ln.split()) for ln in p.split("\n")) if ln)
+             for p in re.split(r"\n\s*\n", text))
     return "\n\n".join(p for p in paras if p)
 
 
@@ -164,7 +175,7 @@ def language_scores(text: str) -> dict[str, float]:
 
 
 def detect_language(text: str) -> str:
-    """The writing system's language for non-Latin text ("zh", "und-Cyrl", ...), else the
+    """The language of non-Latin text ("zh", "ru", or "und-Cyrl" where no profile fits), else the
     language whose character n-gram profile fits best, or "unknown" (see langid.identify).
 
     Example: detect_language("the cat sat on the mat and looked at the dog") -> "en"
@@ -268,8 +279,9 @@ _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w.]*\d)")
 # IPv6: a run of hex groups and colons, then checked by the standard library's parser, since the
 # compressed forms ("2001:db8::1", "::1") are easier to validate than to describe in one pattern.
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|"
-                   rf"{_OCTET}(?:\.{_OCTET}){{3}})?(?![\w:])")
+# The IPv4 tail comes first, or "::ffff:192.0.2.1" would stop at "::ffff:192".
+_IPV6 = re.compile(rf"(?<![\w:.])(?:[0-9A-Fa-f]{{0,4}}:){{2,7}}(?:{_OCTET}(?:\.{_OCTET}){{3}}|"
+                   r"[0-9A-Fa-f]{1,4})?(?![\w:]|\.\d)")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)*\.[A-Za-z]{2,}")
 # Phones: international (+CC and 2-5 groups), national with separators ("(202) 555-0173",
 # "020 7946 0958"), and a bare run of exactly ten digits (a North American number written plainly).
@@ -291,10 +303,11 @@ def _phone_digits_ok(s: str) -> bool:
     return 7 <= sum(c.isdigit() for c in s) <= 15
 
 
-# Order matters: IPs before phones, or "192.168.100.23" would be read as a phone number.
+# Order matters: IPs before phones, or "192.168.100.23" would be read as a phone number; IPv6
+# before IPv4, or "::ffff:192.0.2.1" would lose only its IPv4 tail.
 _PII = (
-    ("ip", _IPV4, "[IP]", None),
     ("ip", _IPV6, "[IP]", _is_ipv6),
+    ("ip", _IPV4, "[IP]", None),
     ("email", _EMAIL, "[EMAIL]", None),
     ("phone", _PHONE, "[PHONE]", _phone_digits_ok),
 )

@@ -6,6 +6,12 @@ offline. They were trained by `build_profiles` on the *training half* of the hum
 the gettext catalogs (.mo files) that Sphinx and its extensions install; the other half, split by a
 hash of the English source string, is the evaluation set, so no evaluated sentence (and no
 translation of it) was seen in training. Rebuild with `python -m companion.data.langid`.
+
+Languages that share a non-Latin script (Russian, Ukrainian, Bulgarian, ... in Cyrillic) have
+their own profiles (script_profiles.json.gz), trained on the operating system's gettext catalogs
+(the shipped file: Debian 12's /usr/share/locale, 300,000 characters per language at most) and
+evaluated on Sphinx's. Rebuild with `python -m companion.data.langid scripts`; the n-gram
+statistics, not the translations, are what ships.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ __all__ = [
     "script_counts",
     "script_posterior",
     "identify",
+    "SCRIPT_LANGUAGES",
+    "script_catalog_texts",
+    "build_script_profiles",
+    "load_script_profiles",
 ]
 
 LANGUAGES = ("en", "fr", "de", "es", "it", "pt", "nl", "ca", "gl", "pl")
@@ -69,12 +79,19 @@ _MARKUP = re.compile(r"%\(\w+\)[sd]|%[sdr]|\{[^}]*\}|<[^>]+>|&\w+;|`[^`]*`")
 _CODE = re.compile(r"[_=/\\@$]|^-+\w|\w\.\w")
 
 
+# Letters and the combining marks that follow them: Devanagari writes most vowels as marks
+# (the "ि" of "हिंदी"), which the letter class alone would cut out of the word.
+_MARKS = "".join(chr(c) for c in range(0x300, 0x10000) if unicodedata.category(chr(c))[0] == "M")
+_WORD_WITH_MARKS = re.compile(r"[^\W\d_](?:[^\W\d_]|[" + re.escape(_MARKS) + r"])*")
+
+
 def _clean(text: str) -> str:
-    """Lower-cased letters only, words joined by one space: what the n-grams see.
+    """Lower-cased words of letters (and their combining marks), joined by one space: what the
+    n-grams see.
 
     Example: _clean("Set html_theme to 'Alabaster'!") -> "set to alabaster"
     """
-    return " ".join(_LETTERS.findall(_strip_code(text.lower())))
+    return " ".join(_WORD_WITH_MARKS.findall(_strip_code(text.lower())))
 
 
 def _strip_code(text: str) -> str:
@@ -278,8 +295,10 @@ def script_posterior(text: str, borrowed: float = 0.25, eps: float = 0.05) -> di
 def identify(text: str, min_letters: int = 10) -> tuple[str, float]:
     """(language, probability): the writing system first, then, for Latin script, the n-gram model.
 
-    Non-Latin text gets its script's language ("zh", "ja", "ko", "el", ...) or "und-Cyrl" etc.,
-    with the script posterior. Latin text gets load_profiles().detect (possibly "unknown") with
+    Non-Latin text gets its script's language ("zh", "ja", "ko", "el", ...) with the script
+    posterior; in a script that several languages share (Cyrillic, Arabic, Devanagari), the best
+    of SCRIPT_LANGUAGES' profiles, with P(script) * P(language | text), or "und-Cyrl" etc. where
+    no profile fits. Latin text gets load_profiles().detect (possibly "unknown") with
     P(Latin) * P(best language | text) among the ten languages the profiles know.
     Example: identify("这是一个用中文写的句子，没有别的语言。") -> ("zh", 0.9999998...)
     """
@@ -288,7 +307,11 @@ def identify(text: str, min_letters: int = 10) -> tuple[str, float]:
         return "unknown", float("nan")
     system = max(post, key=post.get)
     if system != "Latn":
-        return SCRIPT_LANGUAGE[system], post[system]
+        within = load_script_profiles().get(system)
+        label = within.detect(text, min_letters) if within is not None else "unknown"
+        if label == "unknown":  # one language per script, no profiles, or none fits
+            return SCRIPT_LANGUAGE[system], post[system]
+        return label, post[system] * within.predict_proba(text)[label]
     model = load_profiles()
     proba = model.predict_proba(text)
     best = max(proba, key=proba.get)
@@ -453,7 +476,83 @@ def build_profiles(
     return model
 
 
+# ---- Languages that share a script: profiles from the operating system's catalogs ------------
+# Evaluated on the Sphinx catalogs, which they never saw (another domain, other translators).
+SCRIPT_LANGUAGES = {"Cyrl": ("ru", "uk", "bg", "sr", "mk", "be"), "Arab": ("ar", "fa", "ur"),
+                    "Deva": ("hi", "mr", "ne")}
+SCRIPT_PROFILE_PATH = Path(__file__).with_name("script_profiles.json.gz")
+
+
+def script_catalog_texts(
+    script: str, languages: Iterable[str], root: Path = SYSTEM_LOCALE, cap: int = 300_000
+) -> dict[str, list[tuple[str, str]]]:
+    """(translation, English source) per language from the system's catalogs, up to `cap`
+    characters each, keeping only translations mostly written in `script` (ISO 15924).
+
+    Example: script_catalog_texts("Cyrl", ["ru"])["ru"][0] -> ("... файл ...", "... file ...")
+    """
+    out: dict[str, list[tuple[str, str]]] = {}
+    for lang in languages:
+        out[lang], size = [], 0
+        for mo in sorted((root / lang / "LC_MESSAGES").glob("*.mo")):
+            try:
+                with open(mo, "rb") as f:
+                    catalog = gettext.GNUTranslations(f)._catalog  # noqa: SLF001
+            except (OSError, LookupError, ValueError, IndexError):
+                continue  # a legacy encoding or a malformed header: skip the catalog
+            for key, value in sorted(
+                (k, v) for k, v in catalog.items() if isinstance(k, str) and k
+            ):
+                counts = script_counts(value)
+                if size < cap and counts and counts.most_common(1)[0][0] == script:
+                    out[lang].append((value, key))
+                    size += len(value)
+    return out
+
+
+def build_script_profiles(
+    path: Path = SCRIPT_PROFILE_PATH, root: Path = SYSTEM_LOCALE, n_max: int = 3,
+    top_k: int = 2000,
+) -> dict[str, NgramLanguageID]:
+    """Train one NgramLanguageID per script of SCRIPT_LANGUAGES on the system's catalogs, with
+    `min_score` calibrated as in build_profiles, and write them as one gzipped JSON.
+    """
+    models = {}
+    for script, langs in SCRIPT_LANGUAGES.items():
+        texts = script_catalog_texts(script, langs, root)
+        if not all(texts.values()):
+            missing = [lang for lang, ts in texts.items() if not ts]
+            raise FileNotFoundError(f"no {script} catalogs for {missing} under {root}")
+        probe = train_profiles(
+            {lang: [t for t, k in ts if not _probe(k)] for lang, ts in texts.items()}, n_max, top_k
+        )
+        held = [t for ts in texts.values() for t, k in ts
+                if _probe(k) and len(_LETTERS.findall(t)) >= 4]
+        best = [max(probe.scores(t).values()) for t in held]
+        model = train_profiles({lang: [t for t, _ in ts] for lang, ts in texts.items()},
+                               n_max, top_k)
+        model.min_score = round(float(np.percentile(best, 1)), 2)
+        models[script] = model
+    blob = {script: m.to_json() for script, m in models.items()}
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
+        f.write(json.dumps(blob, ensure_ascii=False, separators=(",", ":")).encode())
+    load_script_profiles.cache_clear()
+    return models
+
+
+@lru_cache(maxsize=1)
+def load_script_profiles(path: str | None = None) -> dict[str, NgramLanguageID]:
+    """The shipped per-script profiles: {"Cyrl": model of ru, uk, bg, ...}. Chapter 2."""
+    with gzip.open(path or SCRIPT_PROFILE_PATH, "rt", encoding="utf-8") as f:
+        return {script: NgramLanguageID.from_json(d) for script, d in json.load(f).items()}
+
+
 if __name__ == "__main__":
+    if sys.argv[1:] == ["scripts"]:  # python -m companion.data.langid scripts
+        for script, m in build_script_profiles().items():
+            print(f"{script}: {len(m.index):,} n-grams, {', '.join(m.languages)}, "
+                  f"min_score {m.min_score}", file=sys.stderr)
+        sys.exit(0)
     m = build_profiles()
     print(
         f"wrote {PROFILE_PATH} ({PROFILE_PATH.stat().st_size:,} bytes): {len(m.index):,} n-grams, "
