@@ -17,6 +17,8 @@ a measurement typed in by hand, which is the thing to forbid. Only a reader can 
   tests/prose_numbers_allowed.txt, with the reason it needs no glue. A new bare number, or one
   more occurrence of a listed one, fails the test until it is glued, cited, or listed with a
   reason. The entries present when the test was written are marked as grandfathered there.
+- an allowance larger than the number's uses is stale (the number was glued, cited or cut since)
+  and fails too, so the list never permits more than the chapter says.
 """
 from __future__ import annotations
 
@@ -76,9 +78,13 @@ def bare_numbers(line: str) -> list[str]:
     return [m.group().rstrip(",") for m in _NUMBER.finditer(s)]
 
 
+def found_in(lines: list[str]) -> list[str]:
+    """Every bare number of the given prose lines, in order."""
+    return [n for line in lines for n in bare_numbers(line)]
+
+
 def found(path: Path) -> Counter:
-    return Counter(n for _, line in prose_lines(path.read_text(encoding="utf-8"))
-                   for n in bare_numbers(line))
+    return Counter(found_in([line for _, line in prose_lines(path.read_text(encoding="utf-8"))]))
 
 
 def allowed() -> dict[str, Counter]:
@@ -90,15 +96,54 @@ def allowed() -> dict[str, Counter]:
     return table
 
 
+def unaccounted(found_here: Counter, allowed_here: Counter) -> Counter:
+    """Numbers used more often than allowed: {number: uses beyond the allowance}."""
+    return found_here - allowed_here
+
+
+def stale(name: str, found_here: Counter, allowed_here: Counter) -> list[str]:
+    """One message per allowance larger than the number's uses, naming file, number and counts."""
+    return [f"{name} {number}: allowed {allowed_here[number]}, used {found_here[number]}"
+            for number in sorted(allowed_here) if allowed_here[number] > found_here[number]]
+
+
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
 def test_every_bare_number_in_prose_is_glued_cited_or_allowed(path: Path):
-    extra = found(path) - allowed().get(path.name, Counter())
+    extra = unaccounted(found(path), allowed().get(path.name, Counter()))
     where = [f"line {n}: {line.strip()[:90]}" for n, line in prose_lines(path.read_text())
              if set(bare_numbers(line)) & set(extra)]
     assert not extra, (
         f"{path.name} states numbers in prose that are not glued, cited or allowed: "
         f"{dict(extra)}. Glue them from code that ran, cite their source in the sentence, or "
         f"list them in {ALLOWED.name} with the reason they need neither.\n" + "\n".join(where[:12]))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_allowance_is_larger_than_the_uses(path: Path):
+    old = stale(path.name, found(path), allowed().get(path.name, Counter()))
+    assert not old, (
+        f"stale entries in {ALLOWED.name} (a number glued, cited or removed since): lower each "
+        f"count to the uses, or drop the entry:\n" + "\n".join(old))
+
+
+def test_every_allowance_names_a_chapter():
+    names = {p.name for p in CHAPTERS}
+    assert not set(allowed()) - names, f"{ALLOWED.name} lists files that are not chapters: " \
+        f"{sorted(set(allowed()) - names)}"
+
+
+def test_a_doctored_allowance_is_reported_stale_and_a_short_one_unaccounted():
+    uses = Counter(found_in(["It runs 300 steps, then 300 more, at width 64."]))
+    assert uses == Counter({"300": 2, "64": 1})
+    too_many = Counter({"300": 3, "64": 1, "7": 1})
+    assert stale("99_x.md", uses, too_many) == [
+        "99_x.md 300: allowed 3, used 2", "99_x.md 7: allowed 1, used 0"]
+    assert not unaccounted(uses, too_many)
+    too_few = Counter({"300": 1, "64": 1})
+    assert stale("99_x.md", uses, too_few) == []
+    assert unaccounted(uses, too_few) == Counter({"300": 1})
+    exact = Counter({"300": 2, "64": 1})
+    assert stale("99_x.md", uses, exact) == [] and not unaccounted(uses, exact)
 
 
 def test_the_scanner_catches_a_new_bare_number_and_spares_glue_cites_and_names():
