@@ -241,9 +241,12 @@ def train_profiles(
 # ---- Scripts: a first answer for text the Latin-script profiles cannot read ---------------------
 # ISO 15924 codes. A script that one language owns gets that language; a script shared by many
 # (Cyrillic: Russian, Ukrainian, Bulgarian, ...) gets BCP 47's "und" (undetermined) plus the script.
+# "Zyyy" gathers every script not listed (Bengali, Georgian, Tamil, ...): without a system of its
+# own, such letters were "rare" under every system alike and the answer fell to whichever spread
+# its rare mass thinnest (Japanese). Its answer is "und", language undetermined.
 SCRIPT_LANGUAGE = {"Hani": "zh", "Jpan": "ja", "Hang": "ko", "Grek": "el", "Cyrl": "und-Cyrl",
                    "Arab": "und-Arab", "Deva": "und-Deva", "Hebr": "he", "Thai": "th",
-                   "Latn": "und-Latn"}
+                   "Latn": "und-Latn", "Zyyy": "und"}
 _SCRIPT_OF_NAME = {"CJK": "Hani", "HIRAGANA": "Kana", "KATAKANA": "Kana", "HANGUL": "Hang",
                    "CYRILLIC": "Cyrl", "ARABIC": "Arab", "DEVANAGARI": "Deva", "GREEK": "Grek",
                    "HEBREW": "Hebr", "THAI": "Thai", "LATIN": "Latn"}
