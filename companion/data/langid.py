@@ -301,7 +301,8 @@ def identify(text: str, min_letters: int = 10) -> tuple[str, float]:
     Non-Latin text gets its script's language ("zh", "ja", "ko", "el", ...) with the script
     posterior; in a script that several languages share (Cyrillic, Arabic, Devanagari), the best
     of SCRIPT_LANGUAGES' profiles, with P(script) * P(language | text), or "und-Cyrl" etc. where
-    no profile fits. Latin text gets load_profiles().detect (possibly "unknown") with
+    no profile fits; "und" for a script none of them lists (Bengali, Georgian, ...). Latin text
+    gets load_profiles().detect (possibly "unknown") with
     P(Latin) * P(best language | text) among the ten languages the profiles know.
     Example: identify("这是一个用中文写的句子，没有别的语言。") -> ("zh", 0.9999998...)
     """
