@@ -194,6 +194,7 @@ def test_check_2_3_passes_on_a_correct_answer(capsys):
     (lambda t, p, r=0.995: 21, "pair (bands, rows)"),
     (exclusive_end, "inclusive"),
     (strict_recall, ">=, not"),
+    (lambda t, p, r=0.995: (p / lsh_params(t, p, r)[1], lsh_params(t, p, r)[1]), "whole numbers"),
 ])
 def test_check_2_3_rejects_mistakes(wrong, fragment):
     fails_with(check_2_3, wrong, fragment)

@@ -193,6 +193,9 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
         got = call(ex, pick_bands_rows, threshold, num_perm, recall)
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             fail(ex, f"return a pair (bands, rows), got {got!r}")
+        if any(float(x) != int(x) for x in got):  # int() would hide num_perm / rows = 21.33
+            fail(ex, f"bands and rows are whole numbers, got {got!r}: bands = num_perm // rows "
+                     "(floor division), not num_perm / rows.")
         return int(got[0]), int(got[1])
 
     # the last case's answer is rows = num_perm // 2 itself: the end of the range is included
