@@ -21,8 +21,11 @@ POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "us
 
 
 def c4_rejects(text, terminal=TERMINAL, min_words=5, strip=True, js=True, brace=True, lorem=True,
-               policy=True, ellipsis=True, count_lines=False, whole_page=False, lines_needed=3):
+               policy=True, ellipsis=True, count_lines=False, whole_page=False, lines_needed=3,
+               lorem_anywhere=False, brace_first=False, policy_first=False):
     if whole_page and ("{" in text or "lorem ipsum" in text.lower()):
+        return True
+    if lorem_anywhere and "lorem ipsum" in text.lower():  # tested on skipped lines too
         return True
     sentences = 0
     for line in text.splitlines():
@@ -33,6 +36,10 @@ def c4_rejects(text, terminal=TERMINAL, min_words=5, strip=True, js=True, brace=
         low = line.lower()
         if lorem and "lorem ipsum" in low:
             return True
+        if brace_first and "{" in line:  # the curly bracket before the javascript test
+            return True
+        if policy_first and any(p in low for p in POLICY):  # the policy before the bracket
+            continue
         if js and "javascript" in low:
             continue
         if brace and "{" in line:
@@ -65,6 +72,9 @@ def test_check_2_1_passes_on_a_correct_answer(capsys):
     (lambda t: c4_rejects(t, terminal=("",)), "terminal punctuation"),  # every line "ends" in ""
     (lambda t: c4_rejects(t, lines_needed=5), "expect False"),
     (lambda t: c4_rejects(t, min_words=6), "exactly 5 words"),  # the boundary
+    (lambda t: c4_rejects(t, brace_first=True), "skipped before the curly-bracket test"),
+    (lambda t: c4_rejects(t, policy_first=True), "before the policy test"),
+    (lambda t: c4_rejects(t, lorem_anywhere=True), "skipped before the lorem-ipsum test"),
     (lambda t: not c4_rejects(t), "expect False"),  # True and False swapped
     (lambda t: None, "forget to return"),
 ])
@@ -161,6 +171,15 @@ def exclusive_end(threshold, num_perm, recall=0.995):  # range(1, num_perm // 2)
     return best
 
 
+def strict_recall(threshold, num_perm, recall=0.995):  # "> recall" where "at least" means >=
+    best = (num_perm, 1)
+    for rows in range(1, num_perm // 2 + 1):
+        bands = num_perm // rows
+        if 1 - (1 - threshold**rows) ** bands > recall:
+            best = (bands, rows)
+    return best
+
+
 def test_check_2_3_passes_on_a_correct_answer(capsys):
     check_2_3(pick_bands_rows)
     assert "passed" in capsys.readouterr().out
@@ -174,6 +193,8 @@ def test_check_2_3_passes_on_a_correct_answer(capsys):
     (lambda t, p, r=0.995: (lsh_params(t, p, r)[0] + 1, lsh_params(t, p, r)[1]), "num_perm // rows"),
     (lambda t, p, r=0.995: 21, "pair (bands, rows)"),
     (exclusive_end, "inclusive"),
+    (strict_recall, ">=, not"),
+    (lambda t, p, r=0.995: (p / lsh_params(t, p, r)[1], lsh_params(t, p, r)[1]), "whole numbers"),
 ])
 def test_check_2_3_rejects_mistakes(wrong, fragment):
     fails_with(check_2_3, wrong, fragment)
@@ -217,6 +238,7 @@ def test_check_2_4_passes_when_self_similarity_is_counted():  # adds 1.0 to ever
     (stub, "not implemented"),
     (lambda t, l, n=5: keep_central(t, l, n, first=True), "kept the first member"),
     (lambda t, l, n=5: keep_central(t, l, n, score_by=max), "largest single similarity"),
+    (lambda t, l, n=5: keep_central(t, l, n, score_by=min), "least similar copy"),
     (lambda t, l, n=5: keep_central(t, l, n, tie_largest=True), "smallest index"),
     (lambda t, l, n=5: keep_central(t, l, n, drop_singletons=True), "cluster of one"),
     (lambda t, l, n=5: keep_central(t, l, n, unsorted=True), "sorted"),
@@ -271,6 +293,19 @@ def all_starts(train, evals, n=13):  # range(len(words)): the tail yields short 
     return [i for i, t in enumerate(evals) if grams(t) & seen]
 
 
+def one_gram_only(which):  # tests only the first (0) or the last (-1) n-gram of each item
+    def fn(train, evals, n=13):
+        seen = set().union(*(_ngrams13(t, n) for t in train))
+        out = []
+        for i, t in enumerate(evals):
+            words = re.findall(r"\w+", t.lower())
+            grams = [tuple(words[k:k + n]) for k in range(len(words) - n + 1)]
+            if grams and grams[which] in seen:
+                out.append(i)
+        return out
+    return fn
+
+
 def test_check_2_5_passes_on_a_correct_answer(capsys):
     check_2_5(dirty_items)
     assert "passed" in capsys.readouterr().out
@@ -286,6 +321,8 @@ def test_check_2_5_passes_on_a_correct_answer(capsys):
     (lambda tr, ev, n=13: None, "forget to return"),
     (lambda tr, ev, n=13: make_dirty()([" ".join(tr)], ev, n), "across the boundary"),
     (all_starts, "shorter tail"),
+    (one_gram_only(-1), "test every n-gram"),
+    (one_gram_only(0), "test every n-gram"),
 ])
 def test_check_2_5_rejects_mistakes(wrong, fragment):
     fails_with(check_2_5, wrong, fragment)
@@ -335,6 +372,7 @@ def test_check_2_6_passes_on_a_correct_answer(capsys):
     (make_drop(occurrences=True), "not its occurrences"),
     (make_drop(raw_key=True), "lower-cased"),
     (make_drop(keep_blank=True), "blank lines"),
+    (lambda docs, m: [[ln.strip() for ln in d] for d in make_drop()(docs, m)], "as written"),
     (lambda docs, m: ["\n".join(d) for d in make_drop()(docs, m)], "one list of kept lines"),
     (lambda docs, m: None, "forget to return"),
 ])

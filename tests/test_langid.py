@@ -219,3 +219,13 @@ def test_build_script_profiles_from_catalogs_keeps_only_the_script(tmp_path, mon
     with pytest.raises(FileNotFoundError, match="be"):
         monkeypatch.setattr(L, "SCRIPT_LANGUAGES", {"Cyrl": ("ru", "be")})
         L.build_script_profiles(tmp_path / "q.json.gz", tmp_path)
+
+
+def test_a_script_without_a_system_is_undetermined_not_japanese():
+    from companion.data.langid import identify
+    # Bengali and Georgian letters are in no listed script: they once came out "ja" (p ~ 0.65)
+    for text in ("%(last_updated)s সর্বশেষ পরিবর্তন করা হয়েছে এই পাতায়",
+                 "ეს არის ქართულ ენაზე დაწერილი წინადადება"):
+        label, p = identify(text)
+        assert label == "und" and p > 0.99, (text, label, p)
+    assert identify("これは日本語で書かれた文です。")[0] == "ja"  # kana still means Japanese

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from companion.data import html_to_text, make_crawl, normalize_text, quality_reason
-from companion.data.quality import FastTextClassifier, binary_scores, hashed_features, train_fasttext
+from companion.data.quality import (FastTextClassifier, binary_scores, fasttext_gradients,
+                                     hashed_features, train_fasttext)
 
 
 def test_hashed_features_hand_worked_count_and_determinism():
@@ -133,3 +134,11 @@ def test_train_fasttext_equals_a_dense_hand_loop(optimizer):
 def test_train_fasttext_rejects_unknown_optimizer():
     with pytest.raises(ValueError, match="optimizer"):
         train_fasttext(["a", "b"], [0, 1], optimizer="rmsprop")
+
+
+def test_fasttext_loss_stays_finite_when_a_probability_underflows():
+    # a logit gap of 2,000 makes softmax's smaller probability exactly 0.0 in float64
+    m = FastTextClassifier(np.zeros((8, 2)), np.array([0.0, 2000.0]))
+    loss, d_weight, d_bias = fasttext_gradients(m, [[1, 2]], np.array([0]))
+    assert np.isfinite(loss) and abs(loss - 2000.0) < 1e-9
+    assert np.allclose(d_bias, [-1.0, 1.0])

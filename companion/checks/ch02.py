@@ -84,6 +84,17 @@ def check_2_1(c4_rejects: Callable[..., bool]) -> None:
         fail(ex, "a curly bracket in a line already skipped (no end mark) does not drop the "
                  "page: C4 tests '{' only in the lines that pass the end-mark and length tests. "
                  "Expect False.")
+    if run(good + "\nEnable JavaScript: the {menu} needs it to work."):
+        fail(ex, "a line that mentions JavaScript is skipped before the curly-bracket test, so its "
+                 "'{' does not drop the page: C4 tests in the order lorem ipsum, javascript, '{', "
+                 "policy. Expect False.")
+    if not run(good + "\nRead our privacy policy {updated} before you go."):
+        fail(ex, "the curly-bracket test comes before the policy test: a kept line with both a "
+                 "'{' and a policy phrase drops the page. Expect True.")
+    if run(good + "\nLorem ipsum dolor"):
+        fail(ex, "'Lorem ipsum dolor' has no end mark and three words, so it is skipped before "
+                 "the lorem-ipsum test, which looks only at lines that pass the end-mark and "
+                 "length tests: expect False.")
     if not run(good + "\nLorem Ipsum dolor sit amet, consectetur adipiscing elit."):
         fail(ex, "a kept line containing 'lorem ipsum' (in any case) drops the page: "
                  "expect True.")
@@ -182,11 +193,16 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
         got = call(ex, pick_bands_rows, threshold, num_perm, recall)
         if not (isinstance(got, (tuple, list)) and len(got) == 2):
             fail(ex, f"return a pair (bands, rows), got {got!r}")
+        if any(float(x) != int(x) for x in got):  # int() would hide num_perm / rows = 21.33
+            fail(ex, f"bands and rows are whole numbers, got {got!r}: bands = num_perm // rows "
+                     "(floor division), not num_perm / rows.")
         return int(got[0]), int(got[1])
 
     # the last case's answer is rows = num_perm // 2 itself: the end of the range is included
+    # (0.5, 4, 0.4375): rows = 2 gives exactly 1 - 0.75**2 = 0.4375 in floating point, so only
+    # ">= recall" keeps it ("at least recall"); "> recall" falls back to one row
     cases = ((0.8, 128, 0.995), (0.5, 128, 0.995), (0.9, 256, 0.99), (0.7, 64, 0.9),
-             (0.99, 8, 0.9))
+             (0.99, 8, 0.9), (0.5, 4, 0.4375))
     for threshold, num_perm, recall in cases:
         want = lsh_params(threshold, num_perm, recall)
         got = run(threshold, num_perm, recall)
@@ -201,6 +217,10 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
             fail(ex, f"{b} bands x {r} rows = {b * r} hash values, more than num_perm={num_perm}: "
                      f"use bands = num_perm // rows.")
         p = float(candidate_probability(threshold, b, r))
+        if r < want[1] and float(candidate_probability(threshold, *want)) == recall:
+            fail(ex, f"for threshold {threshold}, num_perm {num_perm}, recall {recall}: {want} "
+                     f"reaches the recall exactly, which meets it ('at least recall': >=, not "
+                     f">). Expect {want}, got {got}.")
         if p < recall:
             fail(ex, f"with (bands, rows) = {got}, pairs at {threshold} become candidates with "
                      f"probability {p:.4f}, "
@@ -214,8 +234,8 @@ def check_2_3(pick_bands_rows: Callable[..., tuple[int, int]]) -> None:
                      "*largest* rows that works." + end)
         fail(ex, f"for threshold {threshold}, num_perm {num_perm}, recall {recall} expected "
                  f"{want}, got {got}.{end}")
-    passed(ex, "the same (bands, rows) as lsh_params at five thresholds, sizes and recalls, "
-               "rows = num_perm // 2 included.")
+    passed(ex, "the same (bands, rows) as lsh_params at six thresholds, sizes and recalls, "
+               "rows = num_perm // 2 and a recall met exactly included.")
 
 
 def _keep_central(texts: list[str], labels: list, n: int = 5, score_by=sum,
@@ -291,6 +311,14 @@ def check_2_4(keep_central: Callable[..., list[int]]) -> None:
     if got != [2]:
         fail(ex, f"with n=1, {row!r} form one cluster; the last is 7/9 similar to each of the "
                  f"others, which are 6/10 similar to each other: expect [2], got {got}.")
+    # the sum picks document 2; the largest *smallest* similarity would pick 3, the largest 1
+    spread = ["a b c g h", "e f h", "d e f g h", "b c d e h"]
+    got = run(spread, ["c"] * 4, 1)
+    if got != [2]:
+        hint = (" You scored each member by its least similar copy; sum over the others."
+                if got == [3] else "")
+        fail(ex, f"with n=1 the summed similarities of {spread!r} to the other members are "
+                 f"largest for document 2: expect [2], got {got}.{hint}")
     got = run(["same words here", "same words here", "something else entirely"], [7, 7, 3], 1)
     if 2 not in got:
         fail(ex, f"document 2 is alone in its cluster (label 3) and stays: a cluster of one keeps "
@@ -351,6 +379,10 @@ def check_2_5(dirty_items: Callable[..., list[int]]) -> None:
         fail(ex, "'the river bank today' is the last 4-gram of the training text: index every "
                  "training "
                  "n-gram, the last included.")
+    if run(train, ["zebra quick brown fox eats"], 3) != [0]:
+        fail(ex, "'zebra quick brown fox eats' shares its middle 3-gram 'quick brown fox' with the "
+                 "training text, though neither its first nor its last: test every n-gram. "
+                 "Expect [0].")
     if run(["a b c d"], ["x c d"], 3) != []:
         fail(ex, "with n=3, 'x c d' shares no 3-gram with 'a b c d': expect []. A start "
                  "position past len(words) - n gives a shorter tail ('c d'), which is not an "
@@ -424,6 +456,12 @@ def check_2_6(drop_repeated_lines: Callable[..., list[list[str]]]) -> None:
         fail(ex, "'Skip  to content' and 'skip to Content' are one line once lower-cased with runs "
                  "of whitespace as one space; blank lines are neither counted nor kept. Expect "
                  f"[['A'], ['B']], got {got}.")
+    code = ["    return x\nHome", "Home\nelse:"]
+    got = run(code, 2)
+    if got != [["    return x"], ["else:"]]:
+        fail(ex, "return each kept line as written, its indentation included (normalize only "
+                 "the key you count by): expect [['    return x'], ['else:']], got "
+                 f"{got}.")
     from ..data import html_to_text, normalize_text
     from ..data.real_pages import load_real_pages
 
@@ -438,4 +476,5 @@ def check_2_6(drop_repeated_lines: Callable[..., list[list[str]]]) -> None:
     after = sum(len(ln.split()) for d in got for ln in d)
     passed(ex, f"shared lines removed from every document, counted once per document, compared "
                f"normalized; on {len(pages)} real pages it removes {before - after:,} of "
-               f"{before:,} words, the navigation bar on every page.")
+               f"{before:,} words: the navigation bar on every page, and a few real lines that "
+               f"repeat too (See also, Note, version notes, short code lines).")

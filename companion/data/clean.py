@@ -175,8 +175,8 @@ def language_scores(text: str) -> dict[str, float]:
 
 
 def detect_language(text: str) -> str:
-    """The language of non-Latin text ("zh", "ru", or "und-Cyrl" where no profile fits), else the
-    language whose character n-gram profile fits best, or "unknown" (see langid.identify).
+    """The language of non-Latin text ("zh", "ru", "und-Cyrl" where no profile fits, "und" for a
+    script no model lists), else the Latin profile that fits best, or "unknown" (langid.identify).
 
     Example: detect_language("the cat sat on the mat and looked at the dog") -> "en"
     """

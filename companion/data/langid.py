@@ -241,9 +241,12 @@ def train_profiles(
 # ---- Scripts: a first answer for text the Latin-script profiles cannot read ---------------------
 # ISO 15924 codes. A script that one language owns gets that language; a script shared by many
 # (Cyrillic: Russian, Ukrainian, Bulgarian, ...) gets BCP 47's "und" (undetermined) plus the script.
+# "Zyyy" gathers every script not listed (Bengali, Georgian, Tamil, ...): without a system of its
+# own, such letters were "rare" under every system alike and the answer fell to whichever spread
+# its rare mass thinnest (Japanese). Its answer is "und", language undetermined.
 SCRIPT_LANGUAGE = {"Hani": "zh", "Jpan": "ja", "Hang": "ko", "Grek": "el", "Cyrl": "und-Cyrl",
                    "Arab": "und-Arab", "Deva": "und-Deva", "Hebr": "he", "Thai": "th",
-                   "Latn": "und-Latn"}
+                   "Latn": "und-Latn", "Zyyy": "und"}
 _SCRIPT_OF_NAME = {"CJK": "Hani", "HIRAGANA": "Kana", "KATAKANA": "Kana", "HANGUL": "Hang",
                    "CYRILLIC": "Cyrl", "ARABIC": "Arab", "DEVANAGARI": "Deva", "GREEK": "Grek",
                    "HEBREW": "Hebr", "THAI": "Thai", "LATIN": "Latn"}
@@ -298,7 +301,8 @@ def identify(text: str, min_letters: int = 10) -> tuple[str, float]:
     Non-Latin text gets its script's language ("zh", "ja", "ko", "el", ...) with the script
     posterior; in a script that several languages share (Cyrillic, Arabic, Devanagari), the best
     of SCRIPT_LANGUAGES' profiles, with P(script) * P(language | text), or "und-Cyrl" etc. where
-    no profile fits. Latin text gets load_profiles().detect (possibly "unknown") with
+    no profile fits; "und" for a script none of them lists (Bengali, Georgian, ...). Latin text
+    gets load_profiles().detect (possibly "unknown") with
     P(Latin) * P(best language | text) among the ten languages the profiles know.
     Example: identify("这是一个用中文写的句子，没有别的语言。") -> ("zh", 0.9999998...)
     """

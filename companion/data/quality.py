@@ -96,9 +96,12 @@ def fasttext_gradients(
     ids, doc, w = _bags(feats)
     n, n_classes = len(feats), model.weight.shape[1]
     logits = model._logits(ids, doc, w, n)
-    p = np.exp(logits - logits.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    loss = float(-np.log(p[np.arange(n), y]).mean() + weight_decay / 2 * (model.weight**2).sum())
+    # log-softmax, not log(softmax): a probability that underflows to 0 (large logits, as a large
+    # learning rate gives) would make the loss inf; its log is finite
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    p = np.exp(log_p)
+    loss = float(-log_p[np.arange(n), y].mean() + weight_decay / 2 * (model.weight**2).sum())
     g = (p - np.eye(n_classes)[y]) / n  # d(mean loss)/d(logits): softmax - onehot
     # X^T g without forming X: each (bucket, text) entry w scatters w * g[text] onto its bucket.
     d_weight = np.stack(
