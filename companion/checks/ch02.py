@@ -58,61 +58,67 @@ def check_2_1(c4_rejects: Callable[..., bool]) -> None:
              "The fool sang of the river that runs to the sea!",
              "Who would have thought the old man had so much blood?"]
     good = "\n".join(lines)
-    if run(good):
-        fail(ex, "three lines of five or more words, each ending in . ! or ?, hold three "
-                 "sentences, a page C4 keeps: expect False.")
-    if run(" ".join(lines)):
-        fail(ex, "one line of three sentences keeps the page: C4 counts sentences, not lines "
-                 "(expect False).")
-    if not run(good.replace("castle with his court.", "castle with his court")):
-        fail(ex, "a line that does not end in terminal punctuation is dropped, leaving two "
-                 "sentences: expect True. Check the *end* of each line, after stripping spaces.")
-    if not run(good.replace("castle with his court.", "castle with his court...")):
-        fail(ex, "a line ending in '...' is dropped (an ellipsis is not an end mark), leaving "
-                 "two sentences: expect True.")
-    if run(good.replace(lines[0], "The king walked home slowly.")):
-        fail(ex, "'The king walked home slowly.' has exactly 5 words, enough: expect False "
-                 "(at least 5, not more than 5).")
     short = good.replace(lines[0], "Long live the king.")
-    if not run(short):
-        fail(ex, "'Long live the king.' has four words; C4 keeps only lines of at least 5 words, "
-                 "so two sentences remain: expect True.")
-    if not run(good + "\nfunction f() { return 1; } is shown here as code."):
-        fail(ex, "a kept line containing a curly bracket '{' drops the page (it is probably "
-                 "code): expect True.")
-    if run(good + "\nfunction f() { return 1; }"):
-        fail(ex, "a curly bracket in a line already skipped (no end mark) does not drop the "
-                 "page: C4 tests '{' only in the lines that pass the end-mark and length tests. "
-                 "Expect False.")
-    if run(good + "\nEnable JavaScript: the {menu} needs it to work."):
-        fail(ex, "a line that mentions JavaScript is skipped before the curly-bracket test, so its "
-                 "'{' does not drop the page: C4 tests in the order lorem ipsum, javascript, '{', "
-                 "policy. Expect False.")
-    if not run(good + "\nRead our privacy policy {updated} before you go."):
-        fail(ex, "the curly-bracket test comes before the policy test: a kept line with both a "
-                 "'{' and a policy phrase drops the page. Expect True.")
-    if run(good + "\nLorem ipsum dolor"):
-        fail(ex, "'Lorem ipsum dolor' has no end mark and three words, so it is skipped before "
-                 "the lorem-ipsum test, which looks only at lines that pass the end-mark and "
-                 "length tests: expect False.")
-    if not run(good + "\nLorem Ipsum dolor sit amet, consectetur adipiscing elit."):
-        fail(ex, "a kept line containing 'lorem ipsum' (in any case) drops the page: "
-                 "expect True.")
     js = good.replace(lines[1], "Please enable JavaScript to view this page properly.")
-    if not run(js):
-        fail(ex, "a line mentioning JavaScript (any case) is dropped, leaving two sentences: "
-                 "expect True.")
     policy = good.replace(lines[1], "By using this site you agree to our Terms of Use.")
-    if not run(policy):
-        fail(ex, "a line with a policy phrase ('terms of use', ...) is dropped, leaving two "
-                 "sentences: expect True.")
-    if run(good.replace("\n", "  \n\n  ") + "  "):
-        fail(ex, "blank lines and leading spaces are not lines of text: the three sentences still "
-                 "make the page kept. Strip each line before testing it.")
     quoted = good.rsplit("\n", 1)[0] + '\nHe said, "these words are spoken in quotation marks"'
-    if run(quoted):
-        fail(ex, 'a line ending in a closing quotation mark " counts as terminal punctuation: '
-                 "expect False.")
+    # (page, C4 rejects it, what a wrong answer got wrong), tried in this order
+    cases = [
+        (good, False,
+         "three lines of five or more words, each ending in . ! or ?, hold three "
+         "sentences, a page C4 keeps: expect False."),
+        (" ".join(lines), False,
+         "one line of three sentences keeps the page: C4 counts sentences, not lines "
+         "(expect False)."),
+        (good.replace("castle with his court.", "castle with his court"), True,
+         "a line that does not end in terminal punctuation is dropped, leaving two "
+         "sentences: expect True. Check the *end* of each line, after stripping spaces."),
+        (good.replace("castle with his court.", "castle with his court..."), True,
+         "a line ending in '...' is dropped (an ellipsis is not an end mark), leaving "
+         "two sentences: expect True."),
+        (good.replace(lines[0], "The king walked home slowly."), False,
+         "'The king walked home slowly.' has exactly 5 words, enough: expect False "
+         "(at least 5, not more than 5)."),
+        (short, True,
+         "'Long live the king.' has four words; C4 keeps only lines of at least 5 words, "
+         "so two sentences remain: expect True."),
+        (good + "\nfunction f() { return 1; } is shown here as code.", True,
+         "a kept line containing a curly bracket '{' drops the page (it is probably "
+         "code): expect True."),
+        (good + "\nfunction f() { return 1; }", False,
+         "a curly bracket in a line already skipped (no end mark) does not drop the "
+         "page: C4 tests '{' only in the lines that pass the end-mark and length tests. "
+         "Expect False."),
+        (good + "\nEnable JavaScript: the {menu} needs it to work.", False,
+         "a line that mentions JavaScript is skipped before the curly-bracket test, so its "
+         "'{' does not drop the page: C4 tests in the order lorem ipsum, javascript, '{', "
+         "policy. Expect False."),
+        (good + "\nRead our privacy policy {updated} before you go.", True,
+         "the curly-bracket test comes before the policy test: a kept line with both a "
+         "'{' and a policy phrase drops the page. Expect True."),
+        (good + "\nLorem ipsum dolor", False,
+         "'Lorem ipsum dolor' has no end mark and three words, so it is skipped before "
+         "the lorem-ipsum test, which looks only at lines that pass the end-mark and "
+         "length tests: expect False."),
+        (good + "\nLorem Ipsum dolor sit amet, consectetur adipiscing elit.", True,
+         "a kept line containing 'lorem ipsum' (in any case) drops the page: "
+         "expect True."),
+        (js, True,
+         "a line mentioning JavaScript (any case) is dropped, leaving two sentences: "
+         "expect True."),
+        (policy, True,
+         "a line with a policy phrase ('terms of use', ...) is dropped, leaving two "
+         "sentences: expect True."),
+        (good.replace("\n", "  \n\n  ") + "  ", False,
+         "blank lines and leading spaces are not lines of text: the three sentences still "
+         "make the page kept. Strip each line before testing it."),
+        (quoted, False,
+         'a line ending in a closing quotation mark " counts as terminal punctuation: '
+         "expect False."),
+    ]
+    for text, rejects, why in cases:
+        if run(text) != rejects:
+            fail(ex, why)
     from ..data import html_to_text, make_crawl, normalize_text
     crawl = make_crawl(300, seed=0)
     texts = [normalize_text(html_to_text(d.html)) for d in crawl]
